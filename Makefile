@@ -1,0 +1,36 @@
+# One-command set-up: every target creates the virtual environment it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins every package (torch's CUDA build runs on CPU-only machines too).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/nst stylize nst_engine/samples/tubingen.jpg nst_engine/samples/starry_night.jpg \
+		--output out/demo/tubingen_starry_night.png --size 256 --iterations 300 \
+		--stats-json out/demo/tubingen_starry_night.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/engine_speed.py --sizes 256,512
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``nst`` command line (typer): thin, calling the layers below."""

@@ -1,0 +1,152 @@
+"""Image I/O: safe decoding of user files, resizing, tensors and PNG output.
+
+Every decoding problem becomes an ``ImageInputError`` naming the file, because a
+batch of thousands of images must report bad ones instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin
+
+from nst_engine.engine.errors import ConfigError, ImageInputError
+
+#: Refuse to decode images with more pixels than this (decompression-bomb guard).
+MAX_DECODE_PIXELS = 64_000_000
+#: Largest output side the engine accepts; beyond this no GPU today has the memory.
+MAX_SIDE = 16_384
+
+ImageLike = str | os.PathLike | Image.Image
+
+
+def load_image(source: ImageLike, max_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
+    """Decode ``source`` into an 8-bit RGB image, respecting EXIF orientation.
+
+    Transparent images are composited onto white; 16-bit and CMYK images are
+    converted with their full range rather than clipped.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, "<in-memory image>")
+    path = Path(source)
+    if not path.exists():
+        raise ImageInputError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise ImageInputError(f"{path}: not a file; give an image file (PNG, JPEG, ...)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageInputError(
+                        f"{path}: {width}x{height} pixels is over the safe decoding limit of "
+                        f"{max_pixels} pixels; downscale the image first"
+                    )
+                if width == 0 or height == 0:
+                    raise ImageInputError(f"{path}: image has zero size; replace the file")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img, str(path))
+        except ImageInputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageInputError(
+                f"{path}: image is too large to decode safely; downscale the image first"
+            ) from None
+        except Image.UnidentifiedImageError:
+            raise ImageInputError(
+                f"{path}: not a readable image; give a PNG, JPEG, WebP, TIFF or BMP file"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageInputError(
+                f"{path}: image is damaged or truncated ({exc}); re-export the file"
+            ) from None
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        data = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and data.max(initial=0) > 255) else 255.0
+        if mode == "F":
+            top = max(float(data.max(initial=0)), 1.0)
+        grey = np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageInputError(f"{name}: cannot convert image mode {mode} to RGB ({exc})") from None
+
+
+def output_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(height, width) with the longer side equal to ``long_side`` and the aspect ratio kept."""
+    if long_side <= 0:
+        raise ConfigError(f"--size must be a positive number of pixels, got {long_side}")
+    if long_side > MAX_SIDE:
+        raise ConfigError(f"--size {long_side} is larger than the supported {MAX_SIDE} pixels")
+    scale = long_side / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(img: Image.Image, height: int, width: int) -> Image.Image:
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image -> float tensor (1, 3, H, W) in [0, 1]."""
+    array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """Float tensor (1, 3, H, W) in [0, 1] -> RGB image, rounding to nearest."""
+    array = image.detach().float().clamp(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((array * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+
+
+def png_bytes_info(metadata: dict[str, object]) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        info.add_itxt(key, text)
+    return info
+
+
+def save_png(
+    image: torch.Tensor | Image.Image, path: str | os.PathLike, metadata: dict[str, object] | None = None
+) -> Path:
+    """Write a PNG atomically (temporary file, then rename) so readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pil.save(handle, format="PNG", pnginfo=png_bytes_info(metadata or {}))
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Text chunks of a PNG written by :func:`save_png`."""
+    with Image.open(path) as img:
+        img.load()
+        return dict(getattr(img, "text", {}))

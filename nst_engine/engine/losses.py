@@ -1,0 +1,128 @@
+"""The paper's losses (Gatys et al. 2016, eqs. 1-5), one small module per term."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """G / (N·M) for features (1, N, H, W), with M = H·W.
+
+    Dividing by N·M turns the paper's E_l = 1/(4N²M²) Σ(G−A)² into ¼ Σ(Ĝ−Â)², which
+    keeps float32 values small at any resolution without changing the loss.
+    """
+    _, channels, height, width = features.shape
+    flat = features.flatten(2).squeeze(0)  # (N, M); a strided view for channels_last input
+    return (flat @ flat.T) / (channels * height * width)
+
+
+class ContentLoss(nn.Module):
+    """½ Σ (F − P)² against the content image's response P (eq. 1)."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target", target.detach())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (features - self.target).pow(2).sum()
+
+
+class StyleLoss(nn.Module):
+    """E_l = 1/(4N²M²) Σ (G − A)² against a target Gram matrix (eq. 4)."""
+
+    def __init__(self, target_gram: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target", target_gram.detach())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return 0.25 * (gram_matrix(features) - self.target).pow(2).sum()
+
+
+class TotalVariationLoss(nn.Module):
+    """Σ squared differences of neighbouring pixels; an image prior the paper did not use."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        return dy.pow(2).sum() + dx.pow(2).sum()
+
+
+@dataclass
+class StyleTargets:
+    """Target Gram matrices per layer, already blended over the style images.
+
+    Σ_s w_s ‖G − A_s‖² = ‖G − Σ_s w_s A_s‖² + const when Σ w_s = 1, so blending the
+    targets gives the same gradients as summing one loss per style, at one style's cost.
+    """
+
+    grams: dict[str, torch.Tensor]
+
+    @classmethod
+    def blend(cls, per_style: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> StyleTargets:
+        total = float(sum(weights))
+        grams: dict[str, torch.Tensor] = {}
+        for layer in per_style[0]:
+            grams[layer] = sum(w / total * g[layer] for g, w in zip(per_style, weights, strict=True))
+        return cls(grams)
+
+    def to(self, device: torch.device | str) -> StyleTargets:
+        return StyleTargets({k: v.to(device) for k, v in self.grams.items()})
+
+    def nbytes(self) -> int:
+        return sum(g.numel() * g.element_size() for g in self.grams.values())
+
+
+@dataclass
+class LossTerms:
+    """One evaluation of the objective; ``total`` carries the graph."""
+
+    total: torch.Tensor
+    content: torch.Tensor
+    style: torch.Tensor
+    tv: torch.Tensor
+
+
+class StyleTransferObjective(nn.Module):
+    """α·L_content + β·L_style (+ λ·TV) for a fixed feature network and targets (eq. 7)."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        content_targets: Mapping[str, torch.Tensor],
+        style_targets: StyleTargets,
+        content_layer_weights: Mapping[str, float],
+        style_layer_weights: Mapping[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.content_losses = nn.ModuleDict({k: ContentLoss(v) for k, v in content_targets.items()})
+        self.style_losses = nn.ModuleDict({k: StyleLoss(v) for k, v in style_targets.grams.items()})
+        self.content_layer_weights = dict(content_layer_weights)
+        self.style_layer_weights = dict(style_layer_weights)
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+        self.tv_loss = TotalVariationLoss()
+        self.layers = sorted(set(self.content_losses) | set(self.style_losses))
+
+    def forward(self, image: torch.Tensor) -> LossTerms:
+        features = self.network(image, self.layers)
+        zero = image.new_zeros(())
+        content = sum(
+            (w * self.content_losses[k](features[k]) for k, w in self.content_layer_weights.items()), zero
+        )
+        style = sum(
+            (w * self.style_losses[k](features[k]) for k, w in self.style_layer_weights.items()), zero
+        )
+        tv = self.tv_loss(image) if self.tv_weight else zero
+        total = self.content_weight * content + self.style_weight * style
+        if self.tv_weight:
+            total = total + self.tv_weight * tv
+        return LossTerms(total=total, content=content, style=style, tv=tv)

@@ -1,0 +1,161 @@
+"""The real ``nst stylize`` in subprocesses: a good run, and one-line errors for bad input.
+
+Each subprocess spends ~2-3 s importing torch, so all cases are started together by one
+module-scoped fixture (a few at a time) and the parametrized tests only check the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst_engine.engine.weights import TORCHVISION_CONV_INDICES
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--weights", "random", "--no-normalize", "--size", "32", "--iterations", "2", "--device", "cpu", "-q"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad invocation; ``names`` must appear in the error line.
+
+    Both may use the placeholders {content} {style} {text} {truncated} {wide} {out} {dir}.
+    """
+
+    args: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+def _write_png(path: Path, seed: int, size: int = 32) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _stylize(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nst_engine.cli.main", "stylize", *args]
+
+
+GOOD_ARGS = ("{content}", "{style}", "-o", "{out}", *FAST, "--stats-json", "{dir}/stats.json")
+BASE = ("{content}", "{style}", "-o", "{out}", *FAST)
+
+CASES: dict[str, Case] = {
+    "missing-content": Case(("{dir}/missing.png", "{style}", "-o", "{out}", *FAST), ("{dir}/missing.png",)),
+    "text-style": Case(("{content}", "{text}", "-o", "{out}", *FAST), ("{text}",)),
+    "truncated-content": Case(("{truncated}", "{style}", "-o", "{out}", *FAST), ("{truncated}",)),
+    "size-0": Case((*BASE, "--size", "0"), ("--size",)),
+    "size-huge": Case((*BASE, "--size", "100000"), ("--size", "100000")),
+    "size-too-small": Case((*BASE, "--size", "8"), ("--size", "conv5_1")),
+    "style-layer": Case((*BASE, "--style-layers", "conv1_1,conv9_9"), ("--style-layers", "conv9_9")),
+    "content-layer": Case((*BASE, "--content-layers", "bogus"), ("--content-layers", "bogus")),
+    "weights-wrong-shape": Case((*BASE, "--weights", "{wide}"), ("{wide}", "conv1_1")),
+    "weights-missing": Case(
+        (*BASE, "--weights", "/does/not/exist.pth"), ("/does/not/exist.pth", "--weights")
+    ),
+    "ratio-negative": Case((*BASE, "--ratio", "-1"), ("--ratio",)),
+    "color": Case((*BASE, "--color", "purple"), ("--color", "purple")),
+    "optimizer": Case((*BASE, "--optimizer", "sgd"), ("--optimizer", "sgd")),
+    "output-not-png": Case(("{content}", "{style}", "-o", "{dir}/out.jpg", *FAST), ("--output", "out.jpg")),
+    "layer-weights": Case((*BASE, "--style-layer-weights", "1,x"), ("--style-layer-weights",)),
+    # unwritable targets are refused before the synthesis runs
+    "output-under-a-file": Case(("{content}", "{style}", "-o", "{text}/out.png", *FAST), ("{text}",)),
+    "stats-json-is-a-dir": Case((*BASE, "--stats-json", "{dir}"), ("--stats-json",)),
+    "init-missing": Case((*BASE, "--init", "bogus"), ("--init", "bogus")),
+    "snapshot-negative": Case((*BASE, "--snapshot-every", "-1"), ("--snapshot-every",)),
+    "threads-zero": Case((*BASE, "--threads", "0"), ("--threads",)),
+    "random-seed-not-a-number": Case((*BASE, "--weights", "random:abc"), ("random:abc",)),
+    "preprocessing-without-file": Case(
+        (*BASE, "--weights", "embedded", "--weights-preprocessing", "caffe"), ("--weights-preprocessing",)
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("cli")
+    content = _write_png(folder / "content.png", 1)
+    style = _write_png(folder / "style.png", 2)
+    text = folder / "style.png.txt.png"
+    text.write_text("not an image\n")
+    data = _write_png(folder / "whole.png", 3).read_bytes()
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    # every key present, conv1_1 with the wrong shape (cheaper than a full 80 MB VGG-19)
+    wide = folder / "wide.pth"
+    torch.save(
+        {f"{i}.{p}": torch.zeros(2) for i in TORCHVISION_CONV_INDICES for p in ("weight", "bias")}, wide
+    )
+    return {
+        "content": str(content),
+        "style": str(style),
+        "text": str(text),
+        "truncated": str(truncated),
+        "wide": str(wide),
+        "dir": str(folder),
+    }
+
+
+def _format(parts: tuple[str, ...], paths: dict[str, str], out: str) -> list[str]:
+    return [part.format(out=out, **paths) for part in parts]
+
+
+@pytest.fixture(scope="module")
+def results(files: dict[str, str]) -> dict[str, subprocess.CompletedProcess]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1"}
+    jobs = {"good": _format(GOOD_ARGS, files, f"{files['dir']}/good.png")}
+    for name, case in CASES.items():
+        jobs[name] = _format(case.args, files, f"{files['dir']}/{name}.png")
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            _stylize(*args), capture_output=True, text=True, timeout=180, env=env, cwd=files["dir"]
+        )
+
+    workers = max(2, min(6, (os.cpu_count() or 2) + 1))
+    with ThreadPoolExecutor(workers) as pool:
+        done = dict(zip(jobs, pool.map(run, jobs.values()), strict=True))
+    return done
+
+
+def test_good_run(results: dict[str, subprocess.CompletedProcess], files: dict[str, str]) -> None:
+    proc = results["good"]
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    out = Path(files["dir"]) / "good.png"
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == (32, 32) and img.mode == "RGB"
+        assert img.text  # parameters stored as PNG text
+    stats = json.loads((Path(files["dir"]) / "stats.json").read_text())
+    assert stats["iterations"] == 2
+    assert stats["height"] == 32 and stats["width"] == 32
+    assert f"wrote {out}" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    list(CASES),
+)
+def test_bad_input_is_a_one_line_error(
+    name: str, results: dict[str, subprocess.CompletedProcess], files: dict[str, str]
+) -> None:
+    proc = results[name]
+    stderr = proc.stderr
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode not in (0, None), stderr
+    assert "error:" in stderr, stderr
+    error_lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, stderr
+    out = f"{files['dir']}/{name}.png"
+    for expected in _format(CASES[name].names, files, out):
+        assert expected in error_lines[0], stderr
+    assert not Path(out).exists()
