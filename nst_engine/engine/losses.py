@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 
+def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors; float32/float64 stay as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """G / (N·M) for features (1, N, H, W), with M = H·W.
 
@@ -16,8 +21,11 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     keeps float32 values small at any resolution without changing the loss.
     """
     _, channels, height, width = features.shape
-    flat = features.flatten(2).squeeze(0)  # (N, M); a strided view for channels_last input
-    return (flat @ flat.T) / (channels * height * width)
+    with torch.autocast(features.device.type, enabled=False):
+        flat = (
+            _full_precision(features).flatten(2).squeeze(0)
+        )  # (N, M); a strided view for channels_last input
+        return (flat @ flat.T) / (channels * height * width)
 
 
 class ContentLoss(nn.Module):
@@ -25,10 +33,34 @@ class ContentLoss(nn.Module):
 
     def __init__(self, target: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("target", target.detach())
+        self.register_buffer("target", _full_precision(target.detach()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return 0.5 * (features - self.target).pow(2).sum()
+
+
+class _GramDistance(torch.autograd.Function):
+    """¼ Σ (Ĝ − Â)² with Ĝ = s·F Fᵀ, differentiated by hand.
+
+    dL/dF = s (Ĝ − Â) F because Ĝ − Â is symmetric: one matrix product in the
+    backward pass where autograd would spend two on F Fᵀ.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor, target: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        diff = (flat @ flat.T) * scale - target
+        ctx.save_for_backward(flat, diff)
+        ctx.scale = scale
+        return 0.25 * diff.pow(2).sum()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
+        flat, diff = ctx.saved_tensors
+        # (Fᵀ D)ᵀ = D F for symmetric D, laid out like ``flat`` (channels_last friendly)
+        grad = (flat.T @ diff).T * (ctx.scale * grad_out)
+        return grad, None, None
 
 
 class StyleLoss(nn.Module):
@@ -36,10 +68,12 @@ class StyleLoss(nn.Module):
 
     def __init__(self, target_gram: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("target", target_gram.detach())
+        self.register_buffer("target", _full_precision(target_gram.detach()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return 0.25 * (gram_matrix(features) - self.target).pow(2).sum()
+        _, channels, height, width = features.shape
+        flat = features.flatten(2).squeeze(0)
+        return _GramDistance.apply(flat, self.target, 1.0 / (channels * height * width))
 
 
 class TotalVariationLoss(nn.Module):
@@ -113,7 +147,12 @@ class StyleTransferObjective(nn.Module):
         self.layers = sorted(set(self.content_losses) | set(self.style_losses))
 
     def forward(self, image: torch.Tensor) -> LossTerms:
-        features = self.network(image, self.layers)
+        features = self.network(image, self.layers)  # in bf16 under --precision bf16
+        with torch.autocast(image.device.type, enabled=False):
+            return self._losses(image, {k: _full_precision(v) for k, v in features.items()})
+
+    def _losses(self, image: torch.Tensor, features: dict[str, torch.Tensor]) -> LossTerms:
+        """Losses in float32 whatever the network ran in: Gram sums need the range."""
         zero = image.new_zeros(())
         content = sum(
             (w * self.content_losses[k](features[k]) for k, w in self.content_layer_weights.items()), zero

@@ -29,6 +29,7 @@ STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
 NOISE_STD = 0.1
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class SynthesisConfig:
     pooling: str = "avg"
     color: str = "none"  # none | histogram | luminance
     tv_weight: float = 0.0
-    precision: str = "fp32"  # fp32 | tf32 (CUDA only)
+    precision: str = "fp32"  # fp32 | tf32 (CUDA only) | bf16 (convolutions in bfloat16)
     channels_last: bool = True
 
     def validate(self) -> SynthesisConfig:
@@ -100,8 +101,8 @@ class SynthesisConfig:
             )
         if self.tv_weight < 0:
             raise ConfigError(f"--tv-weight must be 0 or more, got {self.tv_weight}")
-        if self.precision not in ("fp32", "tf32"):
-            raise ConfigError(f"--precision must be 'fp32' or 'tf32', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 
     def to_params(self) -> dict[str, Any]:
@@ -162,15 +163,20 @@ def image_digest(img: Image.Image) -> str:
 
 @contextlib.contextmanager
 def _precision(device: torch.device, precision: str) -> Iterator[None]:
+    """fp32: strict float32 everywhere; tf32: TF32 tensor cores (CUDA); bf16: the VGG
+    convolutions in bfloat16 by autocast, losses and the optimizer in float32."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if device.type != "cuda":
-        yield
+        with autocast:
+            yield
         return
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     allow = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = allow
     torch.backends.cudnn.allow_tf32 = allow
     try:
-        yield
+        with autocast:
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
