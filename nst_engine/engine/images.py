@@ -6,6 +6,7 @@ batch of thousands of images must report bad ones instead of crashing.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -127,17 +128,25 @@ def png_bytes_info(metadata: dict[str, object]) -> PngImagePlugin.PngInfo:
     return info
 
 
+def encode_png(image: torch.Tensor | Image.Image, metadata: dict[str, object] | None = None) -> bytes:
+    """PNG bytes with ``metadata`` as text chunks (for writers to other filesystems)."""
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", pnginfo=png_bytes_info(metadata or {}))
+    return buffer.getvalue()
+
+
 def save_png(
     image: torch.Tensor | Image.Image, path: str | os.PathLike, metadata: dict[str, object] | None = None
 ) -> Path:
     """Write a PNG atomically (temporary file, then rename) so readers never see half a file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    data = encode_png(image, metadata)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            pil.save(handle, format="PNG", pnginfo=png_bytes_info(metadata or {}))
+            handle.write(data)
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

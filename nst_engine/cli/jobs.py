@@ -1,0 +1,101 @@
+"""``nst submit / status / logs / cancel``: render jobs on a cluster through Ray Jobs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from nst_engine.cli.app import app, err, fail
+from nst_engine.engine.errors import NSTError
+
+ADDRESS_HELP = (
+    "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
+)
+
+
+def _address(address: str | None) -> str:
+    return address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+
+
+@app.command()
+def submit(
+    manifest_or_job: Annotated[Path, typer.Argument(help="A manifest, or a job file (see jobs/).")],
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output root seen from the cluster.")
+    ] = None,
+    submission_id: Annotated[str | None, typer.Option(help="Job id to use (default: Ray picks one).")] = None,
+) -> None:
+    """Submit a render to a Ray cluster as a Ray Job and print the job id."""
+    from nst_engine.distributed.jobs import JobSpec, is_job_file, load_job
+    from nst_engine.distributed.jobs import submit as submit_job
+    from nst_engine.planning.manifest import load_manifest
+
+    if not manifest_or_job.is_file():
+        raise fail(f"{manifest_or_job}: file not found")
+    try:
+        if is_job_file(manifest_or_job):
+            job = load_job(manifest_or_job)
+        else:
+            job = JobSpec(str(manifest_or_job.resolve()))
+        if output:
+            job.output = output if "://" in output else str(Path(output).resolve())
+        load_manifest(job.manifest, job.output)  # refuse an invalid manifest before submitting
+        job_id = submit_job(_address(address or job.address), job, submission_id)
+    except NSTError as exc:
+        raise fail(str(exc)) from None
+    err.print(f"submitted to {escape(_address(address or job.address))}")
+    typer.echo(job_id)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+) -> None:
+    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from nst_engine.distributed.jobs import status as job_status
+
+    try:
+        typer.echo(job_status(_address(address), job_id))
+    except NSTError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # the job client raises plain exceptions for unknown ids
+        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+) -> None:
+    """Print a submitted job's logs."""
+    from nst_engine.distributed.jobs import logs as job_logs
+
+    try:
+        typer.echo(job_logs(_address(address), job_id), nl=False)
+    except NSTError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+) -> None:
+    """Stop a submitted job; finished items stay, a rerun completes the rest."""
+    from nst_engine.distributed.jobs import cancel as job_cancel
+
+    try:
+        stopped = job_cancel(_address(address), job_id)
+    except NSTError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
+    typer.echo("stopping" if stopped else "not running")

@@ -1,0 +1,164 @@
+"""``nst render``: a manifest through Ray, with a live view and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from nst_engine.cli.app import app, err, fail
+from nst_engine.engine.errors import NSTError
+
+
+class RenderView:
+    """Overall bar (done / failed / total, ETA) and one line per worker."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]rendering"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.task = self.bar.add_task("render", total=total, detail="")
+        self.workers = Table.grid(padding=(0, 2))
+
+    def update(self, progress: object) -> None:
+        self.bar.update(
+            self.task,
+            completed=progress.done + progress.failed + progress.skipped,
+            detail=f"ok {progress.done}  failed {progress.failed}  skipped {progress.skipped}",
+        )
+        table = Table.grid(padding=(0, 2))
+        for actor, (label, iteration, total, loss) in sorted(progress.workers.items()):
+            state = f"{escape(label)}  iteration {iteration}/{total}  loss {loss:.4g}" if label else "idle"
+            table.add_row(f"worker {actor[:8]}", state)
+        self.workers = table
+
+    def __rich__(self) -> Group:
+        return Group(self.bar, self.workers)
+
+
+def print_summary(summary: object, results: str) -> None:
+    table = Table(title="render summary", show_edge=False)
+    table.add_column("rendered", justify="right")
+    table.add_column("skipped (already done)", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("retried attempts", justify="right")
+    table.add_column("workers", justify="right")
+    table.add_column("wall time", justify="right")
+    table.add_row(
+        str(summary.rendered),
+        str(summary.skipped),
+        str(len(summary.failed)),
+        str(summary.retried),
+        str(summary.workers),
+        f"{summary.wall_seconds:.1f} s",
+    )
+    err.print(table)
+    for item, reason in summary.failed[:20]:
+        err.print(f"  failed: {escape(item.label)}: {escape(reason)}", soft_wrap=True)
+    if len(summary.failed) > 20:
+        err.print(f"  ... and {len(summary.failed) - 20} more (see the status column of the results)")
+    err.print(f"results: {escape(results)}")
+
+
+@app.command()
+def render(
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest: YAML, JSON, CSV or Parquet.", show_default=False)
+    ],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Render items again even when already done.")] = False,
+    skip_bad_inputs: Annotated[
+        bool, typer.Option(help="Record items with missing/unreadable images as failed and render the rest.")
+    ] = False,
+    gpus: Annotated[bool | None, typer.Option("--gpus/--no-gpus", help="Use GPUs (default: if any).")] = None,
+    cpu_actors: Annotated[int | None, typer.Option(help="CPU workers (default: cores / threads).")] = None,
+    threads_per_actor: Annotated[int | None, typer.Option(help="Torch threads per CPU worker.")] = None,
+    max_in_flight: Annotated[int, typer.Option(help="Items queued per worker.")] = 2,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per item when workers die.")] = 3,
+    max_worker_failures: Annotated[int, typer.Option(help="Failures before a worker is retired.")] = 3,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")] = False,
+) -> None:
+    """Render every item of MANIFEST and write images plus results.parquet.
+
+    Items already rendered (ok row and image present) are skipped; the exit code is 1
+    when any item failed.
+    """
+    from nst_engine.distributed.runtime import connect, disconnect
+    from nst_engine.distributed.scheduler import PoolOptions, run_render
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from nst_engine.planning.results import RESULTS_FILE
+    from nst_engine.planning.storage import OutputRoot
+
+    for name, value, least in (
+        ("--max-in-flight", max_in_flight, 1),
+        ("--max-attempts", max_attempts, 1),
+        ("--max-worker-failures", max_worker_failures, 1),
+        ("--cpu-actors", cpu_actors, 1),
+        ("--threads-per-actor", threads_per_actor, 1),
+    ):
+        if value is not None and value < least:
+            raise fail(f"{name} must be at least {least}, got {value}")
+    try:
+        plan = load_manifest(manifest, output)
+        items = expand(plan, skip_bad_inputs=skip_bad_inputs)
+    except NSTError as exc:
+        raise fail(str(exc)) from None
+    root = OutputRoot(plan.output)
+    options = PoolOptions(
+        use_gpus=gpus,
+        cpu_actors=cpu_actors,
+        threads_per_actor=threads_per_actor,
+        max_in_flight=max_in_flight,
+        max_attempts=max_attempts,
+        max_worker_failures=max_worker_failures,
+    )
+    where = connect(address)
+    err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
+    view = RenderView(len(items))
+    try:
+        with Live(view, console=err, refresh_per_second=4, transient=False, redirect_stderr=False) as live:
+            if quiet:
+                live.stop()
+            summary = run_render(
+                items, plan.weights, root, options, force=force, on_progress=None if quiet else view.update
+            )
+            if not quiet:
+                view.update(_final(summary))
+    finally:
+        disconnect()
+    print_summary(summary, root.display(RESULTS_FILE))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _final(summary: object) -> object:
+    from nst_engine.distributed.scheduler import Progress
+
+    return Progress(
+        summary.total, summary.rendered, len(summary.failed), summary.skipped, summary.wall_seconds, {}
+    )

@@ -1,0 +1,103 @@
+"""Ray Jobs: the same render, submitted to a cluster's head and run there.
+
+A job file (YAML) names a manifest, a cluster address, an output and a retry policy;
+reruns are idempotent because finished items are recognised by their ids.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nst_engine.engine.errors import NSTError
+
+JOB_KEYS = {"manifest", "address", "output", "retries", "workers", "skip_bad_inputs", "force"}
+
+
+@dataclass
+class JobSpec:
+    manifest: str
+    address: str | None = None
+    output: str | None = None
+    render_args: list[str] = field(default_factory=list)
+
+
+def is_job_file(path: Path) -> bool:
+    """A YAML file with a top-level 'manifest' key is a job file, not a manifest."""
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return False
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "manifest" in data
+
+
+def load_job(path: Path) -> JobSpec:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    problems = [
+        f"{path}: {key}: unknown field; use {', '.join(sorted(JOB_KEYS))}" for key in set(data) - JOB_KEYS
+    ]
+    manifest = (path.parent / str(data["manifest"])).resolve()
+    if not manifest.is_file():
+        problems.append(f"{path}: manifest: {manifest} not found")
+    args: list[str] = []
+    retries: dict[str, Any] = data.get("retries") or {}
+    for key in ("max_attempts", "max_worker_failures"):
+        if key in retries:
+            args += [f"--{key.replace('_', '-')}", str(int(retries[key]))]
+    workers: dict[str, Any] = data.get("workers") or {}
+    for key in ("cpu_actors", "threads_per_actor", "max_in_flight"):
+        if key in workers:
+            args += [f"--{key.replace('_', '-')}", str(int(workers[key]))]
+    if "gpus" in workers:
+        args.append("--gpus" if workers["gpus"] else "--no-gpus")
+    if data.get("skip_bad_inputs"):
+        args.append("--skip-bad-inputs")
+    if data.get("force"):
+        args.append("--force")
+    if problems:
+        raise NSTError("; ".join(problems))
+    output = data.get("output")
+    if output and "://" not in str(output):
+        output = str((path.parent / str(output)).resolve())
+    return JobSpec(str(manifest), data.get("address"), output, args)
+
+
+def entrypoint(job: JobSpec) -> str:
+    """The command the cluster runs: ``nst render`` against the cluster itself."""
+    parts = ["nst", "render", job.manifest, "--address", "auto", "--quiet"]
+    if job.output:
+        parts += ["--output", job.output]
+    return shlex.join(parts + job.render_args)
+
+
+def _client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection errors come in many types
+        raise NSTError(
+            f"--address {address}: cannot reach the Ray dashboard ({exc}); is the cluster up?"
+        ) from None
+
+
+def submit(address: str, job: JobSpec, submission_id: str | None = None) -> str:
+    return _client(address).submit_job(entrypoint=entrypoint(job), submission_id=submission_id)
+
+
+def status(address: str, job_id: str) -> str:
+    return str(_client(address).get_job_status(job_id))
+
+
+def logs(address: str, job_id: str) -> str:
+    return _client(address).get_job_logs(job_id)
+
+
+def cancel(address: str, job_id: str) -> bool:
+    return bool(_client(address).stop_job(job_id))

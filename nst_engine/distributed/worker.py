@@ -1,0 +1,152 @@
+"""The render worker: a Ray actor that loads VGG-19 once and renders items.
+
+It never raises for a bad item: every outcome comes back as a result row, marked
+retryable only when another attempt could succeed (an I/O hiccup), never for bad
+input or running out of memory at that resolution.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+import ray
+import torch
+
+from nst_engine.engine.errors import NSTError
+from nst_engine.engine.images import encode_png
+from nst_engine.engine.synthesis import Stylizer
+from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.planning.items import WorkItem
+from nst_engine.planning.results import make_row
+from nst_engine.planning.storage import OutputRoot
+
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+class RenderWorker:
+    """Holds a ``Stylizer`` (weights on its device, style-target cache) for its lifetime."""
+
+    def __init__(
+        self,
+        weights: WeightsSpec,
+        output_uri: str,
+        device: str = "auto",
+        threads: int | None = None,
+        board: Any = None,
+    ) -> None:
+        loaded, seconds = weights.load()
+        self.stylizer = Stylizer(loaded, device=device, threads=threads, load_seconds=seconds)
+        self.root = OutputRoot(output_uri)
+        self.board = board
+        context = ray.get_runtime_context()
+        self.actor_id = context.get_actor_id() or "local"
+        self.node_id = context.get_node_id()
+        self.hostname = socket.gethostname()
+
+    def ready(self) -> dict[str, str]:
+        return {
+            "actor_id": self.actor_id,
+            "node_id": self.node_id,
+            "device": str(self.stylizer.device),
+            "hostname": self.hostname,
+        }
+
+    def _report(self, item: WorkItem | None, iteration: int = 0, loss: float = float("nan")) -> None:
+        if self.board is not None:
+            label = item.label if item else ""
+            total = item.config.iterations if item else 0
+            self.board.update.remote(self.actor_id, label, iteration, total, loss)
+
+    def render(
+        self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render"
+    ) -> tuple[dict, bool]:
+        """(result row, retryable). The image is written before the row is returned."""
+        started, start_clock = _utcnow(), time.perf_counter()
+        extra = {
+            "node_id": self.node_id,
+            "actor_id": self.actor_id,
+            "hostname": self.hostname,
+            "ray_version": ray.__version__,
+            "torch_version": torch.__version__,
+            "started_at": started,
+            "queue_wait_seconds": max(0.0, time.time() - run_started),
+        }
+        last = [0.0]
+
+        def on_iteration(record: Any, _image: Any) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= PROGRESS_INTERVAL:
+                last[0] = now
+                self._report(item, record.iteration + 1, record.total)
+
+        self._report(item)
+        config = item.config
+        if len(item.style_paths) > 1:
+            config = replace(config, style_weights=item.style_weights)
+        try:
+            result = self.stylizer.synthesize(
+                item.content_path,
+                list(item.style_paths),
+                config,
+                content_id=item.content_hash,
+                style_ids=list(item.style_hashes),
+                on_iteration=on_iteration,
+            )
+            metadata = {**result.metadata, "nst:item_id": item.item_id}
+            self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
+            row = make_row(item, "ok", attempt, stats=result.stats, run_kind=run_kind, **extra)
+            retryable = False
+        except NSTError as exc:
+            row, retryable = (
+                make_row(item, "failed", attempt, error=str(exc), run_kind=run_kind, **extra),
+                False,
+            )
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                error = (
+                    f"out of memory at size {item.size} on {self.stylizer.device}: {str(exc).splitlines()[0]}"
+                )
+                row, retryable = (
+                    make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
+                    False,
+                )
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                row, retryable = (
+                    make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
+                    True,
+                )
+        row["finished_at"] = _utcnow()
+        row["total_seconds"] = time.perf_counter() - start_clock
+        self._report(None)
+        return row, retryable
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Where workers post what they are doing; the driver reads it for the live view."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, tuple[str, int, int, float]] = {}
+
+    def update(self, actor_id: str, label: str, iteration: int, total: int, loss: float) -> None:
+        self.state[actor_id] = (label, iteration, total, loss)
+
+    def snapshot(self) -> dict[str, tuple[str, int, int, float]]:
+        return dict(self.state)

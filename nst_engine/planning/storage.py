@@ -1,0 +1,118 @@
+"""Output roots on any filesystem pyarrow understands (local paths, file://, s3://, gs://).
+
+Every write goes to a temporary name in the same folder and is then renamed, so a
+reader never sees half a file, and a killed writer leaves only a ``.nst-tmp-`` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+TMP_PREFIX = ".nst-tmp-"
+
+
+class UnsafePathError(ValueError):
+    """A relative output path that would leave the output root."""
+
+
+def safe_relative(path: str) -> str:
+    """``path`` as a clean relative POSIX path, refusing absolute paths and ``..``."""
+    if not path or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        raise UnsafePathError(f"{path!r} is absolute; output paths must stay inside the output root")
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if any(part == ".." for part in parts):
+        raise UnsafePathError(f"{path!r} contains '..'; output paths must stay inside the output root")
+    clean = posixpath.normpath("/".join(parts))
+    if clean in (".", ""):
+        raise UnsafePathError(f"{path!r} names no file")
+    return clean
+
+
+@dataclass(frozen=True)
+class OutputRoot:
+    """A folder on some filesystem; picklable (it holds only the URI) for Ray workers."""
+
+    uri: str
+
+    @property
+    def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
+        if "://" in self.uri:
+            fs, base = pafs.FileSystem.from_uri(self.uri)
+            return fs, base.rstrip("/")
+        return pafs.LocalFileSystem(), str(Path(self.uri).expanduser().resolve())
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.uri or self.uri.startswith("file://")
+
+    def local_path(self, relative: str = "") -> Path:
+        _fs, base = self._fs_and_base
+        return Path(posixpath.join(base, relative)) if relative else Path(base)
+
+    def full_path(self, relative: str) -> str:
+        _, base = self._fs_and_base
+        return posixpath.join(base, safe_relative(relative))
+
+    def display(self, relative: str) -> str:
+        return self.full_path(relative) if self.is_local else f"{self.uri.rstrip('/')}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        fs, _ = self._fs_and_base
+        return fs.get_file_info(self.full_path(relative)).type == pafs.FileType.File
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Atomic write: temporary sibling, then rename."""
+        fs, _ = self._fs_and_base
+        target = self.full_path(relative)
+        folder = posixpath.dirname(target)
+        fs.create_dir(folder, recursive=True)
+        tmp = posixpath.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        try:
+            with fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            fs.move(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+            raise
+        return target
+
+    def read_bytes(self, relative: str) -> bytes:
+        fs, _ = self._fs_and_base
+        with fs.open_input_stream(self.full_path(relative)) as stream:
+            return stream.read()
+
+    def list_files(self, relative_dir: str, suffix: str = "") -> list[str]:
+        """Paths (relative to the root) of the files directly in ``relative_dir``."""
+        fs, base = self._fs_and_base
+        folder = posixpath.join(base, safe_relative(relative_dir))
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        return sorted(
+            posixpath.relpath(info.path, base)
+            for info in infos
+            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+        )
+
+    def delete(self, relative: str) -> None:
+        fs, _ = self._fs_and_base
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(self.full_path(relative))
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete ``.nst-tmp-`` files a killed run left behind; returns how many."""
+        fs, base = self._fs_and_base
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        stale = [
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith(TMP_PREFIX)
+        ]
+        for path in stale:
+            fs.delete_file(path)
+        return len(stale)
