@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -184,7 +185,7 @@ def _coerce_param(name: str, value: Any) -> Any:
             return False
         raise ValueError("expected true or false")
     if str(kind).startswith("int"):
-        if isinstance(value, bool) or float(value) != int(float(value)):
+        if isinstance(value, bool) or not math.isfinite(float(value)) or float(value) != int(float(value)):
             raise ValueError("expected a whole number")
         return int(float(value))
     if "float" in str(kind):
@@ -379,7 +380,7 @@ def _check_layout(layout: Any, problems: _Problems) -> str:
         problems.add(
             ("layout",), f"unknown field {exc}; use {', '.join('{' + f + '}' for f in LAYOUT_FIELDS)}"
         )
-    except (ValueError, IndexError, UnsafePathError) as exc:
+    except (ValueError, IndexError, AttributeError, UnsafePathError) as exc:
         problems.add(("layout",), str(exc))
     if not layout.endswith(".png"):
         problems.add(("layout",), "must end in .png (results are PNG files)")
@@ -502,10 +503,11 @@ def _load_table(source: Path) -> Manifest:
         if not style_paths:
             add("style", "empty; give an image path (';' between blended styles)")
         try:
-            size = int(float(row.get("size")))
-            if size <= 0:
+            size_value = float(row.get("size"))
+            size = int(size_value)
+            if size <= 0 or size != size_value:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             add("size", f"expected a positive whole number, got {row.get('size')!r}")
             size = 0
         weights_raw = row.get("style_weights")
@@ -517,12 +519,14 @@ def _load_table(source: Path) -> Manifest:
             )
             if len(weights) != len(style_paths):
                 raise ValueError(f"give {len(style_paths)} weights, one per style image")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError("give non-negative weights with a positive sum")
         except ValueError as exc:
             add("style_weights", str(exc) if "give" in str(exc) else f"expected numbers, got {weights_raw!r}")
             weights = (1.0,) * len(style_paths)
         params = {}
         for column, value in row.items():
-            if column in PARAM_FIELDS and value not in (None, ""):
+            if column in PARAM_FIELDS and column not in TABLE_COLUMNS and value not in (None, ""):
                 try:
                     params[column] = _coerce_param(column, value)
                 except (TypeError, ValueError) as exc:
