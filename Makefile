@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo demo-single test lint format bench clean
 
 install: $(STAMP)
 
@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
+	$(BIN)/nst render manifests/demo.yaml
+
+demo-single: $(STAMP)
 	$(BIN)/nst stylize nst_engine/samples/tubingen.jpg nst_engine/samples/starry_night.jpg \
-		--output out/demo/tubingen_starry_night.png --size 256 --iterations 300 \
-		--stats-json out/demo/tubingen_starry_night.json
+		--output out/single/tubingen_starry_night.png --size 256 --iterations 300 \
+		--stats-json out/single/tubingen_starry_night.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -31,6 +34,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_speed.py --sizes 256,512
+	$(BIN)/python benchmarks/ray_overhead.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

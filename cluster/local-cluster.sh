@@ -4,34 +4,45 @@
 # `ray start` (several raylets on one host is how Ray itself tests multi-node behaviour).
 #
 #   bash cluster/local-cluster.sh start [N]   # head + N worker nodes (default N=2)
-#   bash cluster/local-cluster.sh status      # ray status
-#   bash cluster/local-cluster.sh stop        # stop every node of this cluster
+#   bash cluster/local-cluster.sh status      # ray status of this cluster
+#   bash cluster/local-cluster.sh env         # the exports a client shell needs
+#   bash cluster/local-cluster.sh stop        # stop every process of this cluster
 #
-# Everything binds to 127.0.0.1: GCS on 127.0.0.1:6379, dashboard / Jobs API on
-# http://127.0.0.1:8265. Nothing is reachable from other machines.
+# Everything binds to 127.0.0.1 where Ray allows it (dashboard / Jobs API on
+# http://127.0.0.1:8265, no Ray Client server); the GCS port (6379) listens on all
+# interfaces, so token authentication is on (RAY_AUTH_MODE=token, token in
+# ~/.ray/auth_token, generated if missing).
 #
 # Settings (environment variables):
-#   HEAD_CPUS=0          CPUs the head offers to tasks (0: the head only coordinates)
-#   WORKER_CPUS=1        CPUs each worker node offers
-#   WORKER_GPUS=0        GPUs each worker node offers (all nodes share this host's GPUs,
-#                        so give at most one worker node a GPU per physical GPU)
-#   OBJECT_STORE_MB=256  shared-memory object store per node (images are small)
-#   RAY=.venv/bin/ray    the ray executable (default: the project's virtual environment)
-#   RAY_PORT=6379, DASHBOARD_PORT=8265
+#   HEAD_CPUS=0            CPUs the head offers to tasks (0: the head only coordinates)
+#   WORKER_CPUS=1          CPUs each worker node offers
+#   WORKER_GPUS=0          GPUs each worker node offers (all nodes share this host's GPUs:
+#                          give at most one node each physical GPU)
+#   OBJECT_STORE_MB=256    shared-memory object store per node (images are small)
+#   RAY_PORT=6379          GCS port;  DASHBOARD_PORT=8265  dashboard / Jobs API port
+#   CLUSTER_DIR=/tmp/nst-ray  Ray's temp dir for this cluster (sessions, logs, sockets);
+#                          kept apart from /tmp/ray so `ray.init()` elsewhere on this
+#                          machine does not attach to this cluster by accident
+#   RAY=.venv/bin/ray      the ray executable (default: the project's virtual environment)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RAY="${RAY:-$ROOT/.venv/bin/ray}"
+BIN="$(dirname "$RAY")"
 HOST=127.0.0.1
 RAY_PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 HEAD_CPUS="${HEAD_CPUS:-0}"
 WORKER_CPUS="${WORKER_CPUS:-1}"
 WORKER_GPUS="${WORKER_GPUS:-0}"
-OBJECT_STORE_BYTES=$(( ${OBJECT_STORE_MB:-256} * 1024 * 1024 ))
+OBJECT_STORE_BYTES=$((${OBJECT_STORE_MB:-256} * 1024 * 1024))
+CLUSTER_DIR="${CLUSTER_DIR:-/tmp/nst-ray}"
+# Every process of this cluster inherits this variable (given to `ray start` only);
+# `stop` finds them by it.
+MARK="NST_LOCAL_CLUSTER=$CLUSTER_DIR:$RAY_PORT"
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -42,14 +53,34 @@ need_ray() {
     fi
 }
 
-# Jobs submitted with `nst submit` run their entrypoint (`nst render ...`) in the
+# Jobs submitted with `nst submit` run their entrypoint (`nst render ...`) with the
 # environment of the Ray processes, so the venv's bin/ must be on their PATH.
-export PATH="$(dirname "$RAY"):$PATH"
+export PATH="$BIN:$PATH"
+export RAY_AUTH_MODE=token
 export RAY_USAGE_STATS_ENABLED=0
-# torch, not Ray, decides which GPUs a CPU-only actor sees (same as the embedded cluster)
+# CPU-only actors keep seeing the GPUs they do not use (as in the embedded cluster)
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 
-common=(--node-ip-address "$HOST" --object-store-memory "$OBJECT_STORE_BYTES" --disable-usage-stats)
+common=(
+    --node-ip-address "$HOST"
+    --temp-dir "$CLUSTER_DIR"
+    --object-store-memory "$OBJECT_STORE_BYTES"
+    --disable-usage-stats
+)
+
+cluster_pids() {
+    # PIDs (of this user) whose environment carries $MARK: the head, the worker nodes,
+    # their Ray workers and the drivers of submitted jobs. Nothing else.
+    local environ pid
+    for environ in /proc/[0-9]*/environ; do
+        pid="${environ#/proc/}"
+        pid="${pid%/environ}"
+        [[ -r "$environ" ]] || continue
+        if tr '\0' '\n' 2>/dev/null <"$environ" | grep -qxF "$MARK"; then
+            echo "$pid"
+        fi
+    done
+}
 
 start() {
     local workers="${1:-2}"
@@ -58,30 +89,47 @@ start() {
         exit 2
     fi
     need_ray
+    if [[ -n "$(cluster_pids)" ]]; then
+        echo "error: a local cluster in $CLUSTER_DIR is already running; run '$0 stop' first" >&2
+        exit 1
+    fi
+    mkdir -p "$CLUSTER_DIR"
+    "$RAY" get-auth-token --generate >/dev/null 2>&1
     echo "starting head on $HOST:$RAY_PORT (dashboard http://$HOST:$DASHBOARD_PORT, $HEAD_CPUS CPUs)"
-    "$RAY" start --head --port "$RAY_PORT" \
+    env "$MARK" "$RAY" start --head --port "$RAY_PORT" \
         --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" \
-        --num-cpus "$HEAD_CPUS" --num-gpus 0 "${common[@]}" >/dev/null
+        --num-cpus "$HEAD_CPUS" --num-gpus 0 "${common[@]}" >"$CLUSTER_DIR/start-head.log" 2>&1 ||
+        fail_start "$CLUSTER_DIR/start-head.log"
     for i in $(seq 1 "$workers"); do
         echo "starting worker node $i/$workers ($WORKER_CPUS CPUs, $WORKER_GPUS GPUs)"
-        "$RAY" start --address "$HOST:$RAY_PORT" \
-            --num-cpus "$WORKER_CPUS" --num-gpus "$WORKER_GPUS" "${common[@]}" >/dev/null
+        env "$MARK" "$RAY" start --address "$HOST:$RAY_PORT" \
+            --num-cpus "$WORKER_CPUS" --num-gpus "$WORKER_GPUS" "${common[@]}" \
+            >"$CLUSTER_DIR/start-worker-$i.log" 2>&1 || fail_start "$CLUSTER_DIR/start-worker-$i.log"
     done
     wait_for_nodes $((workers + 1))
     cat <<EOF
-cluster up: 1 head + $workers worker nodes
-  render:  $ROOT/.venv/bin/nst render manifests/demo.yaml --address $HOST:$RAY_PORT --threads-per-actor $WORKER_CPUS
-  submit:  $ROOT/.venv/bin/nst submit manifests/demo.yaml --address http://$HOST:$DASHBOARD_PORT
+cluster up: 1 head + $workers worker nodes ($CLUSTER_DIR)
+in the client shell first:  eval "\$(bash cluster/local-cluster.sh env)"
+  render:  nst render manifests/demo.yaml --address $HOST:$RAY_PORT --threads-per-actor $WORKER_CPUS
+  submit:  nst submit manifests/demo.yaml --address http://$HOST:$DASHBOARD_PORT
   status:  bash cluster/local-cluster.sh status
   stop:    bash cluster/local-cluster.sh stop
 EOF
 }
 
+fail_start() {
+    echo "error: ray start failed; its output ($1):" >&2
+    tail -n 20 "$1" >&2
+    echo "stopping what was started" >&2
+    stop
+    exit 1
+}
+
 wait_for_nodes() {
     local want="$1" have=0
     for _ in $(seq 1 60); do
-        have=$("$RAY" list nodes --address "$HOST:$RAY_PORT" --filter "state=ALIVE" --format json \
-            2>/dev/null | grep -c '"node_id"' || true)
+        have=$("$RAY" status --address "$HOST:$RAY_PORT" 2>/dev/null |
+            awk '/^Active:/{a=1; next} /^(Pending|Recent failures):/{a=0} a && /node_/{n++} END{print n+0}')
         if [[ "$have" -ge "$want" ]]; then
             return 0
         fi
@@ -95,16 +143,45 @@ status() {
     "$RAY" status --address "$HOST:$RAY_PORT"
 }
 
+client_env() {
+    # What a shell needs to use this cluster with `nst render/submit/status/logs`.
+    cat <<EOF
+export PATH="$BIN:\$PATH"
+export RAY_AUTH_MODE=token
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
+EOF
+}
+
 stop() {
-    need_ray
-    # `ray stop` ends every Ray process of this user on this machine: the head and all
-    # worker nodes started above (and any other Ray you started by hand on this host).
-    "$RAY" stop || "$RAY" stop --force
+    # Not `ray stop`: that ends every Ray process of this user on the machine, including
+    # other clusters and the embedded clusters of running `nst render` commands.
+    local pids left
+    pids=$(cluster_pids | tr '\n' ' ')
+    if [[ -z "${pids// /}" ]]; then
+        echo "no local cluster running ($CLUSTER_DIR)"
+        return 0
+    fi
+    echo "stopping $(wc -w <<<"$pids") processes of the local cluster ($CLUSTER_DIR)"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 1 20); do
+        left=$(cluster_pids | tr '\n' ' ')
+        [[ -z "${left// /}" ]] && break
+        sleep 0.5
+    done
+    left=$(cluster_pids | tr '\n' ' ')
+    if [[ -n "${left// /}" ]]; then
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+    fi
+    rm -f "$CLUSTER_DIR/ray_current_cluster"
+    echo "stopped"
 }
 
 case "${1:-}" in
     start) start "${2:-2}" ;;
     status) status ;;
+    env) client_env ;;
     stop) stop ;;
     *) usage ;;
 esac

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Group
@@ -22,6 +22,9 @@ from rich.table import Table
 from nst_engine.cli.app import app, err, fail
 from nst_engine.engine.errors import NSTError
 
+if TYPE_CHECKING:
+    from nst_engine.distributed.scheduler import Progress, RunSummary
+
 
 class RenderView:
     """Overall bar (done / failed / total, ETA) and one line per worker."""
@@ -39,7 +42,7 @@ class RenderView:
         self.task = self.bar.add_task("render", total=total, detail="")
         self.workers = Table.grid(padding=(0, 2))
 
-    def update(self, progress: object) -> None:
+    def update(self, progress: Progress) -> None:
         self.bar.update(
             self.task,
             completed=progress.done + progress.failed + progress.skipped,
@@ -55,7 +58,7 @@ class RenderView:
         return Group(self.bar, self.workers)
 
 
-def print_summary(summary: object, results: str) -> None:
+def print_summary(summary: RunSummary, results: str) -> None:
     table = Table(title="render summary", show_edge=False)
     table.add_column("rendered", justify="right")
     table.add_column("skipped (already done)", justify="right")
@@ -137,17 +140,18 @@ def render(
         max_attempts=max_attempts,
         max_worker_failures=max_worker_failures,
     )
-    where = connect(address)
+    try:
+        where = connect(address)
+    except NSTError as exc:
+        raise fail(str(exc)) from None
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
     view = RenderView(len(items))
     try:
-        with Live(view, console=err, refresh_per_second=4, transient=False, redirect_stderr=False) as live:
-            if quiet:
-                live.stop()
-            summary = run_render(
-                items, plan.weights, root, options, force=force, on_progress=None if quiet else view.update
-            )
-            if not quiet:
+        if quiet:
+            summary = run_render(items, plan.weights, root, options, force=force)
+        else:
+            with Live(view, console=err, refresh_per_second=4):
+                summary = run_render(items, plan.weights, root, options, force=force, on_progress=view.update)
                 view.update(_final(summary))
     finally:
         disconnect()
@@ -156,7 +160,7 @@ def render(
         raise typer.Exit(1)
 
 
-def _final(summary: object) -> object:
+def _final(summary: RunSummary) -> Progress:
     from nst_engine.distributed.scheduler import Progress
 
     return Progress(

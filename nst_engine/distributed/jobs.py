@@ -82,8 +82,15 @@ def _client(address: str) -> Any:
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection errors come in many types
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if "authentication" in text.lower():
+            raise NSTError(
+                f"--address {address}: the cluster wants a token ({first}); set RAY_AUTH_MODE=token "
+                "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the cluster"
+            ) from None
         raise NSTError(
-            f"--address {address}: cannot reach the Ray dashboard ({exc}); is the cluster up?"
+            f"--address {address}: cannot reach the Ray dashboard ({first}); is the cluster up?"
         ) from None
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
+
+from nst_engine.engine.errors import NSTError
 
 LOCALHOST = "127.0.0.1"
 
@@ -20,7 +23,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         return "already connected"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NSTError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
         return f"Ray cluster at {address}"
     ray.init(
         num_cpus=num_cpus,
@@ -31,6 +39,20 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         configure_logging=True,
     )
     return "embedded local Ray (127.0.0.1)"
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise NSTError(
+            f"--address {address}: no Ray head answers there ({exc}); is the cluster up?"
+        ) from None
 
 
 def disconnect() -> None:

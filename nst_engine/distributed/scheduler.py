@@ -118,7 +118,7 @@ def run_render(
     summary = RunSummary(total=len(items))
     todo, skipped = skip_done(items, store, root, force)
     summary.skipped = len(skipped)
-    store.append([make_row(i, "skipped", 0, run_kind=run_kind, output_path=i.output_path) for i in skipped])
+    store.append([make_row(i, "skipped", 0, run_kind=run_kind) for i in skipped])
     bad = [i for i in todo if i.input_error]
     store.append([make_row(i, "failed", 1, error=i.input_error, run_kind=run_kind) for i in bad])
     summary.failed += [(i, i.input_error or "") for i in bad]

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from nst_engine.engine.images import MAX_DECODE_PIXELS
-from nst_engine.engine.synthesis import SynthesisConfig
+from nst_engine.engine.synthesis import INITS, SynthesisConfig
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.manifest import Manifest, ManifestError
 from nst_engine.planning.storage import UnsafePathError, safe_relative
@@ -101,11 +101,16 @@ def item_id(
     style_weights: tuple[float, ...],
     config: SynthesisConfig,
     weights: dict[str, Any],
+    init_hash: str | None = None,
 ) -> str:
+    """Hash of what changes the output; an init image counts by its contents, not its path."""
+    params = config.to_params()
+    if init_hash is not None:
+        params["init"] = f"sha256:{init_hash}"
     payload = {
         "content": content_hash,
         "styles": [[h, w] for h, w in zip(style_hashes, style_weights, strict=True)],
-        "config": config.to_params(),
+        "config": params,
         "weights": weights,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:ID_LENGTH]
@@ -149,7 +154,9 @@ def expand(manifest: Manifest, skip_bad_inputs: bool = False) -> list[WorkItem]:
         else:
             content_hash = hasher(spec.content)
             style_hashes = tuple(hasher(p) for p in spec.style.images)
-        ident = item_id(content_hash, style_hashes, spec.style.weights, spec.config, weights)
+        init = spec.config.init
+        init_hash = hasher(init) if init not in INITS and Path(init).is_file() else None
+        ident = item_id(content_hash, style_hashes, spec.style.weights, spec.config, weights, init_hash)
         if errors:  # distinct ids for distinct broken inputs, stable across runs
             ident = hashlib.sha256(f"{ident}|{'|'.join(paths)}".encode()).hexdigest()[:ID_LENGTH]
         try:

@@ -93,7 +93,9 @@ class _Problems:
                 break
         where = f"{self.source}:{line}" if line else str(self.source)
         dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
-        self.items.append(f"{where}: {dotted or '(top level)'}: {message}")
+        problem = f"{where}: {dotted or '(top level)'}: {message}"
+        if problem not in self.items:  # e.g. a bad parameter seen once per size
+            self.items.append(problem)
 
     def line_of(self, path: tuple) -> str:
         line = self.lines.get(path)
@@ -447,6 +449,13 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
                     f"{problems.line_of(cpath)} (content) × {problems.line_of(spath)} (style) × size {size}"
                 )
                 items.append(ItemSpec(content, content_rel, style, size, config, where))
+    size = sizes[0] if sizes else SynthesisConfig.size
+    if not seen_configs:  # nothing expanded (contents, styles or sizes are wrong): still check params
+        _config(size, defaults, base, ("params",), problems)
+    used = {j for _, applied in seen_configs for j in applied}
+    for j, (_, extra) in enumerate(overrides):
+        if j not in used:  # an override that matched nothing still gets its values checked
+            _config(size, {**defaults, **extra}, base, ("overrides", j, "params"), problems)
     if problems.items:
         raise ManifestError(problems.items)
     return Manifest(name=name, source=source, output=output, layout=layout, weights=weights, items=items)
@@ -519,7 +528,7 @@ def _load_table(source: Path) -> Manifest:
             )
             if len(weights) != len(style_paths):
                 raise ValueError(f"give {len(style_paths)} weights, one per style image")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
+            if weights and (any(w < 0 for w in weights) or sum(weights) <= 0):
                 raise ValueError("give non-negative weights with a positive sum")
         except ValueError as exc:
             add("style_weights", str(exc) if "give" in str(exc) else f"expected numbers, got {weights_raw!r}")
@@ -545,16 +554,12 @@ def _load_table(source: Path) -> Manifest:
         resolved = tuple(str((base / p).resolve()) for p in style_paths)
         style = StyleSpec(str(row.get("style_name") or _style_name(resolved)), resolved, weights)
         content_path = (base / content).resolve()
-        items.append(
-            ItemSpec(
-                str(content_path),
-                Path(content).as_posix().lstrip("./"),
-                style,
-                size,
-                config,
-                f"{source}: {label}",
-            )
+        # outputs mirror the table's relative paths; paths leaving its folder keep their file name
+        relative = Path(content)
+        content_rel = (
+            relative.name if relative.is_absolute() or ".." in relative.parts else relative.as_posix()
         )
+        items.append(ItemSpec(str(content_path), content_rel, style, size, config, f"{source}: {label}"))
     if problems.items:
         raise ManifestError(problems.items)
     return Manifest(

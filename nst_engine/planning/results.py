@@ -112,12 +112,12 @@ class ResultStore:
     def _part_files(self) -> list[str]:
         return self.root.list_files(PARTS_DIR, ".parquet")
 
-    def read(self) -> pa.Table:
+    def read(self, parts: list[str] | None = None) -> pa.Table:
         """All rows: the compacted file plus parts left by running or killed runs."""
         tables = []
         if self.root.exists(RESULTS_FILE):
             tables.append(pq.read_table(io.BytesIO(self.root.read_bytes(RESULTS_FILE))))
-        for part in self._part_files():
+        for part in self._part_files() if parts is None else parts:
             tables.append(pq.read_table(io.BytesIO(self.root.read_bytes(part))))
         if not tables:
             return SCHEMA.empty_table()
@@ -136,7 +136,7 @@ class ResultStore:
         parts = self._part_files()
         if not parts:
             return 0
-        table = self.read()
+        table = self.read(parts)  # exactly the parts deleted below, even if more arrive
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         self.root.write_bytes(RESULTS_FILE, buffer.getvalue())

@@ -1,0 +1,293 @@
+"""The Parquet result table and the output root it lives in."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nst_engine import __version__
+from nst_engine.engine.stats import SynthesisStats
+from nst_engine.planning.items import WorkItem, expand
+from nst_engine.planning.manifest import load_manifest
+from nst_engine.planning.results import COLUMNS, PARTS_DIR, RESULTS_FILE, SCHEMA, ResultStore, make_row
+from nst_engine.planning.storage import TMP_PREFIX, OutputRoot, UnsafePathError, safe_relative
+from tests.conftest import write_image
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> list[WorkItem]:
+    """Four real work items (2 contents × 2 sizes) from a tiny manifest."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_image(inputs / "a.png", 24, 16, seed=1)
+    write_image(inputs / "b.png", 16, 24, seed=2)
+    write_image(inputs / "s.png", 20, 20, seed=3)
+    manifest = inputs / "m.yaml"
+    manifest.write_text(
+        "name: tiny\ncontents: [a.png, b.png]\nstyles: [s.png]\nsizes: [32, 48]\nparams: {iterations: 2}\n"
+    )
+    items = expand(load_manifest(manifest))
+    assert len(items) == 4
+    return items
+
+
+def fake_stats(item: WorkItem) -> SynthesisStats:
+    """A real SynthesisStats record with plausible values (no synthesis needed here)."""
+    return SynthesisStats(
+        content_id=item.content_hash,
+        style_ids=list(item.style_hashes),
+        height=21,
+        width=32,
+        pixels=21 * 32,
+        iterations=2,
+        loss_evaluations=3,
+        stop_reason="iterations",
+        final_content_loss=1.5,
+        final_style_loss=2.5,
+        final_tv_loss=0.0,
+        final_total_loss=4.0,
+        content_losses=[3.0, 2.0],
+        style_losses=[5.0, 3.0],
+        total_losses=[8.0, 5.0],
+        iteration_seconds=[0.25, 0.125],
+        weights_load_seconds=0.5,
+        targets_seconds=0.1,
+        setup_seconds=0.6,
+        synthesis_seconds=0.375,
+        total_seconds=1.0,
+        device="cpu",
+        device_type="cpu",
+        device_name="test cpu",
+        peak_memory_bytes=1234,
+        peak_memory_kind="cpu_peak_rss",
+        torch_version="x",
+        seed=0,
+        weights_source="random:0",
+    )
+
+
+def part_files(root: Path) -> list[Path]:
+    folder = root / PARTS_DIR
+    return sorted(folder.glob("*.parquet")) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------- result store
+
+
+def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> None:
+    out = tmp_path / "out"
+    store = ResultStore(OutputRoot(str(out)))
+    assert store.read().num_rows == 0
+    assert store.read().schema == SCHEMA
+    assert store.completed() == {}
+    assert store.compact() == 0
+    assert not (out / RESULTS_FILE).exists()
+
+    started = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    failed = make_row(work[0], "failed", 1, error="x")
+    ok = make_row(work[0], "ok", 2, stats=fake_stats(work[0]), node_id="node-1", started_at=started)
+    other_ok = make_row(work[1], "ok", 1, stats=fake_stats(work[1]))
+    store.append([failed])
+    assert len(part_files(out)) == 1
+    store.append([ok, other_ok])
+    assert len(part_files(out)) == 2
+    store.append([])  # nothing to write: no file
+    assert len(part_files(out)) == 2
+
+    table = store.read()
+    assert table.schema == SCHEMA
+    assert table.num_rows == 3
+    rows = sorted(table.to_pylist(), key=lambda r: (r["item_id"], r["attempt"]))
+    by_status = {(r["item_id"], r["status"]): r for r in rows}
+    f = by_status[(work[0].item_id, "failed")]
+    assert f["error"] == "x" and f["attempt"] == 1 and f["height"] is None and f["total_losses"] is None
+    assert f["run_kind"] == "render" and f["manifest_name"] == "tiny" and f["nst_version"] == __version__
+    assert f["content_path"] == work[0].content_path and f["style_weights"] == [1.0]
+    assert f["iterations_requested"] == 2 and f["size"] == work[0].size == 32
+    assert json.loads(f["params_json"])["iterations"] == 2
+    o = by_status[(work[0].item_id, "ok")]
+    assert o["error"] is None and o["attempt"] == 2 and o["node_id"] == "node-1"
+    assert (o["height"], o["width"], o["pixels"]) == (21, 32, 672)
+    assert o["total_losses"] == [8.0, 5.0] and o["iteration_seconds"] == [0.25, 0.125]
+    assert o["seconds_per_iteration"] == 0.25  # the median of two is the upper one here
+    assert o["started_at"] == started and o["finished_at"] is None
+    assert o["output_path"] == work[0].output_path
+
+    assert store.completed() == {
+        work[0].item_id: work[0].output_path,
+        work[1].item_id: work[1].output_path,
+    }
+
+    assert store.compact() == 2
+    assert part_files(out) == []
+    assert (out / RESULTS_FILE).is_file()
+    assert not list(out.rglob(f"{TMP_PREFIX}*"))
+    compacted = pq.read_table(out / RESULTS_FILE)
+    assert compacted.schema == SCHEMA
+    assert compacted.num_rows == 3
+    frame = pd.read_parquet(out / RESULTS_FILE)
+    assert list(frame.columns) == [name for name, _, _ in COLUMNS]
+    assert sorted(frame["status"]) == ["failed", "ok", "ok"]
+    assert frame.loc[frame["status"] == "failed", "error"].tolist() == ["x"]
+    assert store.compact() == 0  # nothing new to merge
+
+    # after compaction: appends go to parts again, reads see old + new
+    store.append([make_row(work[2], "ok", 1)])
+    store.append([make_row(work[3], "skipped", 1)])
+    assert len(part_files(out)) == 2
+    again = store.read()
+    assert again.num_rows == 5
+    assert sorted(again["item_id"].to_pylist()) == sorted(
+        [work[0].item_id, work[0].item_id, work[1].item_id, work[2].item_id, work[3].item_id]
+    )
+    assert set(store.completed()) == {work[0].item_id, work[1].item_id, work[2].item_id}
+    assert store.compact() == 2
+    assert pq.read_table(out / RESULTS_FILE).num_rows == 5
+    assert part_files(out) == []
+
+
+def test_a_second_store_on_the_same_root_sees_the_rows(tmp_path: Path, work: list[WorkItem]) -> None:
+    ResultStore(OutputRoot(str(tmp_path / "out"))).append([make_row(work[0], "ok", 1)])
+    reader = ResultStore(OutputRoot(f"file://{tmp_path / 'out'}"))
+    assert reader.completed() == {work[0].item_id: work[0].output_path}
+
+
+def test_parts_folder_reads_as_a_dataset(tmp_path: Path, work: list[WorkItem]) -> None:
+    store = ResultStore(OutputRoot(str(tmp_path)))
+    for item in work:
+        store.append([make_row(item, "ok", 1)])
+    dataset = pq.read_table(tmp_path / PARTS_DIR)
+    assert dataset.num_rows == 4
+    assert sorted(dataset["item_id"].to_pylist()) == sorted(i.item_id for i in work)
+
+
+def test_unknown_row_keys_are_dropped(work: list[WorkItem]) -> None:
+    from nst_engine.planning.results import to_table
+
+    table = to_table([make_row(work[0], "ok", 1, not_a_column="ignored")])
+    assert "not_a_column" not in table.column_names
+    assert table.schema == SCHEMA
+
+
+def test_duckdb_reads_the_results(tmp_path: Path, work: list[WorkItem], monkeypatch) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    store = ResultStore(OutputRoot(str(tmp_path)))
+    store.append([make_row(item, "ok", 1) for item in work])
+    store.compact()
+    monkeypatch.chdir(tmp_path)
+    assert duckdb.sql("SELECT count(*) FROM 'results.parquet'").fetchone()[0] == 4
+
+
+# ---------------------------------------------------------------------------- output root
+
+
+def test_write_bytes_is_atomic_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    root = OutputRoot(str(tmp_path / "out"))
+    target = root.write_bytes("a/b/c.bin", b"first")
+    assert Path(target) == (tmp_path / "out" / "a" / "b" / "c.bin").resolve()
+    assert Path(target).read_bytes() == b"first"
+    root.write_bytes("a/b/c.bin", b"second, longer")  # replaces
+    assert root.read_bytes("a/b/c.bin") == b"second, longer"
+    assert root.exists("a/b/c.bin") and not root.exists("a/b") and not root.exists("a/b/none")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(TMP_PREFIX)]
+    assert root.list_files("a/b") == ["a/b/c.bin"]
+    assert root.list_files("nowhere") == []
+
+
+def test_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
+    root = OutputRoot(str(tmp_path))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "inside").write_text("keeps the folder non-empty")
+    with pytest.raises(OSError):
+        root.write_bytes("taken", b"cannot replace a non-empty folder")
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    assert (tmp_path / "taken" / "inside").is_file()
+
+
+def test_remove_stale_temporaries(tmp_path: Path) -> None:
+    root = OutputRoot(str(tmp_path))
+    root.write_bytes("keep/real.png", b"png")
+    (tmp_path / f"{TMP_PREFIX}abc-results.parquet").write_bytes(b"half")
+    (tmp_path / "keep" / f"{TMP_PREFIX}def-real.png").write_bytes(b"half")
+    (tmp_path / "keep" / "deeper").mkdir()
+    (tmp_path / "keep" / "deeper" / f"{TMP_PREFIX}ghi-x.png").write_bytes(b"half")
+    (tmp_path / "keep" / "not.nst-tmp-x").write_bytes(b"not a temporary: prefix only")
+    assert root.remove_stale_temporaries() == 3
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["keep/not.nst-tmp-x", "keep/real.png"]
+    assert root.remove_stale_temporaries() == 0
+    assert OutputRoot(str(tmp_path / "absent")).remove_stale_temporaries() == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        ".",
+        "..",
+        "../x.png",
+        "a/../../x.png",
+        "a/../b.png",
+        "..\\x.png",
+        "/etc/passwd",
+        "\\\\server\\share\\x.png",
+        "C:\\x.png",
+        "c:/x.png",
+        "D:x.png",
+    ],
+)
+def test_safe_relative_refuses_escapes(bad: str) -> None:
+    with pytest.raises(UnsafePathError):
+        safe_relative(bad)
+
+
+def test_safe_relative_cleans_good_paths(tmp_path: Path) -> None:
+    assert safe_relative("a/b.png") == "a/b.png"
+    assert safe_relative("./a//b/./c.png") == "a/b/c.png"
+    assert safe_relative("a\\b.png") == "a/b.png"
+    root = OutputRoot(str(tmp_path))
+    with pytest.raises(UnsafePathError):
+        root.write_bytes("../escape.bin", b"x")
+    with pytest.raises(UnsafePathError):
+        root.read_bytes("/etc/hostname")
+    assert not (tmp_path.parent / "escape.bin").exists()
+
+
+def test_file_uri_roots(tmp_path: Path, work: list[WorkItem]) -> None:
+    uri_root = OutputRoot(f"file://{tmp_path}/out")
+    plain_root = OutputRoot(str(tmp_path / "out"))
+    assert uri_root.is_local and plain_root.is_local
+    assert not OutputRoot("s3://bucket/prefix").is_local
+    uri_root.write_bytes("x/y.txt", b"via uri")
+    assert (tmp_path / "out" / "x" / "y.txt").read_bytes() == b"via uri"
+    assert plain_root.read_bytes("x/y.txt") == b"via uri"
+    assert uri_root.local_path("x/y.txt") == tmp_path / "out" / "x" / "y.txt"
+    assert uri_root.display("x/y.txt") == str(tmp_path / "out" / "x" / "y.txt")
+    store = ResultStore(uri_root)
+    store.append([make_row(work[0], "ok", 1)])
+    assert store.compact() == 1
+    assert pq.read_table(tmp_path / "out" / RESULTS_FILE).num_rows == 1
+    uri_root.delete("x/y.txt")
+    uri_root.delete("x/y.txt")  # deleting twice is fine
+    assert not (tmp_path / "out" / "x" / "y.txt").exists()
+
+
+def test_output_root_is_picklable() -> None:
+    import pickle
+
+    root = OutputRoot("file:///tmp/somewhere")
+    assert pickle.loads(pickle.dumps(root)) == root
+
+
+def test_schema_is_documented() -> None:
+    names = [name for name, _, _ in COLUMNS]
+    assert len(names) == len(set(names)) == len(SCHEMA.names)
+    assert all(doc for _, _, doc in COLUMNS)
+    assert SCHEMA.field("started_at").type == pa.timestamp("us", tz="UTC")
+    assert SCHEMA.field("style_weights").type == pa.list_(pa.float64())
