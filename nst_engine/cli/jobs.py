@@ -64,8 +64,6 @@ def status(
         typer.echo(job_status(_address(address), job_id))
     except NSTError as exc:
         raise fail(str(exc)) from None
-    except Exception as exc:  # the job client raises plain exceptions for unknown ids
-        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
 
 
 @app.command()
@@ -80,8 +78,6 @@ def logs(
         typer.echo(job_logs(_address(address), job_id), nl=False)
     except NSTError as exc:
         raise fail(str(exc)) from None
-    except Exception as exc:
-        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
 
 
 @app.command()
@@ -96,6 +92,4 @@ def cancel(
         stopped = job_cancel(_address(address), job_id)
     except NSTError as exc:
         raise fail(str(exc)) from None
-    except Exception as exc:
-        raise fail(f"job {job_id}: {str(exc).splitlines()[0]}") from None
     typer.echo("stopping" if stopped else "not running")

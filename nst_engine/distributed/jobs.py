@@ -7,6 +7,8 @@ reruns are idempotent because finished items are recognised by their ids.
 from __future__ import annotations
 
 import shlex
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,9 +84,8 @@ def _client(address: str) -> Any:
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection errors come in many types
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        if "authentication" in text.lower():
+        first = _first_line(exc)
+        if "authentication" in str(exc).lower():
             raise NSTError(
                 f"--address {address}: the cluster wants a token ({first}); set RAY_AUTH_MODE=token "
                 "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the cluster"
@@ -94,17 +95,43 @@ def _client(address: str) -> Any:
         ) from None
 
 
-def submit(address: str, job: JobSpec, submission_id: str | None = None) -> str:
-    return _client(address).submit_job(entrypoint=entrypoint(job), submission_id=submission_id)
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _call(what: str, action: Callable[[], Any]) -> Any:
+    """Run a job-client call; its failures (plain RuntimeErrors) become one-line errors."""
+    try:
+        return action()
+    except NSTError:
+        raise
+    except Exception as exc:  # the job client raises RuntimeError and friends
+        raise NSTError(f"{what}: {_first_line(exc)}") from None
+
+
+def submit(
+    address: str, job: JobSpec, submission_id: str | None = None, wait_for_agent: float = 120.0
+) -> str:
+    """Submit; a head that has just started may have no job agent yet, so retry for a while."""
+    client = _client(address)
+    deadline = time.monotonic() + wait_for_agent
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint(job), submission_id=submission_id)
+        except Exception as exc:  # the job client raises RuntimeError and friends
+            if "try again" not in str(exc) or time.monotonic() > deadline:
+                raise NSTError(f"submitting to {address}: {_first_line(exc)}") from None
+            time.sleep(2)
 
 
 def status(address: str, job_id: str) -> str:
-    return str(_client(address).get_job_status(job_id))
+    return str(_call(f"job {job_id}", lambda: _client(address).get_job_status(job_id)))
 
 
 def logs(address: str, job_id: str) -> str:
-    return _client(address).get_job_logs(job_id)
+    return _call(f"job {job_id}", lambda: _client(address).get_job_logs(job_id))
 
 
 def cancel(address: str, job_id: str) -> bool:
-    return bool(_client(address).stop_job(job_id))
+    return bool(_call(f"job {job_id}", lambda: _client(address).stop_job(job_id)))

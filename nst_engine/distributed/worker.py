@@ -72,9 +72,10 @@ class RenderWorker:
             self.board.update.remote(self.actor_id, label, iteration, total, loss)
 
     def render(
-        self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render"
+        self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0
     ) -> tuple[dict, bool]:
-        """(result row, retryable). The image is written before the row is returned."""
+        """(result row, retryable). The image is written before the row is returned.
+        ``warmup`` iterations are left out of the row's per-iteration statistics."""
         started, start_clock = _utcnow(), time.perf_counter()
         extra = {
             "node_id": self.node_id,
@@ -108,7 +109,7 @@ class RenderWorker:
             )
             metadata = {**result.metadata, "nst:item_id": item.item_id}
             self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
-            row = make_row(item, "ok", attempt, stats=result.stats, run_kind=run_kind, **extra)
+            row = make_row(item, "ok", attempt, stats=result.stats, run_kind=run_kind, warmup=warmup, **extra)
             retryable = False
         except NSTError as exc:
             row, retryable = (

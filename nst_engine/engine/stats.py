@@ -41,6 +41,7 @@ class SynthesisStats:
     device_name: str
     peak_memory_bytes: int
     peak_memory_kind: str
+    device_memory_bytes: int
     torch_version: str
     seed: int
     weights_source: str
@@ -62,6 +63,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return cpu_model()
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of the device: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def cpu_model() -> str:

@@ -21,7 +21,7 @@ from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, output_size, resize, save_png, to_tensor
 from nst_engine.engine.losses import StyleTargets, StyleTransferObjective, gram_matrix
 from nst_engine.engine.optimize import IterationRecord, OptimizerSettings, optimize
-from nst_engine.engine.stats import PeakMemory, SynthesisStats, device_name
+from nst_engine.engine.stats import PeakMemory, SynthesisStats, device_memory, device_name
 from nst_engine.engine.vgg import VGG19Features, check_layers, deepest, min_side
 from nst_engine.engine.weights import VGGWeights
 
@@ -207,6 +207,7 @@ class Stylizer:
         self._target_cache_size = target_cache_size
         self._pending_load_seconds = load_seconds
         self.target_cache_hits = 0
+        self.device_memory = device_memory(self.device)
 
     def network(self, pooling: str, last_layer: str, channels_last: bool) -> VGG19Features:
         key = (pooling, last_layer, channels_last)
@@ -378,6 +379,7 @@ class Stylizer:
             device_name=device_name(self.device),
             peak_memory_bytes=memory.peak,
             peak_memory_kind=memory.kind,
+            device_memory_bytes=self.device_memory,
             torch_version=torch.__version__,
             seed=config.seed,
             weights_source=self.weights.source,

@@ -570,3 +570,8 @@ def _load_table(source: Path) -> Manifest:
         weights=WeightsSpec(),
         items=items,
     )
+
+
+def manifest_from_dict(data: dict[str, Any], base: Path) -> Manifest:
+    """A manifest built in code (as the scaling benchmark does); paths relative to ``base``."""
+    return _from_mapping(data, base / "<generated manifest>", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 import time
 import uuid
 from collections.abc import Iterable
@@ -47,7 +48,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("size", _i64, "requested longer side in pixels"),
     ("height", _i64, "output height in pixels"),
     ("width", _i64, "output width in pixels"),
-    ("pixels", _i64, "height × width"),
+    ("pixels", _i64, "height × width (estimated from the content's aspect ratio for failed items)"),
     ("params_json", _str, "all engine parameters as JSON"),
     ("ratio", _f64, "alpha/beta"),
     ("iterations_requested", _i64, "iterations asked for"),
@@ -66,7 +67,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("total_losses", pa.list_(_f64), "loss curve: total loss at the start of each iteration"),
     ("content_losses", pa.list_(_f64), "content loss at the start of each iteration"),
     ("style_losses", pa.list_(_f64), "style loss at the start of each iteration"),
-    ("seconds_per_iteration", _f64, "median of iteration_seconds"),
+    ("warmup_iterations", _i64, "iterations left out of the per-iteration statistics"),
+    ("seconds_per_iteration", _f64, "median of iteration_seconds after the warm-up iterations"),
+    ("seconds_per_iteration_p25", _f64, "25th percentile of iteration_seconds after warm-up"),
+    ("seconds_per_iteration_p75", _f64, "75th percentile of iteration_seconds after warm-up"),
     ("setup_seconds", _f64, "weights load (first item of a worker) + target extraction"),
     ("synthesis_seconds", _f64, "optimisation time"),
     ("queue_wait_seconds", _f64, "from the run's start until a worker took the item"),
@@ -76,6 +80,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("device_name", _str, "GPU or CPU model"),
     ("peak_memory_bytes", _i64, "CUDA peak allocated (GPU) or peak RSS during the item (CPU)"),
     ("peak_memory_kind", _str, "cuda_peak_allocated or cpu_peak_rss"),
+    ("device_memory_bytes", _i64, "total memory of the GPU, or RAM of the machine for CPU"),
     ("weights_source", _str, "where the VGG-19 weights came from"),
     ("node_id", _str, "Ray node id"),
     ("actor_id", _str, "Ray actor id"),
@@ -145,6 +150,23 @@ class ResultStore:
         return len(parts)
 
 
+def iteration_quartiles(seconds: list[float], warmup: int) -> dict[str, float | None]:
+    """Median and quartiles of per-iteration times after ``warmup`` (at least one kept)."""
+    kept = sorted(seconds[min(warmup, max(len(seconds) - 1, 0)) :])
+    if not kept:
+        return {
+            "seconds_per_iteration": None,
+            "seconds_per_iteration_p25": None,
+            "seconds_per_iteration_p75": None,
+        }
+    quartiles = statistics.quantiles(kept, n=4, method="inclusive") if len(kept) > 1 else [kept[0]] * 3
+    return {
+        "seconds_per_iteration": statistics.median(kept),
+        "seconds_per_iteration_p25": quartiles[0],
+        "seconds_per_iteration_p75": quartiles[2],
+    }
+
+
 def make_row(
     item: WorkItem,
     status: str,
@@ -153,6 +175,7 @@ def make_row(
     stats: SynthesisStats | None = None,
     error: str | None = None,
     run_kind: str = "render",
+    warmup: int = 0,
     **extra: Any,
 ) -> dict[str, Any]:
     """One row for ``item``; ``extra`` fills worker columns (node_id, timestamps, ...)."""
@@ -182,7 +205,9 @@ def make_row(
         "precision": config.precision,
         "nst_version": __version__,
     }
-    if stats is not None:
+    if stats is None:
+        row["pixels"] = item.pixels_estimate
+    else:
         row.update(
             height=stats.height,
             width=stats.width,
@@ -197,7 +222,8 @@ def make_row(
             total_losses=stats.total_losses,
             content_losses=stats.content_losses,
             style_losses=stats.style_losses,
-            seconds_per_iteration=stats.seconds_per_iteration,
+            warmup_iterations=min(warmup, max(stats.iterations - 1, 0)),
+            **iteration_quartiles(stats.iteration_seconds, warmup),
             setup_seconds=stats.setup_seconds,
             synthesis_seconds=stats.synthesis_seconds,
             device=stats.device,
@@ -205,6 +231,7 @@ def make_row(
             device_name=stats.device_name,
             peak_memory_bytes=stats.peak_memory_bytes,
             peak_memory_kind=stats.peak_memory_kind,
+            device_memory_bytes=stats.device_memory_bytes,
             weights_source=stats.weights_source,
             torch_version=stats.torch_version,
         )
