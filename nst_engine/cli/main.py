@@ -4,6 +4,8 @@
 from nst_engine.cli import stylize  # noqa: F401
 from nst_engine.cli import render  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
+from nst_engine.cli import report  # noqa: F401
+from nst_engine.cli import bench  # noqa: F401
 from nst_engine.cli.app import app
 
 __all__ = ["app"]

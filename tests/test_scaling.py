@@ -1,0 +1,149 @@
+"""Scaling fits on known data, and nst bench scaling / nst estimate on a real local Ray."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nst_engine.reports.scaling import fit_devices, format_k
+
+REPO = Path(__file__).resolve().parents[1]
+SIDES = np.array([128, 256, 384, 512, 768, 1024])
+
+
+def table(k: float, noise: float = 0.02, device: str = "GPU X", oom_at: int | None = None) -> pa.Table:
+    rng = np.random.default_rng(1)
+    pixels = SIDES**2
+    seconds = (0.004 + (pixels / 1024**2) ** k) * (1 + noise * rng.standard_normal(pixels.size))
+    rows = [
+        {
+            "status": "ok",
+            "error": None,
+            "device_name": device,
+            "device_type": "cuda",
+            "pixels": int(p),
+            "seconds_per_iteration": float(s),
+            "peak_memory_bytes": int(5e8 + 4000 * p),
+            "device_memory_bytes": int(80e9),
+        }
+        for p, s in zip(pixels, seconds, strict=True)
+    ]
+    if oom_at:
+        rows.append({**rows[-1], "status": "failed", "error": "out of memory at size 9", "pixels": oom_at})
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.mark.parametrize("k", [0.8, 1.0, 1.3])
+def test_fit_recovers_exponent_within_its_interval(k: float) -> None:
+    (fit,) = fit_devices(table(k))
+    assert fit.k_low <= k <= fit.k_high
+    assert abs(fit.k - k) < 0.1 and fit.k_high - fit.k_low < 0.3
+    assert format_k(fit).startswith(f"k = {fit.k:.2f} [")
+    pixels = 700**2
+    assert fit.seconds_per_iteration(pixels) == pytest.approx(0.004 + (pixels / 1024**2) ** k, rel=0.1)
+    assert fit.predict_seconds(pixels, 500) == pytest.approx(500 * fit.seconds_per_iteration(pixels))
+
+
+def test_memory_fit_predicts_largest_square_and_respects_oom() -> None:
+    (fit,) = fit_devices(table(1.0))
+    assert fit.mem_d == pytest.approx(4000, rel=1e-6) and fit.mem_c == pytest.approx(5e8, rel=1e-6)
+    expected = math.isqrt(int((80e9 - 5e8) / 4000))
+    assert abs(fit.max_square_side() - expected) <= 1
+    (limited,) = fit_devices(table(1.0, oom_at=2000**2))
+    assert limited.oom_pixels == 2000**2 and limited.max_square_side() == 2000
+
+
+def test_too_few_sizes_and_flat_times() -> None:
+    few = table(1.0).slice(0, 2)
+    assert fit_devices(few) == []
+    flat = table(1.0)
+    flat = flat.set_column(
+        flat.column_names.index("seconds_per_iteration"),
+        "seconds_per_iteration",
+        pa.array([0.5, 0.4, 0.45, 0.42, 0.41, 0.40]),
+    )
+    (fit,) = fit_devices(flat)
+    assert math.isnan(fit.k) and "n/a" in format_k(fit)
+
+
+def test_bench_scaling_and_estimate_on_local_ray(tmp_path: Path) -> None:
+    output = tmp_path / "bench"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nst_engine.cli.main",
+        "bench",
+        "scaling",
+        "--sizes",
+        "32,40,48,56",
+        "--iterations",
+        "4",
+        "--warmup",
+        "1",
+        "--devices",
+        "cpu",
+        "--cpu-threads",
+        "1",
+        "--weights",
+        "random",
+        "--output",
+        str(output),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "k = " in proc.stderr and "s/iteration" in proc.stderr
+    rows = pq.read_table(output / "results.parquet").to_pylist()
+    assert len(rows) == 4 and {r["run_kind"] for r in rows} == {"bench"}
+    assert sorted(r["size"] for r in rows) == [32, 40, 48, 56]
+    for row in rows:
+        assert row["status"] == "ok" and row["warmup_iterations"] == 1
+        assert (
+            row["seconds_per_iteration_p25"]
+            <= row["seconds_per_iteration"]
+            <= row["seconds_per_iteration_p75"]
+        )
+        assert row["device_memory_bytes"] > 0
+    estimate = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nst_engine.cli.main",
+            "estimate",
+            "--size",
+            "512",
+            "--iterations",
+            "100",
+            "--results",
+            str(output / "results.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert estimate.returncode == 0, estimate.stderr
+    assert "512² × 100 iterations" in estimate.stderr and " s" in estimate.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nst_engine.cli.main",
+            "estimate",
+            "--results",
+            str(tmp_path / "none.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
