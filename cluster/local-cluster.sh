@@ -8,10 +8,10 @@
 #   bash cluster/local-cluster.sh env         # the exports a client shell needs
 #   bash cluster/local-cluster.sh stop        # stop every process of this cluster
 #
-# Everything binds to 127.0.0.1 where Ray allows it (dashboard / Jobs API on
-# http://127.0.0.1:8265, no Ray Client server); the GCS port (6379) listens on all
-# interfaces, so token authentication is on (RAY_AUTH_MODE=token, token in
-# ~/.ray/auth_token, generated if missing).
+# The dashboard / Jobs API listens on http://127.0.0.1:8265 only. Ray puts the rest on
+# the machine's address whatever --node-ip-address says (the GCS on 6379 listens on all
+# interfaces, the Ray Client server on 10001), so token authentication is on:
+# RAY_AUTH_MODE=token, token in ~/.ray/auth_token (generated if missing).
 #
 # Settings (environment variables):
 #   HEAD_CPUS=0            CPUs the head offers to tasks (0: the head only coordinates)
@@ -42,7 +42,8 @@ CLUSTER_DIR="${CLUSTER_DIR:-/tmp/nst-ray}"
 MARK="NST_LOCAL_CLUSTER=$CLUSTER_DIR:$RAY_PORT"
 
 usage() {
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    # the comment block at the top of this file
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
     exit 2
 }
 
@@ -68,9 +69,10 @@ common=(
     --disable-usage-stats
 )
 
-cluster_pids() {
-    # PIDs (of this user) whose environment carries $MARK: the head, the worker nodes,
-    # their Ray workers and the drivers of submitted jobs. Nothing else.
+marked_pids() {
+    # PIDs (of this user) whose environment carries $MARK: the ray start processes'
+    # daemons (GCS, raylets, dashboard, monitors), Ray workers and the drivers of
+    # submitted jobs.
     local environ pid
     for environ in /proc/[0-9]*/environ; do
         pid="${environ#/proc/}"
@@ -80,6 +82,37 @@ cluster_pids() {
             echo "$pid"
         fi
     done
+}
+
+cluster_pids() {
+    # The marked processes and all their descendants: Ray's Python daemons rename
+    # themselves (setproctitle), which can blank /proc/PID/environ, so the agents that a
+    # raylet starts are found as its children. Nothing else is included.
+    local marked
+    marked=$(marked_pids | tr '\n' ' ')
+    [[ -z "${marked// /}" ]] && return 0
+    ps -e -o pid=,ppid= | awk -v roots="$marked" '
+        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+        { parent[$1] = $2 }
+        END {
+            do {
+                added = 0
+                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 }
+            } while (added)
+            for (p in keep) if (p in parent) print p
+        }'
+}
+
+alive() {
+    # Running processes among the PIDs given (zombies are finished, only not yet reaped).
+    local pid state
+    for pid in "$@"; do
+        state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || continue
+        if [[ -n "$state" && "$state" != Z ]]; then
+            echo "$pid"
+        fi
+    done
+    return 0
 }
 
 start() {
@@ -111,7 +144,7 @@ start() {
 cluster up: 1 head + $workers worker nodes ($CLUSTER_DIR)
 in the client shell first:  eval "\$(bash cluster/local-cluster.sh env)"
   render:  nst render manifests/demo.yaml --address $HOST:$RAY_PORT --threads-per-actor $WORKER_CPUS
-  submit:  nst submit manifests/demo.yaml --address http://$HOST:$DASHBOARD_PORT
+  submit:  nst submit jobs/nightly.yaml   # sets threads_per_actor 1; see cluster/README.md
   status:  bash cluster/local-cluster.sh status
   stop:    bash cluster/local-cluster.sh stop
 EOF
@@ -165,12 +198,13 @@ stop() {
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
     for _ in $(seq 1 20); do
-        left=$(cluster_pids | tr '\n' ' ')
+        # shellcheck disable=SC2086
+        left=$(alive $pids | tr '\n' ' ')
         [[ -z "${left// /}" ]] && break
         sleep 0.5
     done
-    left=$(cluster_pids | tr '\n' ' ')
     if [[ -n "${left// /}" ]]; then
+        echo "still running after 10 s, killing: $left"
         # shellcheck disable=SC2086
         kill -KILL $left 2>/dev/null || true
     fi

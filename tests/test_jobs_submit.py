@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,13 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     if not ray.exists():
         pytest.skip(f"no ray executable next to {sys.executable}")
     # token authentication on, for the head and every client, as Ray advises
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    marker = f"NST_TEST_HEAD={uuid.uuid4().hex}"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        marker.split("=")[0]: marker.split("=")[1],
+    }
     env.pop("RAY_ADDRESS", None)
     port, dashboard = free_port(), free_port()
     start = [
@@ -54,7 +62,13 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        # stop only this head's processes (`ray stop` would end every Ray on the machine)
+        for proc in Path("/proc").iterdir():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
 
 
 def nst(env: dict, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_worker_node_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
-    manifest = tiny_manifest(tmp_path, contents=4, styles=2, sizes=(48,), iterations=40)
+    manifest = tiny_manifest(tmp_path, contents=4, styles=2, sizes=(64,), iterations=150)
     output = tmp_path / "out"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     victim = cluster.add_node(num_cpus=1)

@@ -40,7 +40,12 @@ def is_job_file(path: Path) -> bool:
 
 
 def load_job(path: Path) -> JobSpec:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise NSTError(f"{path}: not a readable job file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not data.get("manifest"):
+        raise NSTError(f"{path}: a job file is a mapping with at least 'manifest: PATH'")
     problems = [
         f"{path}: {key}: unknown field; use {', '.join(sorted(JOB_KEYS))}" for key in set(data) - JOB_KEYS
     ]

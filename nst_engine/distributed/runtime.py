@@ -16,8 +16,9 @@ LOCALHOST = "127.0.0.1"
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Start (``address`` None) or join a Ray cluster; returns a description.
 
-    The embedded cluster binds to 127.0.0.1 only and runs no dashboard; workers see
-    the project through the installed package, nothing is shipped from the driver.
+    The embedded cluster runs no dashboard and, as Ray 2.60 does for local clusters,
+    requires its token for every connection; workers see the project through the
+    installed package, nothing is shipped from the driver.
     """
     if ray.is_initialized():
         return "already connected"
@@ -28,9 +29,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise NSTError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
+            hint = (
+                ""
+                if os.environ.get("RAY_AUTH_MODE")
+                else "; if it uses token authentication, set RAY_AUTH_MODE=token"
+            )
+            raise NSTError(f"--address {address}: cannot connect to a Ray cluster ({first}){hint}") from None
         return f"Ray cluster at {address}"
     ray.init(
+        address="local",  # always a new embedded cluster, never one found in /tmp/ray
         num_cpus=num_cpus,
         include_dashboard=False,
         dashboard_host=LOCALHOST,

@@ -81,9 +81,11 @@ def pool_shape(options: PoolOptions, items: int) -> tuple[int, dict[str, float],
     gpus = int(resources.get("GPU", 0))
     if gpus and options.use_gpus is not False:
         return max(1, min(gpus, items)), {"num_gpus": 1, "num_cpus": 1}, None
-    cpus = max(1, int(resources.get("CPU", os.cpu_count() or 1)))
-    threads = options.threads_per_actor or min(cpus, 4)
-    count = options.cpu_actors or max(1, cpus // threads)
+    # a worker must fit on one node: size threads by the largest node, count by every node
+    node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [c for c in node_cpus if c > 0] or [max(1, int(resources.get("CPU", os.cpu_count() or 1)))]
+    threads = options.threads_per_actor or min(max(node_cpus), 4)
+    count = options.cpu_actors or max(1, sum(c // threads for c in node_cpus))
     return max(1, min(count, items)), {"num_cpus": threads, "num_gpus": 0}, threads
 
 

@@ -1,0 +1,239 @@
+"""The deployment files under cluster/ and jobs/: they parse and say what the docs say.
+
+Fast and offline: no Ray is started, no cluster or Kubernetes API is contacted.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nst_engine.distributed.jobs import entrypoint, is_job_file, load_job
+
+REPO = Path(__file__).resolve().parents[1]
+YAML_FILES = sorted(
+    p for folder in ("cluster", "jobs") for p in (REPO / folder).rglob("*") if p.suffix in (".yaml", ".yml")
+)
+SHELL_SCRIPTS = [REPO / "cluster" / "local-cluster.sh", REPO / "jobs" / "run-nightly.sh"]
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def by_kind(path: Path) -> dict[str, dict]:
+    return {d["kind"]: d for d in documents(path)}
+
+
+def containers(pod_template: dict) -> list[dict]:
+    return pod_template["spec"]["containers"]
+
+
+def gpu_limit(container: dict) -> int:
+    return int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+def test_yaml_files_exist() -> None:
+    names = {p.relative_to(REPO).as_posix() for p in YAML_FILES}
+    assert {
+        "cluster/aws-gpu.yaml",
+        "cluster/kuberay-raycluster.yaml",
+        "jobs/nightly.yaml",
+        "jobs/kubernetes-rayjob.yaml",
+        "jobs/kubernetes-cronjob.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_yaml_parses(path: Path) -> None:
+    docs = documents(path)
+    assert docs, f"{path} holds no YAML document"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+def check_ray_cluster_spec(spec: dict) -> None:
+    """Head does no rendering; a GPU worker group with one GPU per pod; token auth."""
+    head = spec["headGroupSpec"]
+    assert str(head["rayStartParams"]["num-cpus"]) == "0"
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+    groups = spec["workerGroupSpecs"]
+    gpu_groups = [g for g in groups if any(gpu_limit(c) == 1 for c in containers(g["template"]))]
+    assert gpu_groups, "no worker group with an nvidia.com/gpu: 1 limit"
+    for group in gpu_groups:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    images = {c["image"] for c in containers(head["template"])}
+    images |= {c["image"] for g in groups for c in containers(g["template"])}
+    assert len(images) == 1, f"head and workers must run the same image, got {images}"
+    token_by_option = spec.get("authOptions", {}).get("mode") == "token"
+    pods = [head["template"], *(g["template"] for g in groups)]
+    token_by_env = all(
+        {"name": "RAY_AUTH_MODE", "value": "token"} in c.get("env", []) for p in pods for c in containers(p)
+    )
+    assert token_by_option or token_by_env, "token authentication is not on"
+
+
+def test_kuberay_raycluster() -> None:
+    kinds = by_kind(REPO / "cluster" / "kuberay-raycluster.yaml")
+    assert set(kinds) == {"RayCluster"}
+    cluster = kinds["RayCluster"]
+    assert cluster["apiVersion"] == "ray.io/v1"
+    # jobs/kubernetes-cronjob.yaml submits to raycluster-head-svc: KubeRay names it NAME-head-svc
+    assert cluster["metadata"]["name"] == "raycluster"
+    check_ray_cluster_spec(cluster["spec"])
+
+
+def test_kuberay_rayjob() -> None:
+    kinds = by_kind(REPO / "jobs" / "kubernetes-rayjob.yaml")
+    assert set(kinds) == {"RayJob"}
+    job = kinds["RayJob"]
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["nst", "render"]
+    assert words[words.index("--address") + 1] == "auto"
+    assert words[words.index("--output") + 1].startswith("s3://")
+    assert "--quiet" in words
+    check_ray_cluster_spec(job["spec"]["rayClusterSpec"])
+
+
+def test_kubernetes_cronjob() -> None:
+    kinds = by_kind(REPO / "jobs" / "kubernetes-cronjob.yaml")
+    assert set(kinds) == {"CronJob", "ConfigMap"}
+    cron = kinds["CronJob"]
+    assert cron["apiVersion"] == "batch/v1"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(cron["spec"]["schedule"].split()) == 5
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    (container,) = containers(pod)
+    command = container["command"]
+    assert command[:3] == ["nst", "submit", "/jobs/nightly.yaml"]
+    assert command[command.index("--address") + 1] == "http://raycluster-head-svc:8265"
+    # the job file is the ConfigMap's, mounted at /jobs
+    config_map = kinds["ConfigMap"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/jobs")
+    assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    job_file = yaml.safe_load(config_map["data"]["nightly.yaml"])
+    assert Path(job_file["manifest"]).is_absolute()
+    assert job_file["address"] == "http://raycluster-head-svc:8265"
+
+
+def test_kubernetes_cronjob_job_file_loads(tmp_path: Path) -> None:
+    """The ConfigMap's job file is one load_job accepts (manifest moved to where it exists)."""
+    config_map = by_kind(REPO / "jobs" / "kubernetes-cronjob.yaml")["ConfigMap"]
+    data = yaml.safe_load(config_map["data"]["nightly.yaml"])
+    data["manifest"] = str(REPO / "manifests" / "demo.yaml")
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump(data))
+    job = load_job(path)
+    assert job.output == data["output"]
+    assert "--gpus" in job.render_args
+
+
+def test_nightly_job_file() -> None:
+    path = REPO / "jobs" / "nightly.yaml"
+    assert is_job_file(path)
+    job = load_job(path)
+    assert Path(job.manifest) == (REPO / "manifests" / "demo.yaml").resolve()
+    assert job.address == "http://127.0.0.1:8265"
+    command = entrypoint(job)
+    assert command.startswith("nst render ")
+    assert "--address auto" in command
+    words = shlex.split(command)
+    assert words[words.index("--output") + 1] == job.output
+    assert "--force" not in words, "the nightly job must skip finished items"
+    for option in ("--max-attempts", "--max-worker-failures", "--threads-per-actor"):
+        assert option in words
+
+
+def test_aws_cluster_launcher_config() -> None:
+    config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    assert config["provider"]["type"] == "aws"
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0
+    workers = [t for name, t in types.items() if name != config["head_node_type"]]
+    assert any(t["resources"].get("GPU") == 1 for t in workers)
+    for worker in workers:
+        assert 0 <= worker["min_workers"] <= worker["max_workers"] <= config["max_workers"]
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "RAY_AUTH_MODE=token" in " ".join(config["docker"]["run_options"])
+
+
+def test_aws_cluster_launcher_config_validates() -> None:
+    """Ray's own schema check of `ray up` (defaults merged in, nothing launched)."""
+    util = pytest.importorskip("ray.autoscaler._private.util")
+    config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    util.validate_config(util.prepare_config(config))
+
+
+def read_unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_systemd_units() -> None:
+    timer = read_unit(REPO / "jobs" / "systemd" / "nst-render.timer")
+    assert timer["Timer"]["OnCalendar"]
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Timer"]["Unit"] == "nst-render.service"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    service = read_unit(REPO / "jobs" / "systemd" / "nst-render.service")
+    assert service["Service"]["Type"] == "oneshot"
+    assert "jobs/run-nightly.sh" in service["Service"]["ExecStart"]
+
+
+def test_systemd_calendar_is_valid() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    calendar = read_unit(REPO / "jobs" / "systemd" / "nst-render.timer")["Timer"]["OnCalendar"]
+    result = subprocess.run([analyze, "calendar", calendar], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cron_example() -> None:
+    lines = [
+        line
+        for line in (REPO / "jobs" / "cron.example").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and "=" not in line.split()[0]
+    ]
+    assert len(lines) == 1
+    fields = lines[0].split(None, 5)
+    assert len(fields) == 6
+    command = fields[5]
+    assert "flock -n" in command
+    assert "jobs/nightly.yaml" in command
+    assert ">>" in command and "2>&1" in command
+    assert "%" not in command, "cron turns an unescaped % into a newline"
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_shell_scripts_parse(script: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_local_cluster_usage() -> None:
+    """No arguments: the usage text and exit status 2, nothing started."""
+    script = REPO / "cluster" / "local-cluster.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "local-cluster.sh start" in result.stdout
+
+
+def test_dockerfile_installs_with_constraints() -> None:
+    text = (REPO / "cluster" / "Dockerfile").read_text()
+    assert "pip install -c constraints.txt ." in text
+    assert "COPY manifests /data/manifests" in text
+    ignored = (REPO / "cluster" / "Dockerfile.dockerignore").read_text().split()
+    assert ".venv" in ignored
