@@ -66,6 +66,7 @@ def fake_stats(item: WorkItem) -> SynthesisStats:
         device_name="test cpu",
         peak_memory_bytes=1234,
         peak_memory_kind="cpu_peak_rss",
+        device_memory_bytes=8 * 2**30,
         torch_version="x",
         seed=0,
         weights_source="random:0",
@@ -115,7 +116,8 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     assert o["error"] is None and o["attempt"] == 2 and o["node_id"] == "node-1"
     assert (o["height"], o["width"], o["pixels"]) == (21, 32, 672)
     assert o["total_losses"] == [8.0, 5.0] and o["iteration_seconds"] == [0.25, 0.125]
-    assert o["seconds_per_iteration"] == 0.25  # the median of two is the upper one here
+    assert o["seconds_per_iteration"] == 0.1875  # median of 0.25 and 0.125
+    assert (o["seconds_per_iteration_p25"], o["seconds_per_iteration_p75"]) == (0.15625, 0.21875)
     assert o["started_at"] == started and o["finished_at"] is None
     assert o["output_path"] == work[0].output_path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
@@ -52,8 +53,8 @@ class SynthesisStats:
 
     @property
     def seconds_per_iteration(self) -> float:
-        times = sorted(self.iteration_seconds)
-        return times[len(times) // 2] if times else float("nan")
+        """Median iteration time (the mean of the middle two for an even count)."""
+        return statistics.median(self.iteration_seconds) if self.iteration_seconds else float("nan")
 
 
 def device_name(device: torch.device) -> str:
