@@ -183,7 +183,7 @@ def test_duckdb_reads_the_results(tmp_path: Path, work: list[WorkItem], monkeypa
     store.append([make_row(item, "ok", 1) for item in work])
     store.compact()
     monkeypatch.chdir(tmp_path)
-    assert duckdb.sql("SELECT count(*) FROM 'results.parquet'").fetchone()[0] == 4
+    assert duckdb.sql("SELECT count(*) FROM 'results.parquet'").fetchall() == [(4,)]
 
 
 # ---------------------------------------------------------------------------- output root
