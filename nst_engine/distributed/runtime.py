@@ -45,7 +45,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         logging_level=logging.WARNING,
         configure_logging=True,
     )
-    return "embedded local Ray (127.0.0.1)"
+    return "embedded local Ray (token-protected, no dashboard)"
 
 
 def _check_reachable(address: str) -> None:
