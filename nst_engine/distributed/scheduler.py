@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError
 
 from nst_engine.distributed.worker import ProgressBoard, RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
@@ -213,7 +213,7 @@ def _drive(
             worker.in_flight -= 1
             try:
                 row, retryable = ray.get(ref)
-            except (RayActorError, RayTaskError, RayError) as exc:
+            except RayError as exc:  # the worker died (actor, node or task lost)
                 lose(item, attempt, f"worker lost: {type(exc).__name__}")
                 retire(key, f"died: {type(exc).__name__}")
                 # its other items are lost too: ray.wait reports them as they fail

@@ -14,18 +14,22 @@ def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
 
 
+def _flatten(features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Features (1, N, H, W) as an (N, M) matrix (a strided view for channels_last input),
+    and the 1/(N·M) that normalises its Gram matrix."""
+    _, channels, height, width = features.shape
+    return features.flatten(2).squeeze(0), 1.0 / (channels * height * width)
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """G / (N·M) for features (1, N, H, W), with M = H·W.
 
     Dividing by N·M turns the paper's E_l = 1/(4N²M²) Σ(G−A)² into ¼ Σ(Ĝ−Â)², which
     keeps float32 values small at any resolution without changing the loss.
     """
-    _, channels, height, width = features.shape
     with torch.autocast(features.device.type, enabled=False):
-        flat = (
-            _full_precision(features).flatten(2).squeeze(0)
-        )  # (N, M); a strided view for channels_last input
-        return (flat @ flat.T) / (channels * height * width)
+        flat, scale = _flatten(_full_precision(features))
+        return (flat @ flat.T) * scale
 
 
 class ContentLoss(nn.Module):
@@ -71,9 +75,8 @@ class StyleLoss(nn.Module):
         self.register_buffer("target", _full_precision(target_gram.detach()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        _, channels, height, width = features.shape
-        flat = features.flatten(2).squeeze(0)
-        return _GramDistance.apply(flat, self.target, 1.0 / (channels * height * width))
+        flat, scale = _flatten(features)
+        return _GramDistance.apply(flat, self.target, scale)
 
 
 class TotalVariationLoss(nn.Module):
