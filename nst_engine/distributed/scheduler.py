@@ -163,16 +163,18 @@ def _drive(
     last_ready = time.time()
     last_progress = 0.0
 
-    def lose(item: WorkItem, attempt: int, error: str) -> None:
-        """An attempt that produced no result: retry it, or fail the item."""
+    def retry_or_fail(item: WorkItem, attempt: int, row: dict[str, Any]) -> None:
+        """An attempt that may succeed elsewhere: record it as retried and requeue the item,
+        or, once its attempts are used up, record the item as failed."""
         if attempt < options.max_attempts:
-            store.append([make_row(item, "retried", attempt, error=error, run_kind=run_kind)])
+            row["status"] = "retried"
+            store.append([row])
             summary.retried += 1
             queue.appendleft((item, attempt + 1))
         else:
-            message = f"gave up after {attempt} attempts: {error}"
-            store.append([make_row(item, "failed", attempt, error=message, run_kind=run_kind)])
-            summary.failed.append((item, message))
+            row.update(status="failed", error=f"gave up after {attempt} attempts: {row['error']}")
+            store.append([row])
+            summary.failed.append((item, row["error"]))
 
     def retire(key: int, reason: str) -> None:
         nonlocal replacements_left
@@ -214,7 +216,10 @@ def _drive(
             try:
                 row, retryable = ray.get(ref)
             except RayError as exc:  # the worker died (actor, node or task lost)
-                lose(item, attempt, f"worker lost: {type(exc).__name__}")
+                error = f"worker lost: {type(exc).__name__}"
+                retry_or_fail(
+                    item, attempt, make_row(item, "retried", attempt, error=error, run_kind=run_kind)
+                )
                 retire(key, f"died: {type(exc).__name__}")
                 # its other items are lost too: ray.wait reports them as they fail
                 continue
@@ -223,13 +228,7 @@ def _drive(
                 summary.rendered += 1
             elif retryable:
                 worker.failures += 1
-                row["status"] = "retried" if attempt < options.max_attempts else "failed"
-                store.append([row])
-                if attempt < options.max_attempts:
-                    summary.retried += 1
-                    queue.appendleft((item, attempt + 1))
-                else:
-                    summary.failed.append((item, row["error"]))
+                retry_or_fail(item, attempt, row)
                 if worker.failures >= options.max_worker_failures:
                     retire(key, f"{worker.failures} failures, last: {row['error']}")
             else:
