@@ -24,9 +24,10 @@ from nst_engine.engine import Stylizer, random_weights
 from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.planning.results import ResultStore, make_row
-from nst_engine.planning.storage import OutputRoot
 from nst_engine.reports import build_report
+from nst_engine.results.schema import make_row
+from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ResultStore
 from tests.ray_helpers import tiny_manifest
 
 EVIL = '<script>alert("boom")</script> & out of memory'

@@ -15,8 +15,10 @@ from nst_engine import __version__
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.planning.results import COLUMNS, PARTS_DIR, RESULTS_FILE, SCHEMA, ResultStore, make_row
-from nst_engine.planning.storage import TMP_PREFIX, OutputRoot, UnsafePathError, safe_relative
+from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.results.schema import COLUMNS, SCHEMA, make_row
+from nst_engine.results.storage import TMP_PREFIX, OutputRoot
+from nst_engine.results.store import PARTS_DIR, RESULTS_FILE, ResultStore
 from tests.conftest import write_image
 
 
@@ -170,7 +172,7 @@ def test_parts_folder_reads_as_a_dataset(tmp_path: Path, work: list[WorkItem]) -
 
 
 def test_unknown_row_keys_are_dropped(work: list[WorkItem]) -> None:
-    from nst_engine.planning.results import to_table
+    from nst_engine.results.schema import to_table
 
     table = to_table([make_row(work[0], "ok", 1, not_a_column="ignored")])
     assert "not_a_column" not in table.column_names

@@ -92,8 +92,8 @@ def scaling(
     from nst_engine.engine.weights_spec import sample_images
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import manifest_from_dict
-    from nst_engine.planning.results import RESULTS_FILE
-    from nst_engine.planning.storage import OutputRoot
+    from nst_engine.results.storage import OutputRoot
+    from nst_engine.results.store import RESULTS_FILE
 
     try:
         size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})

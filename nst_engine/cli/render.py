@@ -114,8 +114,8 @@ def render(
     from nst_engine.distributed.scheduler import PoolOptions, run_render
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.planning.results import RESULTS_FILE
-    from nst_engine.planning.storage import OutputRoot
+    from nst_engine.results.storage import OutputRoot
+    from nst_engine.results.store import RESULTS_FILE
 
     for name, value, least in (
         ("--max-in-flight", max_in_flight, 1),

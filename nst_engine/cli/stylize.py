@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nst_engine.cli.app import app, err, fail
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
+from nst_engine.engine.config import CONTENT_LAYERS, STYLE_LAYERS
+from nst_engine.engine.files import write_atomic
 from nst_engine.engine.optimize import IterationRecord
-from nst_engine.engine.synthesis import CONTENT_LAYERS, STYLE_LAYERS
 from nst_engine.engine.weights_spec import WeightsSpec
 
 
@@ -164,7 +165,9 @@ def stylize(
     try:
         result.save(output)
         if stats_json is not None:
-            stats_json.write_text(json.dumps(stats.to_dict(), indent=2))
+            write_atomic(
+                stats_json, json.dumps({"params": config.to_params(), **stats.to_dict()}, indent=2).encode()
+            )
     except OSError as exc:
         raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     err.print(

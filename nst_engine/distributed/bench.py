@@ -17,8 +17,8 @@ import ray
 from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
-from nst_engine.planning.results import ResultStore
-from nst_engine.planning.storage import OutputRoot
+from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ResultStore
 
 
 @dataclass(frozen=True)

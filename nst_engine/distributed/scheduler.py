@@ -22,8 +22,9 @@ from ray.exceptions import GetTimeoutError, RayError
 from nst_engine.distributed.worker import ProgressBoard, RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
-from nst_engine.planning.results import ResultStore, make_row
-from nst_engine.planning.storage import OutputRoot
+from nst_engine.results.schema import make_row
+from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ResultStore
 
 log = logging.getLogger(__name__)
 

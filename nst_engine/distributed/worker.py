@@ -21,8 +21,8 @@ from nst_engine.engine.images import encode_png
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
-from nst_engine.planning.results import make_row
-from nst_engine.planning.storage import OutputRoot
+from nst_engine.results.schema import make_row
+from nst_engine.results.storage import OutputRoot
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board
 
@@ -109,7 +109,8 @@ class RenderWorker:
             )
             metadata = {**result.metadata, "nst:item_id": item.item_id}
             self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
-            row = make_row(item, "ok", attempt, stats=result.stats, run_kind=run_kind, warmup=warmup, **extra)
+            stats = result.stats.with_warmup(warmup)
+            row = make_row(item, "ok", attempt, stats=stats, run_kind=run_kind, **extra)
             retryable = False
         except NSTError as exc:
             row, retryable = (

@@ -1,4 +1,6 @@
-"""User-facing errors: one line that names the file or option and what to do."""
+"""User-facing errors: one line that names the file or parameter and what to do."""
+
+from __future__ import annotations
 
 
 class NSTError(Exception):
@@ -10,8 +12,26 @@ class ImageInputError(NSTError):
 
 
 class ConfigError(NSTError):
-    """An option with a value the engine cannot use."""
+    """A parameter with a value the engine cannot use.
+
+    ``field`` names the parameter as the engine knows it (``ratio``), never a front end's
+    spelling: the CLI shows it as ``--ratio``, a manifest as ``demo.yaml:12: params.ratio``.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
 
 
 class WeightsError(NSTError):
     """A weights source that is missing or does not fit VGG-19."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The one-line form of any exception: its first non-empty line, or its type's name
+    when it has no message. Every place that shows an exception to a person uses this."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from nst_engine.engine.errors import ConfigError, ImageInputError
+from nst_engine.engine.files import write_atomic
 
 #: Refuse to decode images with more pixels than this (decompression-bomb guard).
 MAX_DECODE_PIXELS = 64_000_000
@@ -140,18 +140,8 @@ def save_png(
     image: torch.Tensor | Image.Image, path: str | os.PathLike, metadata: dict[str, object] | None = None
 ) -> Path:
     """Write a PNG atomically (temporary file, then rename) so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_png(image, metadata)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    write_atomic(path, encode_png(image, metadata))
+    return Path(path)
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -11,12 +11,14 @@ original network gives every m_l.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from nst_engine.engine.files import write_atomic
 from nst_engine.engine.images import ImageLike, load_image, output_size, resize, to_tensor
 from nst_engine.engine.vgg import CONV_NAMES, VGG19Features
 from nst_engine.engine.weights import VGGWeights, _torch_load
@@ -84,10 +86,9 @@ def normalize_weights(
     if means is None:
         tensors = [to_tensor(resize(img, *output_size(*img.size, size))) for img in pil_images]
         means = mean_activations(weights, tensors, pooling)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(means, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(means, buffer)
+        write_atomic(path, buffer.getvalue())
     normalized = rescale(weights, means)
     normalized.source += f" on {len(pil_images)} calibration images at {size}px (cache {path.name})"
     return normalized

@@ -1,60 +1,88 @@
-"""Per-synthesis statistics: a flat record, ready to become one Parquet row."""
+"""Per-synthesis statistics: a flat record whose fields are result columns, and the
+device facts (name, memory, peak use) it records."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
 import statistics
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 
+def stat(meaning: str, **options: Any) -> Any:
+    """A statistics field; ``meaning`` documents its result column (the README's schema
+    table is generated from it)."""
+    return field(metadata={"meaning": meaning}, **options)
+
+
 @dataclass
 class SynthesisStats:
-    content_id: str
-    style_ids: list[str]
-    height: int
-    width: int
-    pixels: int
-    iterations: int
-    loss_evaluations: int
-    stop_reason: str
-    final_content_loss: float
-    final_style_loss: float
-    final_tv_loss: float
-    final_total_loss: float
-    content_losses: list[float]
-    style_losses: list[float]
-    total_losses: list[float]
-    iteration_seconds: list[float]
-    weights_load_seconds: float
-    targets_seconds: float
-    setup_seconds: float
-    synthesis_seconds: float
-    total_seconds: float
-    device: str
-    device_type: str
-    device_name: str
-    peak_memory_bytes: int
-    peak_memory_kind: str
-    device_memory_bytes: int
-    torch_version: str
-    seed: int
-    weights_source: str
-    params: dict[str, Any] = field(default_factory=dict)
+    """What one synthesis measured. Every field is a column of the result table, with its
+    type and meaning defined here once: a new metric is a field here plus the code that
+    computes it."""
+
+    height: int = stat("output height in pixels")
+    width: int = stat("output width in pixels")
+    pixels: int = stat("height × width (estimated from the content's aspect ratio for failed items)")
+    iterations: int = stat("iterations run")
+    loss_evaluations: int = stat("loss evaluations (>= iterations + 1 with L-BFGS)")
+    stop_reason: str = stat("iterations, converged, no_progress, diverged or cancelled")
+    final_content_loss: float = stat("content loss of the output")
+    final_style_loss: float = stat("style loss of the output")
+    final_tv_loss: float = stat("total-variation loss of the output (0 unless tv_weight is set)")
+    final_total_loss: float = stat("total loss of the output")
+    iteration_seconds: list[float] = stat("wall time of each iteration")
+    total_losses: list[float] = stat("loss curve: total loss at the start of each iteration")
+    content_losses: list[float] = stat("content loss at the start of each iteration")
+    style_losses: list[float] = stat("style loss at the start of each iteration")
+    warmup_iterations: int = stat(
+        "iterations left out of the per-iteration statistics", kw_only=True, default=0
+    )
+    seconds_per_iteration: float = stat(
+        "median of iteration_seconds after the warm-up iterations", init=False
+    )
+    seconds_per_iteration_p25: float = stat("25th percentile of iteration_seconds after warm-up", init=False)
+    seconds_per_iteration_p75: float = stat("75th percentile of iteration_seconds after warm-up", init=False)
+    weights_load_seconds: float = stat(
+        "VGG-19 load (and normalisation) time, charged to a worker's first item"
+    )
+    targets_seconds: float = stat("content and style target extraction")
+    setup_seconds: float = stat("weights_load_seconds + targets_seconds")
+    synthesis_seconds: float = stat("optimisation time")
+    engine_seconds: float = stat("engine time for the item: image decode, set-up and synthesis")
+    device: str = stat("torch device, e.g. cuda:0 or cpu")
+    device_type: str = stat("cuda or cpu")
+    device_name: str = stat("GPU or CPU model")
+    peak_memory_bytes: int = stat("CUDA peak allocated (GPU) or peak RSS during the item (CPU)")
+    peak_memory_kind: str = stat("cuda_peak_allocated or cpu_peak_rss")
+    device_memory_bytes: int = stat("total memory of the GPU, or RAM of the machine for CPU")
+    weights_source: str = stat("where the VGG-19 weights came from")
+    torch_version: str = stat("torch version on the worker")
+
+    def __post_init__(self) -> None:
+        # at least one iteration is kept, so a short run still has a median
+        self.warmup_iterations = max(0, min(self.warmup_iterations, len(self.iteration_seconds) - 1))
+        kept = sorted(self.iteration_seconds[self.warmup_iterations :])
+        if len(kept) > 1:
+            p25, _, p75 = statistics.quantiles(kept, n=4, method="inclusive")
+        else:
+            p25 = p75 = kept[0] if kept else math.nan
+        self.seconds_per_iteration = statistics.median(kept) if kept else math.nan
+        self.seconds_per_iteration_p25, self.seconds_per_iteration_p75 = p25, p75
+
+    def with_warmup(self, iterations: int) -> SynthesisStats:
+        """The same record with the first ``iterations`` left out of the per-iteration statistics."""
+        return replace(self, warmup_iterations=iterations)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @property
-    def seconds_per_iteration(self) -> float:
-        """Median iteration time (the mean of the middle two for an even count)."""
-        return statistics.median(self.iteration_seconds) if self.iteration_seconds else float("nan")
 
 
 def device_name(device: torch.device) -> str:

@@ -15,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from nst_engine.engine.config import INITS, SynthesisConfig
 from nst_engine.engine.images import MAX_DECODE_PIXELS
-from nst_engine.engine.synthesis import INITS, SynthesisConfig
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.manifest import Manifest, ManifestError
-from nst_engine.planning.storage import UnsafePathError, safe_relative
+from nst_engine.planning.paths import UnsafePathError, safe_relative
 
 ID_LENGTH = 20
 

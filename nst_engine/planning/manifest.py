@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
+from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.errors import NSTError
-from nst_engine.engine.synthesis import SynthesisConfig
 from nst_engine.engine.weights_spec import WeightsSpec
-from nst_engine.planning.storage import UnsafePathError, safe_relative
+from nst_engine.planning.paths import UnsafePathError, safe_relative
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_LAYOUT = "{style}/{size}/{content}.png"

@@ -1,6 +1,6 @@
 """Reports over result tables: scaling fits, plots and the static HTML report.
 
-Reports know the result schema (``nst_engine.planning.results``), never Ray: they read a
+Reports know the result schema (``nst_engine.results.store``), never Ray: they read a
 results table written by any run, on any machine, after the fact. This module loads and
 checks the table and picks the rows a report shows; ``html`` writes the pages and
 ``plots`` the figures. Heavy imports (matplotlib, PIL) stay inside ``build_report`` so
@@ -84,7 +84,7 @@ class ReportSummary:
 
 def find_results(path: Path) -> tuple[Path, Path]:
     """(results.parquet or folder, output root) for a file or a folder holding one."""
-    from nst_engine.planning.results import PARTS_DIR, RESULTS_FILE
+    from nst_engine.results.store import PARTS_DIR, RESULTS_FILE
 
     if path.is_dir():
         if not (path / RESULTS_FILE).is_file() and not (path / PARTS_DIR).is_dir():
@@ -108,7 +108,7 @@ def _read(path: Path) -> pa.Table:
 
 def _checked(table: pa.Table, path: Path) -> pa.Table:
     """``table`` with the required columns cast to their schema types, or a ReportError."""
-    from nst_engine.planning.results import SCHEMA
+    from nst_engine.results.store import SCHEMA
 
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -130,7 +130,7 @@ def _checked(table: pa.Table, path: Path) -> pa.Table:
 
 def load_results(path: Path) -> Results:
     """Read and check a results table (plus parts of a running or killed run beside it)."""
-    from nst_engine.planning.results import PARTS_DIR
+    from nst_engine.results.store import PARTS_DIR
 
     source, root = find_results(path)
     files = [source] if source.is_file() else []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from nst_engine.engine.files import write_atomic
 from nst_engine.reports import ReportSummary, Results, format_fit
 from nst_engine.reports.plots import Plot
 
@@ -98,12 +100,6 @@ def label(row: dict[str, Any]) -> str:
     return f"{Path(row['content_path'] or '?').name} × {row['style_name']} @ {row['size']}"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class Thumbnails:
     """JPEG thumbnails (longer side at most 256 px) under ``thumbs/``, made once per source version."""
 
@@ -149,9 +145,9 @@ class Thumbnails:
                 rgb = _on_white(img)
         except (OSError, ValueError, Image.DecompressionBombError):
             return None
-        tmp = target.with_name(f".{name}.tmp")
-        rgb.save(tmp, format="JPEG", quality=85)
-        os.replace(tmp, target)
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="JPEG", quality=85)
+        write_atomic(target, buffer.getvalue())
         self.created += 1
         return f"{THUMBS_DIR}/{name}"
 
@@ -362,7 +358,9 @@ def write_pages(
             body += _devices(results, fits) + _failures(results) + gallery
         else:
             body = header + overview_nav + gallery
-        _atomic_write(out_dir / page_file(page), _page(f"nst report: {results.source.name} ({page})", body))
+        write_atomic(
+            out_dir / page_file(page), _page(f"nst report: {results.source.name} ({page})", body).encode()
+        )
     for stale in out_dir.glob("gallery-*.html"):  # pages left by an earlier, longer report
         number = stale.stem.removeprefix("gallery-")
         if number.isdigit() and int(number) > pages:

@@ -6,7 +6,7 @@ global figure state leaks between reports.
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nst_engine.engine.files import write_atomic
 from nst_engine.reports import Results, format_fit, loss_curve_rows
 
 if TYPE_CHECKING:
@@ -53,9 +54,9 @@ def _save(figure: Figure, path: Path) -> None:
     """Write the PNG under a temporary name, then rename (a reader never sees half a file)."""
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
 
 
 def _figure() -> tuple[Figure, Any]:

@@ -8,30 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-import uuid
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
-TMP_PREFIX = ".nst-tmp-"
-
-
-class UnsafePathError(ValueError):
-    """A relative output path that would leave the output root."""
-
-
-def safe_relative(path: str) -> str:
-    """``path`` as a clean relative POSIX path, refusing absolute paths and ``..``."""
-    if not path or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
-        raise UnsafePathError(f"{path!r} is absolute; output paths must stay inside the output root")
-    parts = PurePosixPath(path.replace("\\", "/")).parts
-    if any(part == ".." for part in parts):
-        raise UnsafePathError(f"{path!r} contains '..'; output paths must stay inside the output root")
-    clean = posixpath.normpath("/".join(parts))
-    if clean in (".", ""):
-        raise UnsafePathError(f"{path!r} names no file")
-    return clean
+from nst_engine.engine.files import TMP_PREFIX, write_atomic
+from nst_engine.planning.paths import safe_relative
 
 
 @dataclass(frozen=True)
@@ -39,6 +22,14 @@ class OutputRoot:
     """A folder on some filesystem; picklable (it holds only the URI) for Ray workers."""
 
     uri: str
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return self._fs_and_base[0]
+
+    def display_full(self, path: str) -> str:
+        """A full path on this root's filesystem as the user would write it."""
+        return path if self.is_local else f"{self.uri.split('://', 1)[0]}://{path}"
 
     @property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
@@ -69,19 +60,7 @@ class OutputRoot:
     def write_bytes(self, relative: str, data: bytes) -> str:
         """Atomic write: temporary sibling, then rename."""
         fs, _ = self._fs_and_base
-        target = self.full_path(relative)
-        folder = posixpath.dirname(target)
-        fs.create_dir(folder, recursive=True)
-        tmp = posixpath.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
-        try:
-            with fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            fs.move(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fs.delete_file(tmp)
-            raise
-        return target
+        return write_atomic(self.full_path(relative), data, fs)
 
     def read_bytes(self, relative: str) -> bytes:
         fs, _ = self._fs_and_base

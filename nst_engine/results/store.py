@@ -1,0 +1,130 @@
+"""The result table: one Parquet row per item attempt, and the one way to read it.
+
+Rows are written as they complete, each batch as its own small part file under
+``results.parts/`` (so a crash loses no completed row), and compacted into
+``results.parquet`` at the end of a run. Both are plain Parquet: pyarrow, pandas and
+DuckDB read ``results.parquet`` directly (and ``results.parts/`` as a dataset).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from nst_engine.engine.errors import NSTError
+from nst_engine.results.schema import SCHEMA, columns, to_table
+from nst_engine.results.storage import OutputRoot
+
+RESULTS_FILE = "results.parquet"
+PARTS_DIR = "results.parts"
+#: What makes a Parquet file an nst result table (older tables may lack newer columns).
+IDENTITY_COLUMNS = ("item_id", "status")
+
+
+class ResultsError(NSTError):
+    """A results location that holds no readable nst result table."""
+
+
+def locate(location: str | OutputRoot) -> OutputRoot:
+    """The output root for a results location: the root itself (a folder or URI), or
+    its ``results.parquet``."""
+    if isinstance(location, OutputRoot):
+        return location
+    text = str(location).rstrip("/")
+    if posixpath.basename(text) == RESULTS_FILE:
+        text = posixpath.dirname(text) or "."
+    return OutputRoot(text)
+
+
+def read_results(
+    location: str | OutputRoot,
+    column_names: Sequence[str] | None = None,
+    where: pc.Expression | None = None,
+) -> pa.Table:
+    """Rows of the result table at ``location`` (any pyarrow filesystem): the compacted
+    file plus the parts of running or killed runs, with only ``column_names`` read
+    (all by default) in their schema types; tables written before a column existed read
+    it as null. An empty table when there are no results yet."""
+    root = locate(location)
+    names = columns(*column_names) if column_names is not None else SCHEMA.names
+    fs, files = root.filesystem, _result_files(root)
+    if not files:
+        return SCHEMA.empty_table().select(names)
+    for path in files:
+        _check_identity(fs, path, root)
+    try:
+        dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs)
+        return dataset.to_table(columns=names, filter=where)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ResultsError(f"{root.uri}: a results file does not fit the result schema ({first})") from None
+
+
+def _result_files(root: OutputRoot) -> list[str]:
+    files = [RESULTS_FILE] if root.exists(RESULTS_FILE) else []
+    return [root.full_path(f) for f in files + root.list_files(PARTS_DIR, ".parquet")]
+
+
+def _check_identity(fs: Any, path: str, root: OutputRoot) -> None:
+    """A file without the identity columns is not a result table: say so rather than
+    reading it as rows of nulls."""
+    try:
+        names = pq.read_schema(path, filesystem=fs).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ResultsError(f"{root.display_full(path)}: not a readable Parquet file ({first})") from None
+    missing = [c for c in IDENTITY_COLUMNS if c not in names]
+    if missing:
+        raise ResultsError(
+            f"{root.display_full(path)}: not an nst results table (missing {', '.join(missing)})"
+        )
+
+
+class ResultStore:
+    """Appends rows as part files under an output root and compacts them."""
+
+    def __init__(self, root: OutputRoot) -> None:
+        self.root = root
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` now, atomically, as one part file."""
+        if not rows:
+            return
+        buffer = io.BytesIO()
+        pq.write_table(to_table(rows), buffer)
+        name = f"{PARTS_DIR}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        self.root.write_bytes(name, buffer.getvalue())
+
+    def completed(self) -> dict[str, str]:
+        """item_id -> output path of every item with an ok row (three columns read)."""
+        ok = read_results(self.root, ["item_id", "output_path"], where=pc.field("status") == "ok")
+        return dict(zip(ok["item_id"].to_pylist(), ok["output_path"].to_pylist(), strict=True))
+
+    def compact(self) -> int:
+        """Merge parts into results.parquet (atomically), then delete the merged parts."""
+        parts = self.root.list_files(PARTS_DIR, ".parquet")
+        if not parts:
+            return 0
+        files = ([RESULTS_FILE] if self.root.exists(RESULTS_FILE) else []) + parts
+        # exactly the parts deleted below, even if more arrive meanwhile
+        dataset = ds.dataset(
+            [self.root.full_path(f) for f in files],
+            schema=SCHEMA,
+            format="parquet",
+            filesystem=self.root.filesystem,
+        )
+        buffer = io.BytesIO()
+        pq.write_table(dataset.to_table(), buffer)
+        self.root.write_bytes(RESULTS_FILE, buffer.getvalue())
+        for part in parts:
+            self.root.delete(part)
+        return len(parts)
