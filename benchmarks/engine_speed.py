@@ -47,7 +47,7 @@ def sync(device: torch.device) -> None:
 
 
 def floor_seconds(stylizer: Stylizer, size: int, channels_last: bool, repeats: int, bf16: bool) -> float:
-    network = stylizer.network("avg", "conv5_1", channels_last)
+    network = stylizer.cache.network("avg", "conv5_1", channels_last)
     image = torch.rand(1, 3, size, size, device=stylizer.device, requires_grad=True)
     times = []
     for _ in range(repeats + 1):

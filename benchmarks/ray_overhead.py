@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -26,6 +26,7 @@ from nst_engine.engine import Stylizer, load_weights
 from nst_engine.engine.stats import cpu_model
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
+from nst_engine.results.store import read_results
 
 
 def write_manifest(folder: Path, sizes: list[int], iterations: int) -> Path:
@@ -70,11 +71,13 @@ def main() -> None:
         manifest = write_manifest(Path(tmp), sizes, args.iterations)
         load, direct = engine_direct(manifest)
         start = time.perf_counter()
+        threads = str(os.cpu_count() or 1)  # the render default is min(cores, 4) per worker
         cmd = [sys.executable, "-m", "nst_engine.cli.main", "render", str(manifest), "-q"]
+        cmd += ["--cpu-actors", "1", "--threads-per-actor", threads]
         subprocess.run(cmd, check=True, capture_output=True)
         wall = time.perf_counter() - start
-        table = pq.read_table(Path(tmp) / "out" / "results.parquet").to_pylist()
-    worker = sum(r["total_seconds"] for r in table)
+        table = read_results(str(Path(tmp) / "out"), ["status", "total_seconds"]).to_pylist()
+    worker = sum(r["total_seconds"] for r in table if r["status"] == "ok")
     result = {
         "items": len(direct),
         "sizes": sizes,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+import ray
 import yaml
 from PIL import Image
 
+from nst_engine.results.schema import make_row
 from tests.conftest import write_image
 
 
@@ -57,3 +61,31 @@ def assert_outputs_whole(output: Path) -> list[Path]:
         with Image.open(png) as img:
             img.load()
     return pngs
+
+
+class ScriptedWorker:
+    """Stands in for ``RenderWorker`` (same constructor, ``ready`` and ``render``) without
+    rendering: its process dies at the first attempt of size ``die_at``, and sizes from
+    ``oom_at`` run out of memory; other items are ok. Pickled by value for Ray workers
+    (``ray.cloudpickle.register_pickle_by_value(tests.ray_helpers)``)."""
+
+    die_at = 40
+    oom_at = 48
+
+    def __init__(
+        self, weights: Any, output_uri: str, device: str = "cpu", threads: Any = None, board: Any = None
+    ):
+        self.actor_id = ray.get_runtime_context().get_actor_id()
+
+    def ready(self) -> dict[str, str]:
+        return {"actor_id": self.actor_id}
+
+    def render(self, item: Any, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0):
+        if item.size == self.die_at and attempt == 1:
+            os._exit(1)
+        if item.size >= self.oom_at:
+            error = f"out of memory at size {item.size} on cpu: scripted"
+            return make_row(
+                item, "failed", attempt, error=error, run_kind=run_kind, actor_id=self.actor_id
+            ), False
+        return make_row(item, "ok", attempt, run_kind=run_kind, actor_id=self.actor_id), False

@@ -53,30 +53,41 @@ CASES: dict[str, Case] = {
     "missing-content": Case(("{dir}/missing.png", "{style}", "-o", "{out}", *FAST), ("{dir}/missing.png",)),
     "text-style": Case(("{content}", "{text}", "-o", "{out}", *FAST), ("{text}",)),
     "truncated-content": Case(("{truncated}", "{style}", "-o", "{out}", *FAST), ("{truncated}",)),
-    "size-0": Case((*BASE, "--size", "0"), ("--size",)),
+    "size-0": Case((*BASE, "--size", "0"), ("error: --size: ",)),
     "size-huge": Case((*BASE, "--size", "100000"), ("--size", "100000")),
     "size-too-small": Case((*BASE, "--size", "8"), ("--size", "conv5_1")),
-    "style-layer": Case((*BASE, "--style-layers", "conv1_1,conv9_9"), ("--style-layers", "conv9_9")),
-    "content-layer": Case((*BASE, "--content-layers", "bogus"), ("--content-layers", "bogus")),
+    "style-layer": Case((*BASE, "--style-layers", "conv1_1,conv9_9"), ("error: --style-layers: ", "conv9_9")),
+    "content-layer": Case((*BASE, "--content-layers", "bogus"), ("error: --content-layers: ", "bogus")),
     "weights-wrong-shape": Case((*BASE, "--weights", "{wide}"), ("{wide}", "conv1_1")),
     "weights-missing": Case(
-        (*BASE, "--weights", "/does/not/exist.pth"), ("/does/not/exist.pth", "--weights")
+        (*BASE, "--weights", "/does/not/exist.pth"), ("error: --weights: /does/not/exist.pth",)
     ),
-    "ratio-negative": Case((*BASE, "--ratio", "-1"), ("--ratio",)),
-    "color": Case((*BASE, "--color", "purple"), ("--color", "purple")),
-    "optimizer": Case((*BASE, "--optimizer", "sgd"), ("--optimizer", "sgd")),
+    "ratio-negative": Case((*BASE, "--ratio", "-1"), ("error: --ratio: ", "-1")),
+    "tv-weight-negative": Case((*BASE, "--tv-weight", "-1"), ("error: --tv-weight: ", "-1")),
     "output-not-png": Case(("{content}", "{style}", "-o", "{dir}/out.jpg", *FAST), ("--output", "out.jpg")),
-    "layer-weights": Case((*BASE, "--style-layer-weights", "1,x"), ("--style-layer-weights",)),
+    "layer-weights": Case(
+        (*BASE, "--style-layer-weights", "1,x"), ("error: --style-layer-weights: ", "'1,x'")
+    ),
     # unwritable targets are refused before the synthesis runs
     "output-under-a-file": Case(("{content}", "{style}", "-o", "{text}/out.png", *FAST), ("{text}",)),
     "stats-json-is-a-dir": Case((*BASE, "--stats-json", "{dir}"), ("--stats-json",)),
-    "init-missing": Case((*BASE, "--init", "bogus"), ("--init", "bogus")),
+    "init-missing": Case((*BASE, "--init", "bogus"), ("error: --init: ", "bogus")),
     "snapshot-negative": Case((*BASE, "--snapshot-every", "-1"), ("--snapshot-every",)),
     "threads-zero": Case((*BASE, "--threads", "0"), ("--threads",)),
-    "random-seed-not-a-number": Case((*BASE, "--weights", "random:abc"), ("random:abc",)),
+    "random-seed-not-a-number": Case((*BASE, "--weights", "random:abc"), ("error: --weights: random:abc",)),
     "preprocessing-without-file": Case(
-        (*BASE, "--weights", "embedded", "--weights-preprocessing", "caffe"), ("--weights-preprocessing",)
+        (*BASE, "--weights", "embedded", "--weights-preprocessing", "caffe"),
+        ("error: --weights-preprocessing: ",),
     ),
+}
+
+#: A value outside a choice option's choices: click refuses it before the command runs.
+CHOICE_CASES: dict[str, Case] = {
+    "color": Case(
+        (*BASE, "--color", "purple"), ("'--color'", "'purple'", "'none', 'histogram', 'luminance'")
+    ),
+    "optimizer": Case((*BASE, "--optimizer", "sgd"), ("'--optimizer'", "'sgd'", "'lbfgs', 'adam'")),
+    "precision": Case((*BASE, "--precision", "fp16"), ("'--precision'", "'fp16'", "'bf16'")),
 }
 
 
@@ -113,7 +124,7 @@ def _format(parts: tuple[str, ...], paths: dict[str, str], out: str) -> list[str
 def results(files: dict[str, str]) -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1"}
     jobs = {"good": _format(GOOD_ARGS, files, f"{files['dir']}/good.png")}
-    for name, case in CASES.items():
+    for name, case in {**CASES, **CHOICE_CASES}.items():
         jobs[name] = _format(case.args, files, f"{files['dir']}/{name}.png")
 
     def run(args: list[str]) -> subprocess.CompletedProcess:
@@ -159,3 +170,79 @@ def test_bad_input_is_a_one_line_error(
     for expected in _format(CASES[name].names, files, out):
         assert expected in error_lines[0], stderr
     assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("name", list(CHOICE_CASES))
+def test_a_value_outside_the_choices_is_a_usage_error(
+    name: str, results: dict[str, subprocess.CompletedProcess], files: dict[str, str]
+) -> None:
+    proc = results[name]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "Invalid value" in line]
+    for expected in CHOICE_CASES[name].names:
+        assert expected in line, proc.stderr
+    assert not Path(f"{files['dir']}/{name}.png").exists()
+
+
+# ----------------------------------------------------------------------------- derived options
+
+
+def _stylize_command():  # the click command typer builds
+    import typer
+
+    from nst_engine.cli.main import app
+
+    return typer.main.get_command(app).commands["stylize"]
+
+
+def test_help_lists_every_engine_field_as_an_option() -> None:
+    from dataclasses import fields
+
+    from typer.testing import CliRunner
+
+    from nst_engine.cli.main import app
+    from nst_engine.engine.config import SynthesisConfig
+
+    result = CliRunner().invoke(app, ["stylize", "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    options = {opt for param in _stylize_command().params for opt in (*param.opts, *param.secondary_opts)}
+    for f in fields(SynthesisConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in options and flag in result.output, f.name
+        assert f.metadata["help"][:25] in result.output, f.name
+    assert "--channels-last" in options and "--no-channels-last" in options
+    assert "fp32|tf32|bf16" in result.output  # the choices, bf16 included
+    assert "none|histogram|luminance" in result.output
+
+
+def test_options_become_a_config() -> None:
+    from nst_engine.cli.options import config_from_options
+    from nst_engine.engine.config import ColorMode, Precision, SynthesisConfig
+
+    command = _stylize_command()
+    args = ["c.png", "s.png", "--no-channels-last", "--precision", "bf16", "--color", "luminance"]
+    args += ["--style-layers", "conv1_1, conv3_1", "--style-layer-weights", "0.5,0.5", "--ratio", "1e-2"]
+    context = command.make_context("stylize", args)
+    engine = {name: context.params[name] for name in SynthesisConfig.__dataclass_fields__}
+    config = config_from_options(engine)
+    assert config.channels_last is False and config.precision is Precision.BF16
+    assert config.color is ColorMode.LUMINANCE and config.ratio == 1e-2
+    assert config.style_layers == ("conv1_1", "conv3_1") and config.style_layer_weights == (0.5, 0.5)
+    defaults = command.make_context("stylize", ["c.png", "s.png"]).params
+    assert config_from_options({name: defaults[name] for name in engine}) == SynthesisConfig()
+
+
+def test_render_reports_a_manifest_field_error_before_ray(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nst_engine.cli.main import app
+
+    _write_png(tmp_path / "c.png", 1)
+    _write_png(tmp_path / "s.png", 2)
+    source = tmp_path / "demo.yaml"
+    source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [32]\nparams: {ratio: -1}\n")
+    result = CliRunner().invoke(app, ["render", str(source), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"{source}:4: params.ratio: " in result.stderr
+    assert "--ratio" not in result.stderr

@@ -265,7 +265,8 @@ def test_output_size_rejects_bad_size(size: int) -> None:
     with pytest.raises(ConfigError) as exc:
         output_size(100, 100, size)
     message = _single_line(exc)
-    assert "--size" in message and str(size) in message
+    assert exc.value.field == "size" and message.startswith("size: ") and str(size) in message
+    assert "--" not in message
 
 
 def test_output_size_accepts_max_side() -> None:

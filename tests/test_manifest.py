@@ -233,9 +233,9 @@ def test_validation_reports_every_problem_with_file_line_and_field(tmp_path: Pat
     assert line_of(problems, source, "sizes[2]") == 9
     assert line_of(problems, source, "params.iterations") == 11
     assert line_of(problems, source, "params.sharpness") == 13
-    # the bad ratio is reported too, naming the option
-    ratio = [p for p in problems if "ratio" in p and "-1" in p]
-    assert len(ratio) == 1 and ratio[0].startswith(f"{source}:"), problems
+    # the bad ratio is reported too, naming the field as the manifest spells it
+    assert line_of(problems, source, "params.ratio") == 12
+    assert "--" not in text
     assert "matches no image files" in text
     assert "used twice" in text
     assert "'big'" in text and "12.5" in text
@@ -245,25 +245,27 @@ def test_validation_reports_every_problem_with_file_line_and_field(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    ("params", "needle"),
+    ("params", "field", "needle"),
     [
-        ("ratio: -1", "ratio"),
-        ("iterations: many", "iterations"),
-        ("iterations: inf", "iterations"),
-        ("style_layers: [conv9_9]", "conv9_9"),
-        ("optimizer: sgd", "optimizer"),
-        ("channels_last: maybe", "channels_last"),
+        ("ratio: -1", "ratio", "positive"),
+        ("iterations: many", "iterations", "'many'"),
+        ("iterations: inf", "iterations", "whole number"),
+        ("style_layers: [conv9_9]", "style_layers", "conv9_9"),
+        ("optimizer: sgd", "optimizer", "'sgd'"),
+        ("channels_last: maybe", "channels_last", "true or false"),
+        ("precision: fp16", "precision", "fp32, tf32, bf16"),
+        ("content_layer_weights: [1, x]", "content_layer_weights", "numbers"),
     ],
 )
-def test_bad_param_values(tmp_path: Path, params: str, needle: str) -> None:
+def test_bad_param_values(tmp_path: Path, params: str, field: str, needle: str) -> None:
     write_image(tmp_path / "c.png", 20, 20, seed=1)
     write_image(tmp_path / "s.png", 20, 20, seed=2)
     source = tmp_path / "m.yaml"
     source.write_text(f"contents: [c.png]\nstyles: [s.png]\nsizes: [64]\nparams:\n  {params}\n")
     (problem,) = problems_of(source)
     assert problem.startswith(f"{source}:")
-    assert re.match(rf"^{re.escape(str(source))}:[45]: params", problem), problem
-    assert needle in problem
+    assert re.match(rf"^{re.escape(str(source))}:5: params\.{field}: ", problem), problem
+    assert needle in problem and "--" not in problem
 
 
 def test_a_bad_parameter_is_reported_once_not_once_per_size(tmp_path: Path) -> None:
@@ -272,7 +274,7 @@ def test_a_bad_parameter_is_reported_once_not_once_per_size(tmp_path: Path) -> N
     source = tmp_path / "m.yaml"
     source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [64, 128, 256]\nparams: {ratio: -1}\n")
     (problem,) = problems_of(source)
-    assert problem.startswith(f"{source}:4: params: ") and "ratio" in problem
+    assert problem.startswith(f"{source}:4: params.ratio: ")
 
 
 def test_param_problems_are_reported_even_when_nothing_expands(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_param_problems_are_reported_even_when_nothing_expands(tmp_path: Path) -
     problems = problems_of(source)
     assert len(problems) == 2, problems
     assert line_of(problems, source, "contents[0]") == 1
-    assert line_of(problems, source, "params") == 4
+    assert line_of(problems, source, "params.ratio") == 4
 
 
 @pytest.mark.parametrize(
@@ -506,8 +508,8 @@ def test_csv_bad_parameter_value_is_reported_per_line(tmp_path: Path) -> None:
     source = tmp_path / "table.csv"
     source.write_text("content,style,size,ratio\nc1.png,s1.png,64,1e-3\nc1.png,s1.png,128,-1\n")
     (problem,) = problems_of(source)
-    assert problem.startswith(f"{source}: line 3: ")
-    assert "ratio" in problem
+    assert problem.startswith(f"{source}: line 3: ratio: ")
+    assert "--" not in problem
 
 
 def test_table_missing_and_unknown_columns(tmp_path: Path) -> None:
@@ -553,4 +555,77 @@ def test_override_that_matches_nothing_is_still_validated(tmp_path: Path) -> Non
     )
     with pytest.raises(ManifestError) as info:
         load_manifest(manifest)
-    assert any("overrides[0].params" in p and "--ratio" in p for p in info.value.problems)
+    assert any(
+        re.match(rf"^{re.escape(str(manifest))}:\d+: overrides\[0\]\.params\.ratio: ", p)
+        for p in info.value.problems
+    ), info.value.problems
+    assert not any("--" in p for p in info.value.problems)
+
+
+def test_done_when_negative_ratio_names_file_line_and_field(tmp_path: Path) -> None:
+    """The issue's acceptance test: file, line and ``params.ratio``, no CLI flag."""
+    write_image(tmp_path / "c.png", 20, 20, seed=1)
+    write_image(tmp_path / "s.png", 20, 20, seed=2)
+    source = tmp_path / "demo.yaml"
+    source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [64]\nparams: {ratio: -1}\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(source)
+    assert f"{source}:4: params.ratio: " in str(info.value)
+    assert "--" not in str(info.value)
+
+
+def test_an_override_error_points_at_the_override_that_set_the_value(tmp_path: Path) -> None:
+    write_image(tmp_path / "c.png", 20, 20, seed=1)
+    write_image(tmp_path / "s.png", 20, 20, seed=2)
+    source = tmp_path / "m.yaml"
+    source.write_text(
+        "contents: [c.png]\nstyles: [s.png]\nsizes: [64]\n"
+        "params: {iterations: 5}\n"
+        "overrides:\n"
+        "  - match: {style: s}\n"
+        "    params:\n"
+        "      tv_weight: -1\n"
+    )
+    (problem,) = problems_of(source)
+    assert problem.startswith(f"{source}:8: overrides[0].params.tv_weight: "), problem
+
+
+def test_bad_choice_names_the_choices(tmp_path: Path) -> None:
+    write_image(tmp_path / "c.png", 20, 20, seed=1)
+    write_image(tmp_path / "s.png", 20, 20, seed=2)
+    source = tmp_path / "m.yaml"
+    source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [64]\nparams:\n  color: purple\n")
+    (problem,) = problems_of(source)
+    assert problem == f"{source}:5: params.color: expected one of none, histogram, luminance, got 'purple'"
+
+    table = tmp_path / "t.csv"
+    table.write_text("content,style,size,pooling\nc.png,s.png,64,median\n")
+    (problem,) = problems_of(table)
+    assert problem == f"{table}: line 2: pooling: expected one of avg, max, got 'median'"
+
+
+def test_choices_are_enums_and_ids_hash_plain_strings(tmp_path: Path) -> None:
+    from nst_engine.engine.config import ColorMode, Precision
+
+    write_image(tmp_path / "c.png", 20, 20, seed=1)
+    write_image(tmp_path / "s.png", 20, 20, seed=2)
+    source = tmp_path / "m.yaml"
+    source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [64]\nparams: {color: luminance}\n")
+    (item,) = load_manifest(source).items
+    assert item.config.color is ColorMode.LUMINANCE and item.config.precision is Precision.FP32
+    params = item.config.to_params()
+    assert type(params["color"]) is str and json.loads(json.dumps(params))["color"] == "luminance"
+
+
+def test_unknown_parameter_lists_the_parameters(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from nst_engine.engine.config import SynthesisConfig
+
+    write_image(tmp_path / "c.png", 20, 20, seed=1)
+    write_image(tmp_path / "s.png", 20, 20, seed=2)
+    source = tmp_path / "m.yaml"
+    source.write_text("contents: [c.png]\nstyles: [s.png]\nsizes: [64]\nparams: {alpha: 1}\n")
+    (problem,) = problems_of(source)
+    assert problem.startswith(f"{source}:4: params.alpha: unknown parameter; choose from ")
+    assert all(f.name in problem for f in fields(SynthesisConfig) if f.name != "size")

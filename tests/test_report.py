@@ -24,7 +24,7 @@ from nst_engine.engine import Stylizer, random_weights
 from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.reports import build_report
+from nst_engine.reports.build import build_report
 from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
 from nst_engine.results.store import ResultStore
@@ -102,12 +102,7 @@ def test_report_pages_escaping_and_pagination(results: Path, tmp_path: Path) -> 
     assert len(thumbs) == 15 and all(max(Image.open(t).size) <= 256 for t in thumbs)
     # a device table with sizes and, when the scaling module fits (3 sizes here), k
     assert '<h2 id="devices">' in index and '<td class="num">48</td>' in index
-    try:
-        from nst_engine.reports.scaling import fit_devices  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        assert "scaling k = " in index
+    assert "scaling k = " in index
 
     # pagination: 11 items, 2 per page -> index.html + gallery-2 ... gallery-6
     summary = build_report(results, out, page_size=2)
@@ -147,6 +142,7 @@ def test_cli_report_and_bad_input(results: Path, tmp_path: Path) -> None:
         (tmp_path / "missing.parquet", "file not found"),
         (tmp_path / "text.parquet", "not a Parquet file"),
         (tmp_path / "other.parquet", "missing columns item_id"),
+        (f"file://{tmp_path}/other.parquet", "missing columns item_id"),
         (tmp_path, "no results.parquet"),
     ):
         bad = runner.invoke(app, ["report", str(path), "-o", str(tmp_path / "r")])

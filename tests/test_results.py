@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,9 +19,9 @@ from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.planning.paths import UnsafePathError, safe_relative
-from nst_engine.results.schema import COLUMNS, SCHEMA, make_row
+from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, markdown_table, to_table
 from nst_engine.results.storage import TMP_PREFIX, OutputRoot
-from nst_engine.results.store import PARTS_DIR, RESULTS_FILE, ResultStore
+from nst_engine.results.store import PARTS_DIR, RESULTS_FILE, ResultsError, ResultStore, read_results
 from tests.conftest import write_image
 
 
@@ -42,8 +45,6 @@ def work(tmp_path: Path) -> list[WorkItem]:
 def fake_stats(item: WorkItem) -> SynthesisStats:
     """A real SynthesisStats record with plausible values (no synthesis needed here)."""
     return SynthesisStats(
-        content_id=item.content_hash,
-        style_ids=list(item.style_hashes),
         height=21,
         width=32,
         pixels=21 * 32,
@@ -62,7 +63,7 @@ def fake_stats(item: WorkItem) -> SynthesisStats:
         targets_seconds=0.1,
         setup_seconds=0.6,
         synthesis_seconds=0.375,
-        total_seconds=1.0,
+        engine_seconds=1.0,
         device="cpu",
         device_type="cpu",
         device_name="test cpu",
@@ -70,7 +71,6 @@ def fake_stats(item: WorkItem) -> SynthesisStats:
         peak_memory_kind="cpu_peak_rss",
         device_memory_bytes=8 * 2**30,
         torch_version="x",
-        seed=0,
         weights_source="random:0",
     )
 
@@ -86,8 +86,8 @@ def part_files(root: Path) -> list[Path]:
 def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> None:
     out = tmp_path / "out"
     store = ResultStore(OutputRoot(str(out)))
-    assert store.read().num_rows == 0
-    assert store.read().schema == SCHEMA
+    assert read_results(store.root).num_rows == 0
+    assert read_results(store.root).schema == SCHEMA
     assert store.completed() == {}
     assert store.compact() == 0
     assert not (out / RESULTS_FILE).exists()
@@ -103,7 +103,7 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     store.append([])  # nothing to write: no file
     assert len(part_files(out)) == 2
 
-    table = store.read()
+    table = read_results(out)
     assert table.schema == SCHEMA
     assert table.num_rows == 3
     rows = sorted(table.to_pylist(), key=lambda r: (r["item_id"], r["attempt"]))
@@ -136,7 +136,7 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     assert compacted.schema == SCHEMA
     assert compacted.num_rows == 3
     frame = pd.read_parquet(out / RESULTS_FILE)
-    assert list(frame.columns) == [name for name, _, _ in COLUMNS]
+    assert list(frame.columns) == [c.name for c in COLUMNS]
     assert sorted(frame["status"]) == ["failed", "ok", "ok"]
     assert frame.loc[frame["status"] == "failed", "error"].tolist() == ["x"]
     assert store.compact() == 0  # nothing new to merge
@@ -145,7 +145,7 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     store.append([make_row(work[2], "ok", 1)])
     store.append([make_row(work[3], "skipped", 1)])
     assert len(part_files(out)) == 2
-    again = store.read()
+    again = read_results(out)
     assert again.num_rows == 5
     assert sorted(again["item_id"].to_pylist()) == sorted(
         [work[0].item_id, work[0].item_id, work[1].item_id, work[2].item_id, work[3].item_id]
@@ -171,12 +171,11 @@ def test_parts_folder_reads_as_a_dataset(tmp_path: Path, work: list[WorkItem]) -
     assert sorted(dataset["item_id"].to_pylist()) == sorted(i.item_id for i in work)
 
 
-def test_unknown_row_keys_are_dropped(work: list[WorkItem]) -> None:
-    from nst_engine.results.schema import to_table
-
-    table = to_table([make_row(work[0], "ok", 1, not_a_column="ignored")])
-    assert "not_a_column" not in table.column_names
-    assert table.schema == SCHEMA
+def test_unknown_row_keys_are_refused(work: list[WorkItem]) -> None:
+    with pytest.raises(KeyError, match="not_a_column"):
+        make_row(work[0], "ok", 1, not_a_column="typo")
+    with pytest.raises(KeyError, match="height"):  # a statistic, not a worker's attempt column
+        make_row(work[0], "ok", 1, height=3)
 
 
 def test_duckdb_reads_the_results(tmp_path: Path, work: list[WorkItem], monkeypatch) -> None:
@@ -290,8 +289,76 @@ def test_output_root_is_picklable() -> None:
 
 
 def test_schema_is_documented() -> None:
-    names = [name for name, _, _ in COLUMNS]
+    names = [c.name for c in COLUMNS]
     assert len(names) == len(set(names)) == len(SCHEMA.names)
-    assert all(doc for _, _, doc in COLUMNS)
+    assert all(c.meaning for c in COLUMNS)
     assert SCHEMA.field("started_at").type == pa.timestamp("us", tz="UTC")
     assert SCHEMA.field("style_weights").type == pa.list_(pa.float64())
+
+
+# ---------------------------------------------------------------------------- one schema, one reader
+
+
+def test_every_statistic_is_a_column_with_its_meaning() -> None:
+    """The stats record's fields are the schema's stats columns: a new metric is one field."""
+    fields = {f.name: f.metadata["meaning"] for f in dataclasses.fields(SynthesisStats)}
+    stats_columns = {c.name: c.meaning for c in STATS_COLUMNS}
+    assert stats_columns == fields
+    assert set(fields) <= set(SCHEMA.names)
+    assert SCHEMA.field("iteration_seconds").type == pa.list_(pa.float64())
+    assert SCHEMA.field("peak_memory_bytes").type == pa.int64()
+
+
+def test_warmup_is_left_out_of_the_per_iteration_statistics(work: list[WorkItem]) -> None:
+    stats = replace(fake_stats(work[0]), iteration_seconds=[9.0, 1.0, 2.0, 3.0])
+    assert stats.seconds_per_iteration == 2.5 and stats.warmup_iterations == 0
+    warm = stats.with_warmup(1)
+    assert (warm.warmup_iterations, warm.seconds_per_iteration) == (1, 2.0)
+    assert (warm.seconds_per_iteration_p25, warm.seconds_per_iteration_p75) == (1.5, 2.5)
+    assert stats.with_warmup(10).warmup_iterations == 3  # at least one iteration is kept
+    row = make_row(work[0], "ok", 1, stats=warm)
+    assert row["seconds_per_iteration"] == 2.0 and row["warmup_iterations"] == 1
+
+
+def test_readme_schema_table_matches_the_schema() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| column | type | meaning |")
+    table = readme[start:].split("\n\n", 1)[0].strip()
+    assert table == markdown_table(), "regenerate the README table with results.schema.markdown_table()"
+
+
+def test_read_results_reads_only_the_columns_asked_for(tmp_path: Path, work: list[WorkItem]) -> None:
+    store = ResultStore(OutputRoot(str(tmp_path)))
+    store.append([make_row(work[0], "ok", 1, stats=fake_stats(work[0]))])
+    store.compact()
+    store.append([make_row(work[1], "failed", 1, error="bad")])  # one compacted file + one part
+    table = read_results(tmp_path, ["item_id", "status"])
+    assert table.column_names == ["item_id", "status"] and table.num_rows == 2
+    ok = read_results(tmp_path, ["item_id"], where=pc.field("status") == "ok")
+    assert ok["item_id"].to_pylist() == [work[0].item_id]
+    with pytest.raises(KeyError, match="no_such_column"):
+        read_results(tmp_path, ["no_such_column"])
+    # the same rows through every way of naming the location
+    for location in (str(tmp_path / RESULTS_FILE), f"file://{tmp_path}", f"file://{tmp_path}/{RESULTS_FILE}"):
+        assert read_results(location, ["item_id"]).num_rows == 2
+    assert read_results(tmp_path / "nothing-yet").num_rows == 0
+
+
+def test_tables_written_before_a_column_existed_read_it_as_null(tmp_path: Path, work: list[WorkItem]) -> None:
+    row = make_row(work[0], "ok", 1, stats=fake_stats(work[0]))
+    old = to_table([row]).drop_columns(["final_tv_loss", "engine_seconds"])
+    pq.write_table(old, tmp_path / RESULTS_FILE)
+    ResultStore(OutputRoot(str(tmp_path))).append([row])
+    table = read_results(tmp_path, ["item_id", "final_tv_loss", "final_total_loss"])
+    assert table.num_rows == 2
+    assert sorted(table["final_tv_loss"].to_pylist(), key=str) == [0.0, None]
+    assert table["final_total_loss"].to_pylist() == [4.0, 4.0]
+
+
+def test_a_parquet_file_that_is_not_a_results_table_is_named(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / RESULTS_FILE)
+    with pytest.raises(ResultsError, match=r"results\.parquet: not an nst results table: missing columns"):
+        read_results(tmp_path)
+    (tmp_path / RESULTS_FILE).write_bytes(b"not parquet at all")
+    with pytest.raises(ResultsError, match="not a Parquet file"):
+        read_results(tmp_path)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nst_engine.distributed.scheduler import cpu_worker_threads
 from nst_engine.reports.scaling import fit_devices, format_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,18 +133,90 @@ def test_bench_scaling_and_estimate_on_local_ray(tmp_path: Path) -> None:
     )
     assert estimate.returncode == 0, estimate.stderr
     assert "512² × 100 iterations" in estimate.stderr and " s" in estimate.stderr
-    missing = subprocess.run(
+    # the same rows through an output folder and a file:// URI of it
+    for location in (str(output), output.resolve().as_uri()):
+        proc = run_estimate(location)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == estimate.stderr  # the same rows, the same fits
+    (tmp_path / "not-results.parquet").write_bytes(b"PAR1 not parquet")
+    (tmp_path / "other").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other" / "results.parquet")
+    for location, says in (
+        (str(tmp_path / "none.parquet"), "file not found"),
+        (str(tmp_path / "not-results.parquet"), "not a Parquet file"),
+        (str(tmp_path / "other"), "not an nst results table"),
+        ((tmp_path / "none").as_uri(), "no results"),
+    ):
+        proc = run_estimate(location)
+        assert proc.returncode == 2, proc.stderr
+        assert "error:" in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def run_estimate(location: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "nst_engine.cli.main",
             "estimate",
+            "--size",
+            "512",
+            "--iterations",
+            "100",
             "--results",
-            str(tmp_path / "none.parquet"),
+            location,
         ],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
     )
-    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cpu_worker_threads_one_default_for_render_and_bench() -> None:
+    assert cpu_worker_threads(None, [16, 2]) == 4  # the largest node, at most 4
+    assert cpu_worker_threads(None, [2, 1]) == 2
+    assert cpu_worker_threads(3, [16]) == 3  # asked for
+
+
+def test_bench_lane_stores_lost_attempts_and_stops_at_out_of_memory(tmp_path: Path) -> None:
+    """run_scaling on the render Scheduler: a lost worker's attempt is stored as retried and
+    the item finished by a replacement; the lane stops at its first out-of-memory size."""
+    import ray
+
+    from nst_engine.distributed import bench
+    from nst_engine.distributed.runtime import connect
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from nst_engine.results.storage import OutputRoot
+    from nst_engine.results.store import read_results
+    from tests import ray_helpers
+
+    plan = load_manifest(ray_helpers.tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32, 40, 48, 56)))
+    items = expand(plan)
+    ray.cloudpickle.register_pickle_by_value(ray_helpers)
+    connect(num_cpus=2)
+    try:
+        slot = bench.DeviceSlot("scripted", "cpu", {"num_cpus": 1, "num_gpus": 0})
+        seen: list[tuple[str, int, str]] = []
+        rows = bench.run_scaling(
+            items,
+            plan.weights,
+            OutputRoot(plan.output),
+            [slot],
+            warmup=0,
+            on_row=lambda s, r: seen.append((s.label, r["size"], r["status"])),
+            worker_class=ray_helpers.ScriptedWorker,
+        )
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(ray_helpers)
+    stored = read_results(OutputRoot(plan.output), ["size", "status", "attempt", "error", "run_kind"])
+    got = sorted((r["size"], r["attempt"], r["status"]) for r in stored.to_pylist())
+    assert got == [(32, 1, "ok"), (40, 1, "retried"), (40, 2, "ok"), (48, 1, "failed")]  # no 56
+    assert {r["run_kind"] for r in stored.to_pylist()} == {"bench"}
+    lost = [r for r in stored.to_pylist() if r["status"] == "retried"]
+    assert lost[0]["error"].startswith("worker lost")
+    assert len(rows) == 4 and sorted(seen) == sorted(("scripted", s, st) for s, _, st in got)

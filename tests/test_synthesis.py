@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_engine.engine import ConfigError, Stylizer, SynthesisConfig, random_weights, read_png_metadata
+from nst_engine.engine import (
+    ConfigError,
+    Stylizer,
+    SynthesisConfig,
+    random_weights,
+    read_png_metadata,
+    resolve_device,
+)
 from nst_engine.engine.images import load_image, to_tensor
+from nst_engine.engine.targets import style_size
 from tests.conftest import write_image
 
 TINY = SynthesisConfig(size=48, iterations=15)
@@ -27,7 +35,8 @@ def test_losses_fall_and_stats_are_complete(stylizer: Stylizer, content_path: Pa
     assert stats.device_type == "cpu" and stats.device_name
     assert stats.peak_memory_kind == "cpu_peak_rss" and stats.peak_memory_bytes > 10_000_000
     assert stats.setup_seconds >= stats.targets_seconds > 0
-    assert stats.params["ratio"] == TINY.ratio and stats.params["style_layers"][0] == "conv1_1"
+    params = result.metadata["nst:params"]
+    assert params["ratio"] == TINY.ratio and params["style_layers"][0] == "conv1_1"
     assert stats.torch_version == torch.__version__
     assert stats.weights_source.startswith("random")
     assert result.image.shape == (1, 3, 40, 48)
@@ -67,15 +76,15 @@ def test_style_targets_cached_per_style_and_size(
     config = SynthesisConfig(size=32, iterations=1)
     stylizer.synthesize(content_path, [style_path], config)
     stylizer.synthesize(content_path, [style_path], config)
-    assert stylizer.target_cache_hits == 1
+    assert stylizer.cache.hits == 1
     stylizer.synthesize(content_path, [style_path], SynthesisConfig(size=40, iterations=1))
-    assert stylizer.target_cache_hits == 1  # a new size is a new target
+    assert stylizer.cache.hits == 1  # a new size is a new target
 
 
-def test_style_scale_keeps_style_aspect(stylizer: Stylizer, style_path: Path) -> None:
+def test_style_scale_keeps_style_aspect(style_path: Path) -> None:
     style = load_image(style_path)  # 40x48
-    assert stylizer.style_size(style, 40, 48, None) == (40, 48)  # paper: content size
-    height, width = stylizer.style_size(style, 40, 48, 1.0)
+    assert style_size(style, 40, 48, None) == (40, 48)  # paper: content size
+    height, width = style_size(style, 40, 48, 1.0)
     assert abs(height * width - 40 * 48) < 60 and height > width
 
 
@@ -96,10 +105,11 @@ def test_options_run_and_reduce_loss(
     stylizer: Stylizer, content_path: Path, style_path: Path, changes: dict
 ) -> None:
     config = SynthesisConfig(size=32, iterations=8, **changes)
-    stats = stylizer.synthesize(content_path, [style_path], config).stats
+    result = stylizer.synthesize(content_path, [style_path], config)
+    stats = result.stats
     assert stats.final_total_loss < stats.total_losses[0]
     for key, value in changes.items():
-        assert stats.params[key] == value
+        assert result.metadata["nst:params"][key] == value
 
 
 def test_line_search_counts_evaluations_separately(
@@ -116,10 +126,10 @@ def test_init_from_file_and_luminance_keeps_content_colours(
     stylizer: Stylizer, tmp_path: Path, content_path: Path, style_path: Path
 ) -> None:
     init = write_image(tmp_path / "init.png", 20, 20, seed=5)
-    stats = stylizer.synthesize(
+    metadata = stylizer.synthesize(
         content_path, [style_path], SynthesisConfig(size=32, iterations=3, init=str(init))
-    ).stats
-    assert stats.params["init"] == str(init)
+    ).metadata
+    assert metadata["nst:params"]["init"] == str(init)
     result = stylizer.synthesize(
         content_path, [style_path], SynthesisConfig(size=48, iterations=3, color="luminance")
     )
@@ -139,10 +149,11 @@ def test_several_styles_blend_weights(
 ) -> None:
     other = write_image(tmp_path / "style2.png", 30, 30, seed=9)
     config = SynthesisConfig(size=32, iterations=3, style_weights=(0.3, 0.7))
-    stats = stylizer.synthesize(content_path, [style_path, other], config).stats
-    assert len(stats.style_ids) == 2 and stats.style_ids[0] != stats.style_ids[1]
-    with pytest.raises(ConfigError, match="--style-weights"):
+    style_ids = stylizer.synthesize(content_path, [style_path, other], config).metadata["nst:style_ids"]
+    assert len(style_ids) == 2 and style_ids[0] != style_ids[1]
+    with pytest.raises(ConfigError, match="give 1 weight, one per style image") as error:
         stylizer.synthesize(content_path, [style_path], config)
+    assert error.value.field == "style_weights"
 
 
 def test_snapshots_every_k_iterations(
@@ -161,12 +172,30 @@ def test_snapshots_every_k_iterations(
 def test_bad_config_values_raise_config_error(
     stylizer: Stylizer, content_path: Path, style_path: Path
 ) -> None:
-    for changes, option in [
-        ({"style_layers": ("conv9_1",)}, "--style-layers"),
-        ({"ratio": 0.0}, "--ratio"),
-        ({"size": 0}, "--size"),
-        ({"size": 8}, "conv5_1"),
-        ({"style_layer_weights": (1.0,)}, "--style-layer-weights"),
+    for changes, field, needle in [
+        ({"style_layers": ("conv9_1",)}, "style_layers", "conv9_1"),
+        ({"ratio": 0.0}, "ratio", "0.0"),
+        ({"size": 0}, "size", "0"),
+        ({"size": 8}, "size", "conv5_1"),
+        ({"style_layer_weights": (1.0,)}, "style_layer_weights", "one per layer"),
+        ({"size": 32, "style_scale": 0.1}, "style_scale", "conv5_1"),
     ]:
-        with pytest.raises(ConfigError, match=option):
+        with pytest.raises(ConfigError, match=needle) as error:
             stylizer.synthesize(content_path, [style_path], SynthesisConfig(**changes))
+        assert error.value.field == field, changes
+        assert "--" not in error.value.message, changes  # front ends add their own spelling
+
+
+def test_unknown_device_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="unknown device") as error:
+        resolve_device("tpu7")
+    assert error.value.field == "device"
+
+
+def test_target_cache_keeps_the_most_recent(content_path: Path, style_path: Path) -> None:
+    stylizer = Stylizer(random_weights(seed=0), device="cpu", target_cache_size=1)
+    for size in (32, 40, 32):
+        stylizer.synthesize(content_path, [style_path], SynthesisConfig(size=size, iterations=0))
+    assert stylizer.cache.hits == 0  # 32 was evicted by 40
+    stylizer.synthesize(content_path, [style_path], SynthesisConfig(size=32, iterations=0))
+    assert stylizer.cache.hits == 1

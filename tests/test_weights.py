@@ -97,7 +97,8 @@ def test_torchvision_missing_without_download(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(WeightsError) as exc:
         load_weights("torchvision", allow_download=False)
     message = _message(exc)
-    assert "--allow-download" in message
+    assert exc.value.field == "allow_download" and message.startswith("allow_download: ")
+    assert "--" not in message
     assert str(tmp_path) in message
     assert not (tmp_path / "hub" / "checkpoints").exists()  # nothing created, nothing fetched
 
@@ -127,7 +128,8 @@ def test_user_file_bad_preprocessing_name(tmp_path: Path, features_state) -> Non
     with pytest.raises(WeightsError) as exc:
         load_weights(str(path), preprocessing="bgr")
     message = _message(exc)
-    assert "--weights-preprocessing" in message and "bgr" in message
+    assert exc.value.field == "preprocessing" and "bgr" in message and "caffe, torchvision" in message
+    assert "--" not in message
 
 
 def test_wrong_shape_names_file_and_layer(tmp_path: Path, features_state) -> None:
@@ -194,7 +196,7 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         load_weights(str(path))
     message = _message(exc)
-    assert str(path) in message and "--weights" in message
+    assert str(path) in message and exc.value.field == "source" and "--" not in message
 
 
 def _write_marker(path: str) -> str:

@@ -3,43 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 bench_app = typer.Typer(help="Benchmarks that write result rows (run_kind 'bench').", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-DEFAULT_RESULTS = Path("out/bench/results.parquet")
+DEFAULT_RESULTS = "out/bench/results.parquet"
 
 
-def _print_fits(results: list[str], size: int | None = None, iterations: int | None = None) -> None:
+def _read_fit_rows(locations: list[str]) -> pa.Table:
+    """The columns the fits read (``reports.scaling.FIT_COLUMNS``) of every results
+    location: a .parquet file, an output folder, or a URI such as file:///abs/out/bench
+    or s3://bucket/out; as one table."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from nst_engine.reports.scaling import fit_devices, format_k
+    from nst_engine.reports.scaling import FIT_COLUMNS
+    from nst_engine.results.store import read_results
 
     tables = []
-    for path in results:
-        if not Path(path).is_file():
-            raise fail(f"{path}: results file not found; run 'nst bench scaling' (or nst render) first")
+    for location in locations:
         try:
-            tables.append(pq.read_table(path))
-        except Exception as exc:  # pyarrow raises several types
-            raise fail(f"{path}: not a readable Parquet file ({exc})") from None
-    needed = {"device_name", "pixels", "seconds_per_iteration", "status"}
-    for path, table in zip(results, tables, strict=True):
-        if not needed <= set(table.column_names):
-            raise fail(
-                f"{path}: not an nst results table (missing {sorted(needed - set(table.column_names))})"
-            )
-    common = sorted(set.intersection(*(set(t.column_names) for t in tables)))
-    fits = fit_devices(pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"))
+            table = read_results(location, FIT_COLUMNS)
+        except NSTError as exc:  # ResultsError: not a result table
+            raise fail(one_line(exc)) from None
+        except (OSError, ValueError, pa.ArrowException) as exc:  # unreachable or malformed location
+            raise fail(f"{location}: cannot read results ({one_line(exc)})") from None
+        if table.num_rows == 0:
+            raise fail(f"{location}: no results there; run 'nst bench scaling' (or nst render) first")
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+def _print_fits(locations: list[str], size: int | None = None, iterations: int | None = None) -> None:
+    from nst_engine.reports.scaling import fit_devices, format_k
+
+    fits = fit_devices(_read_fit_rows(locations))
     if not fits:
         raise fail(
             "no device has ok rows at 3 or more sizes; run 'nst bench scaling --sizes 128,256,384,...'"
@@ -75,7 +83,7 @@ def scaling(
     warmup: Annotated[int, typer.Option(help="Iterations left out of the per-iteration median.")] = 2,
     devices: Annotated[str, typer.Option(help="Device kinds to measure: cpu, gpu or cpu,gpu.")] = "cpu,gpu",
     cpu_threads: Annotated[
-        int | None, typer.Option(help="Threads of the CPU worker (default: all, max 8).")
+        int | None, typer.Option(help="Threads of the CPU worker (default: as nst render, min(cores, 4)).")
     ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster (default: embedded local Ray).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output root for images and rows.")] = Path(
@@ -120,9 +128,12 @@ def scaling(
     try:
         plan = manifest_from_dict(data, Path.cwd())
         items = expand(plan)
+    except NSTError as exc:  # a manifest's problems, deliberately one per line
+        raise fail(str(exc)) from None
+    try:
         where = connect(address)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(one_line(exc)) from None
     try:
         slots = device_slots(kinds, cpu_threads)
         if not slots:
@@ -139,14 +150,16 @@ def scaling(
                     f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB"
                 )
             else:
-                err.print(f"  {slot.label}: size {row.get('size')}: {escape(str(row.get('error')))}")
+                err.print(
+                    f"  {slot.label}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}"
+                )
 
-        run_scaling(items, plan.weights, OutputRoot(plan.output), slots, warmup, on_row)
+        root = OutputRoot(plan.output)
+        run_scaling(items, plan.weights, root, slots, warmup, on_row)
     finally:
         disconnect()
-    results = str(output / RESULTS_FILE)
-    err.print(f"results: {results}")
-    _print_fits([results])
+    err.print(f"results: {escape(root.display(RESULTS_FILE))}")
+    _print_fits([root.uri])
 
 
 @app.command()
@@ -154,11 +167,15 @@ def estimate(
     size: Annotated[int, typer.Option(help="Longer side of a square image, in pixels.")] = 1024,
     iterations: Annotated[int, typer.Option(help="Iterations.")] = 500,
     results: Annotated[
-        list[Path] | None, typer.Option(help="Results files to fit (default: out/bench/results.parquet).")
+        list[str] | None,
+        typer.Option(
+            help="Results to fit: a results.parquet, an output folder or a URI (file://, s3://); "
+            "repeat for several (default: out/bench/results.parquet)."
+        ),
     ] = None,
 ) -> None:
     """Predict time and memory fit for a size from earlier scaling or render results."""
     if size <= 0 or iterations <= 0:
         raise fail("--size and --iterations must be positive")
-    _print_fits([str(p) for p in results or [DEFAULT_RESULTS]], size, iterations)
+    _print_fits(results or [DEFAULT_RESULTS], size, iterations)
     err.print(f"(a square {size}x{size} image is {size * size:,} pixels; set-up time is not included)")

@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
@@ -99,7 +99,9 @@ def render(
     ] = False,
     gpus: Annotated[bool | None, typer.Option("--gpus/--no-gpus", help="Use GPUs (default: if any).")] = None,
     cpu_actors: Annotated[int | None, typer.Option(help="CPU workers (default: cores / threads).")] = None,
-    threads_per_actor: Annotated[int | None, typer.Option(help="Torch threads per CPU worker.")] = None,
+    threads_per_actor: Annotated[
+        int | None, typer.Option(help="Torch threads per CPU worker (default: min(cores, 4)).")
+    ] = None,
     max_in_flight: Annotated[int, typer.Option(help="Items queued per worker.")] = 2,
     max_attempts: Annotated[int, typer.Option(help="Attempts per item when workers die.")] = 3,
     max_worker_failures: Annotated[int, typer.Option(help="Failures before a worker is retired.")] = 3,
@@ -129,7 +131,7 @@ def render(
     try:
         plan = load_manifest(manifest, output)
         items = expand(plan, skip_bad_inputs=skip_bad_inputs)
-    except NSTError as exc:
+    except NSTError as exc:  # a manifest's problems, deliberately one per line
         raise fail(str(exc)) from None
     root = OutputRoot(plan.output)
     options = PoolOptions(
@@ -143,7 +145,7 @@ def render(
     try:
         where = connect(address)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(one_line(exc)) from None
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
     view = RenderView(len(items))
     try:

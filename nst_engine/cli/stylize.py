@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from PIL import Image
@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.options import cli_message, config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
-from nst_engine.engine.config import CONTENT_LAYERS, STYLE_LAYERS
 from nst_engine.engine.files import write_atomic
 from nst_engine.engine.optimize import IterationRecord
 from nst_engine.engine.weights_spec import WeightsSpec
@@ -29,62 +29,13 @@ def _check_writable(path: Path, option: str) -> None:
         raise fail(f"{option} {path}: cannot create folder {path.parent} ({exc.strerror or exc})") from None
 
 
-def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise fail(f"{option}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 @app.command()
+@engine_options
 def stylize(
     content: Annotated[Path, typer.Argument(help="Content photo.", show_default=False)],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output PNG file.")] = Path("stylized.png"),
-    size: Annotated[int, typer.Option(help="Longer side of the output in pixels (aspect ratio kept).")] = 512,
-    iterations: Annotated[int, typer.Option(help="Optimizer iterations.")] = 500,
-    ratio: Annotated[
-        float, typer.Option(help="Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5).")
-    ] = 1e-3,
-    init: Annotated[
-        str, typer.Option(help="Start image: noise (paper), content, style, or an image file.")
-    ] = "noise",
-    seed: Annotated[int, typer.Option(help="Seed for the noise start image.")] = 0,
-    optimizer: Annotated[str, typer.Option(help="lbfgs (paper) or adam.")] = "lbfgs",
-    history_size: Annotated[int, typer.Option(help="L-BFGS history size.")] = 100,
-    line_search: Annotated[bool, typer.Option(help="Strong-Wolfe line search for L-BFGS.")] = False,
-    learning_rate: Annotated[
-        float | None, typer.Option(help="Step scale (default 1.0 for L-BFGS, 0.02 for Adam).")
-    ] = None,
-    tolerance: Annotated[
-        float, typer.Option(help="Stop when the relative loss change is below this.")
-    ] = 1e-9,
-    pooling: Annotated[str, typer.Option(help="avg (paper's choice for synthesis) or max.")] = "avg",
-    content_layers: Annotated[str, typer.Option(help="Comma-separated content layers.")] = ",".join(
-        CONTENT_LAYERS
-    ),
-    content_layer_weights: Annotated[
-        str | None, typer.Option(help="Comma-separated weights per content layer.")
-    ] = None,
-    style_layers: Annotated[str, typer.Option(help="Comma-separated style layers.")] = ",".join(STYLE_LAYERS),
-    style_layer_weights: Annotated[
-        str | None, typer.Option(help="Comma-separated weights per style layer (default 1/n each).")
-    ] = None,
-    style_weights: Annotated[
-        str | None, typer.Option(help="Comma-separated blend weights, one per style image.")
-    ] = None,
-    style_scale: Annotated[
-        float | None,
-        typer.Option(help="Style size relative to the content (default: resized to the content's size)."),
-    ] = None,
-    color: Annotated[str, typer.Option(help="Colour preservation: none, histogram or luminance.")] = "none",
-    tv_weight: Annotated[float, typer.Option(help="Total-variation weight (paper: 0).")] = 0.0,
+    engine: dict[str, Any] | None = None,  # one option per SynthesisConfig field (cli/options.py)
     weights: Annotated[
         str, typer.Option(help="VGG-19 weights: embedded (offline), torchvision, or a .pth state dict.")
     ] = "embedded",
@@ -101,7 +52,6 @@ def stylize(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's choice).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or tf32 on CUDA GPUs (faster).")] = "fp32",
     snapshot_every: Annotated[int, typer.Option(help="Also save every k-th iterate next to the output.")] = 0,
     stats_json: Annotated[
         Path | None, typer.Option(help="Write the run's statistics to this JSON file.")
@@ -122,28 +72,7 @@ def stylize(
     if stats_json is not None:
         _check_writable(stats_json, "--stats-json")
     try:
-        config = SynthesisConfig(
-            size=size,
-            iterations=iterations,
-            ratio=ratio,
-            content_layers=_names(content_layers),
-            content_layer_weights=_floats(content_layer_weights, "--content-layer-weights"),
-            style_layers=_names(style_layers),
-            style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-            style_weights=_floats(style_weights, "--style-weights"),
-            style_scale=style_scale,
-            optimizer=optimizer,
-            history_size=history_size,
-            learning_rate=learning_rate,
-            line_search=line_search,
-            tolerance=tolerance,
-            init=init,
-            seed=seed,
-            pooling=pooling,
-            color=color,
-            tv_weight=tv_weight,
-            precision=precision,
-        ).validate()
+        config = config_from_options(engine or {})
         # decode the images first: a bad file should fail before weights load
         content_image = load_image(content)
         style_images = [load_image(path) for path in styles]
@@ -160,7 +89,7 @@ def stylize(
         err.print(f"device: {stylizer.device}")
         result = _run(stylizer, content_image, style_images, config, output, snapshot_every, quiet)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(cli_message(exc)) from None
     stats = result.stats
     try:
         result.save(output)

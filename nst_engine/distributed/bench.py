@@ -1,8 +1,12 @@
 """The scaling benchmark on Ray: the same synthesis at growing sizes on every distinct
 device type of the cluster (each GPU model, and CPU), one worker per type.
 
-A device stops growing at its first out-of-memory size; that row is recorded as
-failed with the reason and the run goes on elsewhere.
+It runs on the render ``Scheduler``: one lane per device slot (that slot's resources,
+one worker, its own queue smallest first, one item in flight so items do not share the
+device), with the same retry rules as ``nst render`` (a lost worker's attempt is
+recorded as retried, or failed once its attempts are used up). A lane stops growing at
+its first out-of-memory size; that row is recorded as failed with the reason and the
+run goes on on the other devices.
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from typing import Any
 
 import ray
 
+from nst_engine.distributed.scheduler import (
+    Lane,
+    PoolOptions,
+    Scheduler,
+    cpu_worker_threads,
+    is_out_of_memory,
+)
 from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
@@ -29,9 +40,14 @@ class DeviceSlot:
     device: str  # cpu | cuda
     options: dict[str, Any]
 
+    @property
+    def threads(self) -> int | None:
+        return int(self.options["num_cpus"]) if self.device == "cpu" else None
+
 
 def device_slots(include: set[str], cpu_threads: int | None = None) -> list[DeviceSlot]:
-    """Every distinct device type in the cluster, filtered by ``include`` ({'cpu', 'gpu'})."""
+    """Every distinct device type in the cluster, filtered by ``include`` ({'cpu', 'gpu'}).
+    The CPU worker has ``cpu_worker_threads(cpu_threads)`` threads, as a render worker."""
     resources = ray.cluster_resources()
     slots = []
     if "gpu" in include and resources.get("GPU", 0) >= 1:
@@ -40,7 +56,7 @@ def device_slots(include: set[str], cpu_threads: int | None = None) -> list[Devi
             extra = {"resources": {f"accelerator_type:{kind}": 0.001}} if types else {}
             slots.append(DeviceSlot(kind, "cuda", {"num_gpus": 1, "num_cpus": 1, **extra}))
     if "cpu" in include:
-        threads = cpu_threads or max(1, min(int(resources.get("CPU", 1)), 8))
+        threads = cpu_worker_threads(cpu_threads)
         slots.append(DeviceSlot(f"CPU x{threads}", "cpu", {"num_cpus": threads, "num_gpus": 0}))
     return slots
 
@@ -52,44 +68,47 @@ def run_scaling(
     slots: list[DeviceSlot],
     warmup: int,
     on_row: Callable[[DeviceSlot, dict], None] | None = None,
+    options: PoolOptions | None = None,
+    worker_class: type = RenderWorker,
 ) -> list[dict]:
-    """Run ``items`` smallest first on one worker per slot, all slots at once."""
+    """Run ``items`` smallest first on one worker per slot, all slots at once; returns
+    every row written (retried attempts included)."""
     store = ResultStore(root)
-    started = time.time()
-    ordered = sorted(items, key=lambda i: i.pixels_estimate)
-    workers = {}
-    for slot in slots:
-        remote = ray.remote(RenderWorker).options(max_restarts=0, **slot.options)
-        threads = slot.options["num_cpus"] if slot.device == "cpu" else None
-        workers[slot.label] = remote.remote(weights, root.uri, slot.device, threads)
-    position = {slot.label: 0 for slot in slots}
-    pending = {
-        workers[s.label].render.remote(ordered[0], 1, started, "bench", warmup): s for s in slots if ordered
-    }
-    rows = []
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        slot = pending.pop(done[0])
-        try:
-            row, _ = ray.get(done[0])
-        except ray.exceptions.RayError as exc:
-            row = {"status": "failed", "error": f"worker lost: {type(exc).__name__}"}
-            rows.append(row)
-            if on_row:
-                on_row(slot, row)
-            continue
-        store.append([row])
+    rows: list[dict] = []
+    by_lane = {slot.label: slot for slot in slots}
+
+    def record(lane: Lane, row: dict) -> None:
         rows.append(row)
-        if on_row:
-            on_row(slot, row)
-        out_of_memory = row["status"] == "failed" and (row.get("error") or "").startswith("out of memory")
-        position[slot.label] += 1
-        if not out_of_memory and position[slot.label] < len(ordered):
-            ref = workers[slot.label].render.remote(
-                ordered[position[slot.label]], 1, started, "bench", warmup
+        if on_row is not None:
+            on_row(by_lane[lane.name], row)
+
+    scheduler = Scheduler(
+        weights,
+        root,
+        options or PoolOptions(),
+        store=store,
+        run_kind="bench",
+        warmup=warmup,
+        started=time.time(),
+        on_row=record,
+        worker_class=worker_class,
+    )
+    scheduler.summary.total = len(items) * len(slots)
+    ordered = sorted(items, key=lambda i: i.pixels_estimate)
+    if ordered:
+        for slot in slots:
+            scheduler.add_lane(
+                Lane(
+                    name=slot.label,
+                    resources=slot.options,
+                    device=slot.device,
+                    threads=slot.threads,
+                    workers=1,
+                    items=ordered,
+                    max_in_flight=1,
+                    stop_when=is_out_of_memory,
+                )
             )
-            pending[ref] = slot
-    for worker in workers.values():
-        ray.kill(worker)
+        scheduler.run()
     store.compact()
     return rows

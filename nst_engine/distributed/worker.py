@@ -16,7 +16,7 @@ from typing import Any
 import ray
 import torch
 
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
@@ -25,6 +25,7 @@ from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board
+OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
 
 
 def _utcnow() -> dt.datetime:
@@ -82,7 +83,6 @@ class RenderWorker:
             "actor_id": self.actor_id,
             "hostname": self.hostname,
             "ray_version": ray.__version__,
-            "torch_version": torch.__version__,
             "started_at": started,
             "queue_wait_seconds": max(0.0, time.time() - run_started),
         }
@@ -114,26 +114,25 @@ class RenderWorker:
             retryable = False
         except NSTError as exc:
             row, retryable = (
-                make_row(item, "failed", attempt, error=str(exc), run_kind=run_kind, **extra),
+                make_row(item, "failed", attempt, error=one_line(exc), run_kind=run_kind, **extra),
                 False,
             )
         except Exception as exc:
             if _is_out_of_memory(exc):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                error = (
-                    f"out of memory at size {item.size} on {self.stylizer.device}: {str(exc).splitlines()[0]}"
-                )
+                error = f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"
                 row, retryable = (
                     make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
                     False,
                 )
             else:
-                error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {one_line(exc)}"
                 row, retryable = (
                     make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
                     True,
                 )
+        row.setdefault("torch_version", torch.__version__)  # failed rows have no statistics
         row["finished_at"] = _utcnow()
         row["total_seconds"] = time.perf_counter() - start_clock
         self._report(None)

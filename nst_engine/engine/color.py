@@ -3,6 +3,8 @@
 * ``histogram``: recolour the style image so its RGB mean and covariance match the
   content's, then transfer as usual.
 * ``luminance``: transfer on luminance only, then put the content's chrominance back.
+
+The modes (``none`` plus the two above) are ``nst_engine.engine.config.ColorMode``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import torch
 _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]
 )
-COLOR_MODES = ("none", "histogram", "luminance")
 
 
 def rgb_to_yiq(image: torch.Tensor) -> torch.Tensor:

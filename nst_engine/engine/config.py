@@ -1,13 +1,28 @@
-"""Every knob of one synthesis, as a frozen, validated value."""
+"""Every knob of one synthesis, as a frozen, validated value.
+
+``SynthesisConfig`` is the one description of the engine's parameters: each field has a
+type, a default and its help text (``metadata["help"]``). The front ends derive from it:
+``nst stylize`` builds one option per field, a manifest accepts the same names under
+``params``, and the results record ``to_params()``. Choice fields are ``StrEnum`` types,
+so they compare equal to (and serialize as) their plain strings.
+
+Plain values from YAML, JSON, CSV or a command line become a field's type through
+:func:`coerce`; :meth:`SynthesisConfig.validate` checks the ranges. Both raise
+``ConfigError(message, field=name)`` with the field's name, never a front end's spelling
+of it: the CLI shows ``--ratio: ...``, a manifest ``demo.yaml:12: params.ratio: ...``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from nst_engine.engine import color
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.optimize import OptimizerSettings
@@ -16,84 +31,155 @@ from nst_engine.engine.vgg import check_layers
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
-PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+class Optimizer(StrEnum):
+    LBFGS = "lbfgs"
+    ADAM = "adam"
+
+
+class Pooling(StrEnum):
+    AVG = "avg"
+    MAX = "max"
+
+
+class ColorMode(StrEnum):
+    """Colour preservation (see ``nst_engine.engine.color``)."""
+
+    NONE = "none"
+    HISTOGRAM = "histogram"
+    LUMINANCE = "luminance"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    TF32 = "tf32"
+    BF16 = "bf16"
+
+
+#: Kept for callers that want the plain strings.
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Every knob of one synthesis; all of it changes the output image."""
 
-    size: int = 512
-    iterations: int = 500
-    ratio: float = 1e-3  # α/β of the paper
-    content_layers: tuple[str, ...] = CONTENT_LAYERS
-    content_layer_weights: tuple[float, ...] | None = None  # default 1 each
-    style_layers: tuple[str, ...] = STYLE_LAYERS
-    style_layer_weights: tuple[float, ...] | None = None  # default 1/len each (the paper's w_l)
-    style_weights: tuple[float, ...] | None = None  # blend of several style images
-    style_scale: float | None = None  # None: style resized to the content's size (paper)
-    optimizer: str = "lbfgs"
-    history_size: int = 100
-    learning_rate: float | None = None
-    line_search: bool = False
-    tolerance: float = 1e-9
-    init: str = "noise"  # noise | content | style | path to an image
-    seed: int = 0
-    pooling: str = "avg"
-    color: str = "none"  # none | histogram | luminance
-    tv_weight: float = 0.0
-    precision: str = "fp32"  # fp32 | tf32 (CUDA only) | bf16 (convolutions in bfloat16)
-    channels_last: bool = True
+    size: int = field(
+        default=512, metadata={"help": "Longer side of the output in pixels (aspect ratio kept)."}
+    )
+    iterations: int = field(default=500, metadata={"help": "Optimizer iterations."})
+    ratio: float = field(
+        default=1e-3, metadata={"help": "Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5)."}
+    )
+    content_layers: tuple[str, ...] = field(
+        default=CONTENT_LAYERS, metadata={"help": "Content layers (paper: conv4_2)."}
+    )
+    content_layer_weights: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "Weight per content layer (default 1 each)."}
+    )
+    style_layers: tuple[str, ...] = field(
+        default=STYLE_LAYERS, metadata={"help": "Style layers (paper: conv1_1 ... conv5_1)."}
+    )
+    style_layer_weights: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "Weight per style layer (default 1/n each, the paper's w_l)."}
+    )
+    style_weights: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "Blend weights, one per style image (default equal)."}
+    )
+    style_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Style size relative to the content (default: the content's size, as in the paper)."
+        },
+    )
+    optimizer: Optimizer = field(default=Optimizer.LBFGS, metadata={"help": "L-BFGS (paper) or Adam."})
+    history_size: int = field(default=100, metadata={"help": "L-BFGS history size."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Step scale (default 1.0 for L-BFGS, 0.02 for Adam)."}
+    )
+    line_search: bool = field(default=False, metadata={"help": "Strong-Wolfe line search for L-BFGS."})
+    tolerance: float = field(
+        default=1e-9, metadata={"help": "Stop when the relative loss change is below this."}
+    )
+    init: str = field(
+        default="noise", metadata={"help": "Start image: noise (paper), content, style, or an image file."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the noise start image."})
+    pooling: Pooling = field(
+        default=Pooling.AVG, metadata={"help": "Average pooling (the paper's choice for synthesis) or max."}
+    )
+    color: ColorMode = field(
+        default=ColorMode.NONE,
+        metadata={"help": "Colour preservation: none (paper), histogram or luminance."},
+    )
+    tv_weight: float = field(default=0.0, metadata={"help": "Total-variation weight (paper: 0)."})
+    precision: Precision = field(
+        default=Precision.FP32,
+        metadata={
+            "help": "fp32; tf32: TF32 tensor cores on CUDA GPUs (faster); bf16: convolutions in bfloat16."
+        },
+    )
+    channels_last: bool = field(
+        default=True, metadata={"help": "NHWC activations (faster convolutions with oneDNN and cuDNN)."}
+    )
+
+    def __post_init__(self) -> None:
+        # plain strings of a choice become its enum member; unknown ones are left for validate()
+        for f in fields(self):
+            kind = field_type(f.name)
+            value = getattr(self, f.name)
+            if isinstance(kind, type) and issubclass(kind, Enum) and not isinstance(value, kind):
+                with contextlib.suppress(ValueError):
+                    object.__setattr__(self, f.name, kind(value))
 
     def validate(self) -> SynthesisConfig:
-        """Raise ``ConfigError`` naming the option; return self for chaining."""
+        """Raise ``ConfigError`` naming the field; return self for chaining."""
         if self.iterations < 0:
-            raise ConfigError(f"--iterations must be 0 or more, got {self.iterations}")
+            raise ConfigError(f"must be 0 or more, got {self.iterations}", field="iterations")
         if not (self.ratio > 0 and math.isfinite(self.ratio)):
-            raise ConfigError(f"--ratio (alpha/beta) must be a positive number, got {self.ratio}")
+            raise ConfigError(f"alpha/beta must be a positive number, got {self.ratio}", field="ratio")
         output_size(1, 1, self.size)  # checks the size bounds
-        check_layers(self.content_layers, "--content-layers")
-        check_layers(self.style_layers, "--style-layers")
+        check_layers(self.content_layers, "content_layers")
+        check_layers(self.style_layers, "style_layers")
         if not self.style_layers:
-            raise ConfigError("--style-layers needs at least one layer")
-        for option, layers, weights in (
-            ("--content-layer-weights", self.content_layers, self.content_layer_weights),
-            ("--style-layer-weights", self.style_layers, self.style_layer_weights),
+            raise ConfigError("give at least one layer", field="style_layers")
+        for name, layers, weights in (
+            ("content_layer_weights", self.content_layers, self.content_layer_weights),
+            ("style_layer_weights", self.style_layers, self.style_layer_weights),
         ):
             if weights is not None and len(weights) != len(layers):
-                raise ConfigError(f"{option}: give {len(layers)} weights, one per layer, got {len(weights)}")
+                raise ConfigError(
+                    f"give {len(layers)} weights, one per layer, got {len(weights)}", field=name
+                )
             if weights is not None and any(w < 0 for w in weights):
-                raise ConfigError(f"{option}: weights must not be negative")
+                raise ConfigError("weights must not be negative", field=name)
         if self.style_weights is not None and (
             any(w < 0 for w in self.style_weights) or sum(self.style_weights) <= 0
         ):
-            raise ConfigError("--style-weights must be non-negative with a positive sum")
+            raise ConfigError("give non-negative weights with a positive sum", field="style_weights")
         if self.style_scale is not None and not self.style_scale > 0:
-            raise ConfigError(f"--style-scale must be positive, got {self.style_scale}")
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise ConfigError(f"--optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+            raise ConfigError(f"must be positive, got {self.style_scale}", field="style_scale")
         if self.history_size < 1:
-            raise ConfigError(f"--history-size must be at least 1, got {self.history_size}")
+            raise ConfigError(f"must be at least 1, got {self.history_size}", field="history_size")
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+            raise ConfigError(f"must be positive, got {self.learning_rate}", field="learning_rate")
         if self.tolerance < 0:
-            raise ConfigError(f"--tolerance must be 0 or more, got {self.tolerance}")
-        if self.pooling not in ("avg", "max"):
-            raise ConfigError(f"--pooling must be 'avg' or 'max', got {self.pooling!r}")
-        if self.color not in color.COLOR_MODES:
-            raise ConfigError(f"--color must be one of {', '.join(color.COLOR_MODES)}, got {self.color!r}")
+            raise ConfigError(f"must be 0 or more, got {self.tolerance}", field="tolerance")
+        for name in ("optimizer", "pooling", "color", "precision"):
+            coerce(name, getattr(self, name))  # an unknown choice names the choices
         if self.init not in INITS and not Path(self.init).is_file():
             raise ConfigError(
-                f"--init {self.init}: not one of {', '.join(INITS)} and not an image file; check the path"
+                f"{self.init}: not one of {', '.join(INITS)} and not an image file; check the path",
+                field="init",
             )
         if self.tv_weight < 0:
-            raise ConfigError(f"--tv-weight must be 0 or more, got {self.tv_weight}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"must be 0 or more, got {self.tv_weight}", field="tv_weight")
         return self
 
     def to_params(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON values (lists, strings, numbers): item ids hash this."""
+        return {k: _plain(v) for k, v in asdict(self).items()}
 
     def optimizer_settings(self) -> OptimizerSettings:
         return OptimizerSettings(
@@ -117,3 +203,115 @@ class SynthesisConfig:
     @property
     def loss_layers(self) -> tuple[str, ...]:
         return tuple(self.content_layers) + tuple(self.style_layers)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------- types and coercion
+
+
+def field_type(name: str) -> Any:
+    """The resolved type of a field, e.g. ``tuple[float, ...] | None``."""
+    return _HINTS[name]
+
+
+def split_optional(kind: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(kind, False)``."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(kind)) == 2:
+            return args[0], True
+    return kind, False
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The allowed values of an enum type (empty for other types)."""
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return tuple(str(m.value) for m in kind)
+    return ()
+
+
+def coerce(name: str, value: Any) -> Any:
+    """A plain value (YAML/JSON scalar or list, CSV cell, CLI string) as field ``name``'s type.
+
+    Lists of layers or numbers may also be one comma-separated string; numbers may be
+    strings (YAML 1.1 reads ``1e-3`` as text). Raises ``ConfigError(field=name)``.
+    """
+    if name not in _HINTS:
+        raise ConfigError(f"unknown parameter; choose from {', '.join(sorted(_HINTS))}", field=name)
+    kind, optional = split_optional(_HINTS[name])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError("needs a value", field=name)
+    try:
+        return _coerce(kind, value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{exc}, got {value!r}", field=name) from None
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise TypeError("expected a list of layer names" if item is str else "expected a list of numbers")
+        if item is str:
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        try:
+            return tuple(_number(v) for v in items if not (isinstance(v, str) and not v.strip()))
+        except (TypeError, ValueError):
+            raise ValueError("expected a list of numbers") from None
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(str(value).strip().lower() if isinstance(value, str) else value)
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(choices(kind))}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            number = _number(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a whole number") from None
+        if not (math.isfinite(number) and number == int(number)):
+            raise ValueError("expected a whole number")
+        return int(number)
+    if kind is float:
+        return _number(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError("expected text")
+        return value
+    raise TypeError(f"no conversion to {kind}")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError("expected a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+_HINTS: dict[str, Any] = {
+    name: kind
+    for name, kind in typing.get_type_hints(SynthesisConfig).items()
+    if name in {f.name for f in fields(SynthesisConfig)}
+}

@@ -95,9 +95,9 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
 def output_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """(height, width) with the longer side equal to ``long_side`` and the aspect ratio kept."""
     if long_side <= 0:
-        raise ConfigError(f"--size must be a positive number of pixels, got {long_side}")
+        raise ConfigError(f"must be a positive number of pixels, got {long_side}", field="size")
     if long_side > MAX_SIDE:
-        raise ConfigError(f"--size {long_side} is larger than the supported {MAX_SIDE} pixels")
+        raise ConfigError(f"{long_side} is larger than the supported {MAX_SIDE} pixels", field="size")
     scale = long_side / max(width, height)
     return max(1, round(height * scale)), max(1, round(width * scale))
 

@@ -106,11 +106,9 @@ class StyleTargets:
             grams[layer] = sum(w / total * g[layer] for g, w in zip(per_style, weights, strict=True))
         return cls(grams)
 
-    def to(self, device: torch.device | str) -> StyleTargets:
-        return StyleTargets({k: v.to(device) for k, v in self.grams.items()})
 
-    def nbytes(self) -> int:
-        return sum(g.numel() * g.element_size() for g in self.grams.values())
+#: One evaluation's loss terms as floats: (total, content, style, tv).
+Values = tuple[float, float, float, float]
 
 
 @dataclass
@@ -121,6 +119,12 @@ class LossTerms:
     content: torch.Tensor
     style: torch.Tensor
     tv: torch.Tensor
+
+    def values(self) -> Values:
+        """(total, content, style, tv) as floats, in one device sync."""
+        stacked = torch.stack([t.detach() for t in (self.total, self.content, self.style, self.tv)])
+        total, content, style, tv = stacked.tolist()
+        return total, content, style, tv
 
 
 class StyleTransferObjective(nn.Module):

@@ -1,26 +1,32 @@
-"""The optimisation loop: L-BFGS (the paper's choice) or Adam over the image pixels.
+"""The optimisation over the image pixels: L-BFGS (the paper's choice) or Adam.
 
+A run is a value: ``step()`` advances it one iteration, and ``state_dict()`` /
+``load_state_dict()`` save and restore it as plain tensors, numbers and lists, so a
+run can be checkpointed and resumed with the same result as one left running.
 Iterations and loss evaluations are counted separately: a line search (or the
 backtracking safeguard) may evaluate the loss several times in one iteration.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
-from torch.optim.lbfgs import _strong_wolfe  # torch's own strong-Wolfe search
 
-from nst_engine.engine.losses import LossTerms
+from nst_engine.engine.line_search import backtracking, strong_wolfe
+from nst_engine.engine.losses import LossTerms, Values
 
-#: Sufficient-decrease constant of the Armijo condition.
-ARMIJO_C1 = 1e-4
 #: Largest change of any pixel (image range [0, 1]) in a step taken without curvature pairs.
 INITIAL_PIXEL_STEP = 0.05
+
+#: ``stop_reason`` of an L-BFGS iteration that found no step; it leaves the image as it was.
+NO_PROGRESS = "no_progress"
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class OptimizationTrace:
     evaluations: int = 0
     stop_reason: str = "iterations"
     #: Loss terms at the returned image, as floats (total, content, style, tv).
-    final: tuple[float, float, float, float] = (math.nan,) * 4
+    final: Values = (math.nan,) * 4
 
     @property
     def iterations(self) -> int:
@@ -64,15 +70,6 @@ IterationCallback = Callable[[IterationRecord, torch.Tensor], None]
 Objective = Callable[[torch.Tensor], LossTerms]
 
 
-def _values(terms: LossTerms) -> tuple[float, float, float, float]:
-    """All four numbers in one device sync."""
-    stacked = torch.stack(
-        [terms.total.detach(), terms.content.detach(), terms.style.detach(), terms.tv.detach()]
-    )
-    total, content, style, tv = stacked.tolist()
-    return total, content, style, tv
-
-
 class _Evaluator:
     """Loss and flat gradient at the current image; counts evaluations."""
 
@@ -81,18 +78,21 @@ class _Evaluator:
         self.image = image
         self.count = 0
 
-    def __call__(self) -> tuple[tuple[float, float, float, float], torch.Tensor]:
+    def __call__(self) -> tuple[Values, torch.Tensor]:
         image = self.image.requires_grad_(True)
         terms = self.objective(image)
         (grad,) = torch.autograd.grad(terms.total, image)
         self.image.requires_grad_(False)
         self.count += 1
-        return _values(terms), grad.reshape(-1)
+        return terms.values(), grad.reshape(-1)
 
-    def at(self, flat: torch.Tensor) -> tuple[tuple[float, float, float, float], torch.Tensor]:
+    def at(self, flat: torch.Tensor) -> tuple[Values, torch.Tensor]:
+        self.move_to(flat)
+        return self()
+
+    def move_to(self, flat: torch.Tensor) -> None:
         with torch.no_grad():
             self.image.view(-1).copy_(flat)
-        return self()
 
 
 class _History:
@@ -125,153 +125,228 @@ class _History:
         return q
 
 
-Values = tuple[float, float, float, float]
+class Run:
+    """One optimisation of ``image`` (modified in place) as a steppable, savable value.
+
+    ``step()`` runs one iteration and returns its record, or ``None`` once ``done``;
+    ``stop_reason`` says why it stopped. Subclasses implement ``_iterate``, ``_final``
+    and their part of the state.
+    """
+
+    kind = ""
+
+    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
+        self.objective = objective
+        self.image = image
+        self.settings = settings
+        self.evaluate = _Evaluator(objective, image)
+        self.records: list[IterationRecord] = []
+        self.stop_reason: str | None = None
+        self.final: Values | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def iteration(self) -> int:
+        return len(self.records)
+
+    @property
+    def trace(self) -> OptimizationTrace:
+        return OptimizationTrace(
+            records=list(self.records),
+            evaluations=self.evaluate.count,
+            stop_reason=self.stop_reason or "iterations",
+            final=self.final or (math.nan,) * 4,
+        )
+
+    def step(self) -> IterationRecord | None:
+        if self.done:
+            return None
+        if self.iteration >= self.settings.iterations:
+            self.stop("iterations")
+            return None
+        record = self._iterate()
+        self.records.append(record)
+        if not self.done and self.iteration >= self.settings.iterations:
+            self.stop("iterations")
+        return record
+
+    def stop(self, reason: str) -> None:
+        """End the run (``cancelled`` from outside) and fix its final losses."""
+        if not self.done:
+            self.stop_reason = reason
+            self.final = self._final()
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: tensors, numbers, strings and lists only, for ``torch.save``."""
+        return {
+            "kind": self.kind,
+            "image": self.image.detach().clone(),
+            "evaluations": self.evaluate.count,
+            "records": [asdict(r) for r in self.records],
+            "stop_reason": self.stop_reason,
+            "final": list(self.final) if self.final is not None else None,
+            **self._state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the image is copied into this run's image."""
+        if state["kind"] != self.kind:
+            raise ValueError(f"a {state['kind']} state cannot resume a {self.kind} run")
+        self.evaluate.move_to(state["image"].to(self.image).reshape(-1))
+        self.evaluate.count = state["evaluations"]
+        self.records = [IterationRecord(**r) for r in state["records"]]
+        self.stop_reason = state["stop_reason"]
+        self.final = _as_values(state["final"])
+        self._load(state)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device=self.image.device, dtype=self.image.dtype)
+
+    def _iterate(self) -> IterationRecord:
+        raise NotImplementedError
+
+    def _final(self) -> Values:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
 
 
-def _armijo_step(
-    evaluate: _Evaluator,
-    origin: torch.Tensor,
-    direction: torch.Tensor,
-    step: float,
-    loss: float,
-    slope: float,
-    max_backtracks: int,
-) -> tuple[Values, torch.Tensor, bool]:
-    """Try ``step``; halve it until the loss decreases enough (usually the first try passes)."""
-    for _ in range(max_backtracks + 1):
-        values, grad = evaluate.at(origin + step * direction)
-        if math.isfinite(values[0]) and values[0] <= loss + ARMIJO_C1 * step * slope:
-            return values, grad, True
-        step *= 0.5
-    return values, grad, False
-
-
-def _wolfe_step(
-    evaluate: _Evaluator,
-    origin: torch.Tensor,
-    direction: torch.Tensor,
-    step: float,
-    loss: float,
-    grad: torch.Tensor,
-    slope: float,
-) -> tuple[Values, torch.Tensor, bool]:
-    """torch's strong-Wolfe search; leaves the image at the accepted point."""
-    seen: dict[float, Values] = {}
-
-    def along(x: torch.Tensor, t: float, d: torch.Tensor) -> tuple[float, torch.Tensor]:
-        values, g = evaluate.at(x + t * d)
-        seen[t] = values
-        return values[0], g
-
-    _, new_grad, step, _ = _strong_wolfe(along, origin, step, direction, loss, grad, slope)
-    if step in seen:
-        values = seen[step]
-        with torch.no_grad():
-            evaluate.image.view(-1).copy_(origin + step * direction)
-    else:
-        values, new_grad = evaluate.at(origin + step * direction)
-    return values, new_grad, math.isfinite(values[0])
-
-
-def _lbfgs(
-    objective: Objective,
-    image: torch.Tensor,
-    settings: OptimizerSettings,
-    on_iteration: IterationCallback | None,
-    should_stop: Callable[[], bool] | None,
-) -> OptimizationTrace:
+class LBFGSRun(Run):
     """L-BFGS whose normal iteration costs one evaluation: the evaluation at the new
     point is the next iteration's. A step that fails the Armijo condition (or gives a
     non-finite loss) is halved until it passes, which keeps a full quasi-Newton step
-    from blowing up on this non-convex objective."""
-    trace = OptimizationTrace()
-    evaluate = _Evaluator(objective, image)
-    history = _History(settings.history_size)
-    lr = settings.learning_rate or 1.0
-    values, grad = evaluate()
-    for iteration in range(settings.iterations):
-        if should_stop is not None and should_stop():
-            trace.stop_reason = "cancelled"
-            break
-        start = time.perf_counter()
-        before = evaluate.count
+    from blowing up on this non-convex objective; ``line_search`` instead searches for
+    a step meeting the strong Wolfe conditions."""
+
+    kind = "lbfgs"
+
+    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
+        super().__init__(objective, image, settings)
+        self.history = _History(settings.history_size)
+        # loss terms and gradient at the current image; the first step() evaluates them
+        self.values: Values | None = None
+        self.grad: torch.Tensor | None = None
+
+    def _current(self) -> tuple[Values, torch.Tensor]:
+        if self.values is None or self.grad is None:
+            self.values, self.grad = self.evaluate()
+        return self.values, self.grad
+
+    def _iterate(self) -> IterationRecord:
+        values, grad = self._current()
+        start, before = time.perf_counter(), self.evaluate.count
         loss = values[0]
-        direction = history.direction(grad)
+        direction = self.history.direction(grad)
         slope = float(grad.dot(direction))
         if slope > -1e-30:  # not a descent direction: restart from steepest descent
-            history.pairs.clear()
+            self.history.pairs.clear()
             direction = grad.neg()
             slope = float(grad.dot(direction))
-        # Without curvature pairs the gradient's scale says nothing about a good step
-        # (losses differ by 1e6 between weight sources), so the first step moves no
-        # pixel by more than INITIAL_PIXEL_STEP; the pairs set the scale after that.
-        step = (
-            lr if history.pairs else lr * INITIAL_PIXEL_STEP / float(direction.abs().max().clamp_min(1e-30))
-        )
-        origin = image.detach().reshape(-1).clone()
-        if settings.line_search:
-            new_values, new_grad, accepted = _wolfe_step(evaluate, origin, direction, step, loss, grad, slope)
+        origin = self.image.detach().reshape(-1).clone()
+
+        def probe(t: float) -> tuple[Values, torch.Tensor]:
+            return self.evaluate.at(origin + t * direction)
+
+        step = self._first_step(direction)
+        if self.settings.line_search:
+            found = strong_wolfe(probe, direction, step, values, grad, slope)
         else:
-            new_values, new_grad, accepted = _armijo_step(
-                evaluate, origin, direction, step, loss, slope, settings.max_backtracks
-            )
-        record = IterationRecord(iteration, *values, seconds=0.0, evaluations=0)
-        if not accepted:
-            with torch.no_grad():
-                image.view(-1).copy_(origin)
-            record.seconds, record.evaluations = time.perf_counter() - start, evaluate.count - before
-            trace.records.append(record)
-            trace.stop_reason = "no_progress"
-            break
-        history.add(image.detach().reshape(-1) - origin, new_grad - grad)
-        values, grad = new_values, new_grad
-        record.seconds, record.evaluations = time.perf_counter() - start, evaluate.count - before
-        trace.records.append(record)
-        if on_iteration is not None:
-            on_iteration(record, image)
-        if abs(loss - values[0]) <= settings.tolerance * abs(loss):
-            trace.stop_reason = "converged"
-            break
-    trace.evaluations = evaluate.count
-    trace.final = values
-    return trace
+            found = backtracking(probe, step, loss, slope, self.settings.max_backtracks)
+        # leave the image at the accepted point (a search may have probed past it), or
+        # back at the origin
+        self.evaluate.move_to(origin + found.t * direction if found.accepted else origin)
+        record = IterationRecord(self.iteration, *values, seconds=0.0, evaluations=0)
+        if found.accepted:
+            self.history.add(self.image.detach().reshape(-1) - origin, found.grad - grad)
+            self.values, self.grad = found.values, found.grad
+        record.seconds, record.evaluations = time.perf_counter() - start, self.evaluate.count - before
+        if not found.accepted:
+            self.stop(NO_PROGRESS)
+        elif abs(loss - found.values[0]) <= self.settings.tolerance * abs(loss):
+            self.stop("converged")
+        return record
+
+    def _first_step(self, direction: torch.Tensor) -> float:
+        """Without curvature pairs the gradient's scale says nothing about a good step
+        (losses differ by 1e6 between weight sources), so the first step moves no pixel
+        by more than INITIAL_PIXEL_STEP; the pairs set the scale after that."""
+        lr = self.settings.learning_rate or 1.0
+        if self.history.pairs:
+            return lr
+        return lr * INITIAL_PIXEL_STEP / float(direction.abs().max().clamp_min(1e-30))
+
+    def _final(self) -> Values:
+        return self._current()[0]
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "values": list(self.values) if self.values is not None else None,
+            "grad": self.grad,
+            "history": [[s, y, rho] for s, y, rho in self.history.pairs],
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.values = _as_values(state["values"])
+        self.grad = self._to_device(state["grad"]) if state["grad"] is not None else None
+        self.history.pairs.clear()
+        for s, y, rho in state["history"]:
+            self.history.pairs.append((self._to_device(s), self._to_device(y), self._to_device(rho)))
 
 
-def _adam(
-    objective: Objective,
-    image: torch.Tensor,
-    settings: OptimizerSettings,
-    on_iteration: IterationCallback | None,
-    should_stop: Callable[[], bool] | None,
-) -> OptimizationTrace:
-    trace = OptimizationTrace()
-    evaluate = _Evaluator(objective, image)
-    optimizer = torch.optim.Adam([image], lr=settings.learning_rate or 0.02)
-    previous = math.inf
-    for iteration in range(settings.iterations):
-        if should_stop is not None and should_stop():
-            trace.stop_reason = "cancelled"
-            break
+class AdamRun(Run):
+    """Adam on the pixels: one evaluation per iteration, plus one for the final losses."""
+
+    kind = "adam"
+
+    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
+        super().__init__(objective, image, settings)
+        self.optimizer = torch.optim.Adam([image], lr=settings.learning_rate or 0.02)
+        self.previous = math.inf  # the loss the last iteration started from
+
+    def _iterate(self) -> IterationRecord:
         start = time.perf_counter()
-        values, grad = evaluate()
-        image.grad = grad.view_as(image)
-        optimizer.step()
-        image.grad = None
-        record = IterationRecord(iteration, *values, seconds=time.perf_counter() - start, evaluations=1)
-        trace.records.append(record)
-        if on_iteration is not None:
-            on_iteration(record, image)
-        if not math.isfinite(values[0]):
-            trace.stop_reason = "diverged"
-            break
-        if math.isfinite(previous) and abs(previous - values[0]) <= settings.tolerance * abs(previous):
-            trace.stop_reason = "converged"
-            break
-        previous = values[0]
-    with torch.no_grad():
-        trace.final = _values(objective(image))
-    trace.evaluations = evaluate.count + 1
-    return trace
+        values, grad = self.evaluate()
+        self.image.grad = grad.view_as(self.image)
+        self.optimizer.step()
+        self.image.grad = None
+        record = IterationRecord(self.iteration, *values, seconds=time.perf_counter() - start, evaluations=1)
+        loss, previous = values[0], self.previous
+        self.previous = loss
+        if not math.isfinite(loss):
+            self.stop("diverged")
+        elif math.isfinite(previous) and abs(previous - loss) <= self.settings.tolerance * abs(previous):
+            self.stop("converged")
+        return record
+
+    def _final(self) -> Values:
+        with torch.no_grad():
+            values = self.objective(self.image).values()
+        self.evaluate.count += 1
+        return values
+
+    def _state(self) -> dict[str, Any]:
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "previous": self.previous}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.previous = state["previous"]
+
+
+RUNS: dict[str, type[Run]] = {LBFGSRun.kind: LBFGSRun, AdamRun.kind: AdamRun}
+
+
+def start_run(objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> Run:
+    """A run of ``settings.name`` over ``image``; nothing is evaluated until its first step."""
+    if settings.name not in RUNS:
+        raise ValueError(f"unknown optimizer {settings.name!r}")
+    return RUNS[settings.name](objective, image, settings)
 
 
 def optimize(
@@ -281,9 +356,32 @@ def optimize(
     on_iteration: IterationCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> OptimizationTrace:
-    """Minimise ``objective`` over ``image`` (modified in place); returns the trace."""
-    if settings.name == "lbfgs":
-        return _lbfgs(objective, image, settings, on_iteration, should_stop)
-    if settings.name == "adam":
-        return _adam(objective, image, settings, on_iteration, should_stop)
-    raise ValueError(f"unknown optimizer {settings.name!r}")
+    """Minimise ``objective`` over ``image`` (modified in place); returns the trace.
+
+    ``should_stop`` is asked before each iteration; ``on_iteration`` sees every iteration
+    that moved the image.
+    """
+    return drive(start_run(objective, image, settings), on_iteration, should_stop)
+
+
+def drive(
+    run: Run,
+    on_iteration: IterationCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> OptimizationTrace:
+    """Step ``run`` to its end (a fresh one, or one restored from a state)."""
+    while not run.done:
+        if run.iteration < run.settings.iterations and should_stop is not None and should_stop():
+            run.stop("cancelled")
+            break
+        record = run.step()
+        if record is not None and on_iteration is not None and run.stop_reason != NO_PROGRESS:
+            on_iteration(record, run.image)
+    return run.trace
+
+
+def _as_values(numbers: list[float] | None) -> Values | None:
+    if numbers is None:
+        return None
+    total, content, style, tv = numbers
+    return total, content, style, tv

@@ -1,5 +1,6 @@
-"""Per-synthesis statistics: a flat record whose fields are result columns, and the
-device facts (name, memory, peak use) it records."""
+"""Per-synthesis statistics: a flat record whose fields are result columns, its
+assembly from an optimisation trace, and the device facts (name, memory, peak use) it
+records."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import statistics
 import sys
 import threading
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from nst_engine.engine.optimize import OptimizationTrace
 
 
 def stat(meaning: str, **options: Any) -> Any:
@@ -83,6 +87,60 @@ class SynthesisStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall seconds of one item's phases."""
+
+    weights_load: float  # charged to a worker's first item
+    targets: float
+    synthesis: float
+    engine: float  # the whole item, weights load included
+
+
+def synthesis_stats(
+    trace: OptimizationTrace,
+    *,
+    height: int,
+    width: int,
+    timings: Timings,
+    device: torch.device,
+    memory: PeakMemory,
+    weights_source: str,
+) -> SynthesisStats:
+    """The statistics record of one finished optimisation."""
+    records = trace.records
+    total, content, style, tv = trace.final
+    return SynthesisStats(
+        height=height,
+        width=width,
+        pixels=height * width,
+        iterations=trace.iterations,
+        loss_evaluations=trace.evaluations,
+        stop_reason=trace.stop_reason,
+        final_content_loss=content,
+        final_style_loss=style,
+        final_tv_loss=tv,
+        final_total_loss=total,
+        iteration_seconds=[r.seconds for r in records],
+        total_losses=[r.total for r in records],
+        content_losses=[r.content for r in records],
+        style_losses=[r.style for r in records],
+        weights_load_seconds=timings.weights_load,
+        targets_seconds=timings.targets,
+        setup_seconds=timings.weights_load + timings.targets,
+        synthesis_seconds=timings.synthesis,
+        engine_seconds=timings.engine,
+        device=str(device),
+        device_type=device.type,
+        device_name=device_name(device),
+        peak_memory_bytes=memory.peak,
+        peak_memory_kind=memory.kind,
+        device_memory_bytes=device_memory(device),
+        weights_source=weights_source,
+        torch_version=torch.__version__,
+    )
 
 
 def device_name(device: torch.device) -> str:

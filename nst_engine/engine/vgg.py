@@ -44,11 +44,12 @@ def conv_shapes(widths: Sequence[int] = VGG19_WIDTHS) -> list[tuple[int, int, in
     return shapes
 
 
-def check_layers(layers: Iterable[str], option: str) -> None:
+def check_layers(layers: Iterable[str], field: str | None = None) -> None:
+    """Raise ``ConfigError`` for names that are not VGG-19 layers; ``field`` is the parameter."""
     unknown = [name for name in layers if name not in LAYER_NAMES]
     if unknown:
         raise ConfigError(
-            f"{option}: unknown layer {', '.join(unknown)}; choose from {', '.join(LAYER_NAMES)}"
+            f"unknown layer {', '.join(unknown)}; choose from {', '.join(LAYER_NAMES)}", field=field
         )
 
 
@@ -99,9 +100,10 @@ class VGG19Features(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if pooling not in ("avg", "max"):
-            raise ConfigError(f"--pooling must be 'avg' or 'max', got {pooling!r}")
-        check_layers([last_layer], "last layer")
+        from nst_engine.engine.config import coerce  # config imports this module
+
+        pooling = coerce("pooling", pooling)
+        check_layers([last_layer])
         self.pooling = pooling
         # NHWC activations are faster for oneDNN and cuDNN convolutions; the input
         # image stays NCHW so optimizers can view its gradient as one flat vector.

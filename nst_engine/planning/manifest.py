@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.config import INITS, SynthesisConfig, coerce
+from nst_engine.engine.errors import ConfigError, NSTError, one_line
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.paths import UnsafePathError, safe_relative
 
@@ -163,42 +162,6 @@ def load_manifest(path: str | Path, output: str | None = None) -> Manifest:
 # ---------------------------------------------------------------------------- values
 
 
-def _coerce_param(name: str, value: Any) -> Any:
-    """Plain YAML/CSV values -> the engine's types (YAML 1.1 reads 1e-3 as a string)."""
-    kind = PARAM_FIELDS[name].type
-    if value is None:
-        return None
-    if "tuple[str" in str(kind):
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError("expected a list of layer names")
-        return tuple(str(v).strip() for v in items)
-    if "tuple[float" in str(kind):
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise ValueError("expected a list of numbers")
-        return tuple(float(v) for v in items)
-    if str(kind).startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "1"):
-            return True
-        if str(value).lower() in ("false", "no", "0"):
-            return False
-        raise ValueError("expected true or false")
-    if str(kind).startswith("int"):
-        if isinstance(value, bool) or not math.isfinite(float(value)) or float(value) != int(float(value)):
-            raise ValueError("expected a whole number")
-        return int(float(value))
-    if "float" in str(kind):
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected text")
-    return value
-
-
 def _params(raw: Any, path: tuple, problems: _Problems) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -213,25 +176,44 @@ def _params(raw: Any, path: tuple, problems: _Problems) -> dict[str, Any]:
             problems.add((*path, key), f"unknown parameter; choose from {', '.join(sorted(PARAM_FIELDS))}")
         else:
             try:
-                out[key] = _coerce_param(key, value)
-            except (TypeError, ValueError) as exc:
-                problems.add((*path, key), f"{exc} (got {value!r})")
+                out[key] = coerce(key, value)
+            except ConfigError as exc:
+                problems.add((*path, key), exc.message)
     return out
 
 
-def _config(
-    size: int, params: dict[str, Any], base: Path, path: tuple, problems: _Problems
-) -> SynthesisConfig | None:
-    params = dict(params)
+def _resolve_init(params: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An init image path is relative to the manifest."""
     init = params.get("init")
-    if init and init not in ("noise", "content", "style"):
-        params["init"] = str((base / init).resolve())
+    if init and init not in INITS:
+        return {**params, "init": str((base / init).resolve())}
+    return params
+
+
+def _config(
+    size: int,
+    layers: list[tuple[tuple, dict[str, Any]]],
+    base: Path,
+    problems: _Problems,
+    size_path: tuple = ("sizes",),
+) -> SynthesisConfig | None:
+    """The config from ``params`` and the applied overrides' params, in order (``layers``:
+    (manifest path, values)); a problem is reported where its field was last set."""
+    params: dict[str, Any] = {}
+    for _, values in layers:
+        params.update(values)
     try:
-        return SynthesisConfig(size=size, **params).validate()
-    except NSTError as exc:
-        problems.add(path, str(exc))
-    except TypeError as exc:
-        problems.add(path, str(exc))
+        return SynthesisConfig(size=size, **_resolve_init(params, base)).validate()
+    except ConfigError as exc:
+        if exc.field is None:
+            problems.add(layers[-1][0], exc.message)
+        elif exc.field == "size":
+            problems.add(size_path, exc.message)
+        else:
+            owner = next((path for path, values in reversed(layers) if exc.field in values), layers[-1][0])
+            problems.add((*owner, exc.field), exc.message)
+    except (NSTError, TypeError) as exc:
+        problems.add(layers[-1][0], one_line(exc))
     return None
 
 
@@ -417,6 +399,7 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
     styles = _expand_styles(data.get("styles"), base, problems)
     sizes = _sizes(data.get("sizes"), problems)
     defaults = _params(data.get("params"), ("params",), problems)
+    size_paths = {size: ("sizes", data["sizes"].index(size)) for size in sizes}
     overrides = []
     for i, entry in enumerate(data.get("overrides") or []):
         path = ("overrides", i)
@@ -432,16 +415,16 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
     for content, content_rel, cpath in contents:
         for style, spath in styles:
             for size in sizes:
-                params = dict(defaults)
-                applied = []
-                for j, (match, extra) in enumerate(overrides):
-                    if _matches(match, content_rel, style.name, size):
-                        params.update(extra)
-                        applied.append(j)
+                applied = [
+                    j
+                    for j, (match, _) in enumerate(overrides)
+                    if _matches(match, content_rel, style.name, size)
+                ]
                 key = (size, tuple(applied))
                 if key not in seen_configs:
-                    where = ("overrides", applied[-1], "params") if applied else ("params",)
-                    seen_configs[key] = _config(size, params, base, where, problems)
+                    layers = [(("params",), defaults)]
+                    layers += [(("overrides", j, "params"), overrides[j][1]) for j in applied]
+                    seen_configs[key] = _config(size, layers, base, problems, size_paths[size])
                 config = seen_configs[key]
                 if config is None:
                     continue
@@ -451,11 +434,11 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
                 items.append(ItemSpec(content, content_rel, style, size, config, where))
     size = sizes[0] if sizes else SynthesisConfig.size
     if not seen_configs:  # nothing expanded (contents, styles or sizes are wrong): still check params
-        _config(size, defaults, base, ("params",), problems)
+        _config(size, [(("params",), defaults)], base, problems)
     used = {j for _, applied in seen_configs for j in applied}
     for j, (_, extra) in enumerate(overrides):
         if j not in used:  # an override that matched nothing still gets its values checked
-            _config(size, {**defaults, **extra}, base, ("overrides", j, "params"), problems)
+            _config(size, [(("params",), defaults), (("overrides", j, "params"), extra)], base, problems)
     if problems.items:
         raise ManifestError(problems.items)
     return Manifest(name=name, source=source, output=output, layout=layout, weights=weights, items=items)
@@ -537,19 +520,15 @@ def _load_table(source: Path) -> Manifest:
         for column, value in row.items():
             if column in PARAM_FIELDS and column not in TABLE_COLUMNS and value not in (None, ""):
                 try:
-                    params[column] = _coerce_param(column, value)
-                except (TypeError, ValueError) as exc:
-                    add(column, f"{exc} (got {value!r})")
+                    params[column] = coerce(column, value)
+                except ConfigError as exc:
+                    add(column, exc.message)
         if len(problems.items) > row_problems_before:
             continue
-        config = None
         try:
-            init = params.get("init")
-            if init and init not in ("noise", "content", "style"):
-                params["init"] = str((base / init).resolve())
-            config = SynthesisConfig(size=size, **params).validate()
-        except NSTError as exc:
-            add("parameters", str(exc))
+            config = SynthesisConfig(size=size, **_resolve_init(params, base)).validate()
+        except ConfigError as exc:
+            add(exc.field or "parameters", exc.message)
             continue
         resolved = tuple(str((base / p).resolve()) for p in style_paths)
         style = StyleSpec(str(row.get("style_name") or _style_name(resolved)), resolved, weights)

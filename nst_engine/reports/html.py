@@ -15,27 +15,42 @@ import html
 import io
 import math
 import os
+import posixpath
 import re
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
+import pyarrow.fs as pafs
 from PIL import Image
 
 from nst_engine.engine.files import write_atomic
-from nst_engine.reports import ReportSummary, Results, format_fit
 from nst_engine.reports.plots import Plot
-
-if TYPE_CHECKING:
-    from nst_engine.reports.scaling import DeviceFit
+from nst_engine.reports.scaling import DeviceFit, format_k
+from nst_engine.reports.selection import Results
+from nst_engine.results.storage import OutputRoot
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 256
 MIB = 1024**2
 THUMB_NAME = re.compile(r"[0-9a-f]{24}\.jpg")
+
+
+@dataclass
+class ReportSummary:
+    """What the report wrote; the CLI prints it and tests check it."""
+
+    index: Path
+    items: int
+    pages: int
+    plots: list[str]
+    thumbs_created: int
+    thumbs_reused: int
+
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;padding:1em 2em;max-width:1400px;color:#222}
@@ -108,7 +123,7 @@ class Thumbnails:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.created = 0
         self.reused = 0
-        self._known: dict[Path, str | None] = {}
+        self._known: dict[str, str | None] = {}
 
     def prune(self) -> int:
         """Delete thumbnails no page uses any more (sources changed or gone); returns how many.
@@ -122,25 +137,26 @@ class Thumbnails:
             path.unlink(missing_ok=True)
         return len(stale)
 
-    def __call__(self, source: Path) -> str | None:
-        """Path of the thumbnail relative to the report, or None when the source is unreadable."""
+    def __call__(self, source: str) -> str | None:
+        """Path of the thumbnail relative to the report, or None when the source is unreadable.
+        ``source`` is a local path or a URI on any filesystem pyarrow knows."""
         if source not in self._known:
             self._known[source] = self._make(source)
         return self._known[source]
 
-    def _make(self, source: Path) -> str | None:
+    def _make(self, source: str) -> str | None:
         try:
-            stat = source.stat()
-        except OSError:
-            return None
-        key = f"{source.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
-        name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".jpg"
-        target = self.folder / name
-        if target.is_file():
-            self.reused += 1
-            return f"{THUMBS_DIR}/{name}"
-        try:
-            with Image.open(source) as img:
+            fs, path = _filesystem(source)
+            info = fs.get_file_info(path)
+            if info.type != pafs.FileType.File:
+                return None
+            key = f"{source}\n{info.size}\n{info.mtime_ns}"
+            name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".jpg"
+            target = self.folder / name
+            if target.is_file():
+                self.reused += 1
+                return f"{THUMBS_DIR}/{name}"
+            with fs.open_input_file(path) as handle, Image.open(handle) as img:
                 img.thumbnail((THUMB_SIZE, THUMB_SIZE))
                 rgb = _on_white(img)
         except (OSError, ValueError, Image.DecompressionBombError):
@@ -150,6 +166,12 @@ class Thumbnails:
         write_atomic(target, buffer.getvalue())
         self.created += 1
         return f"{THUMBS_DIR}/{name}"
+
+
+def _filesystem(source: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in source:
+        return pafs.FileSystem.from_uri(source)
+    return pafs.LocalFileSystem(), Path(source).resolve().as_posix()
 
 
 def _on_white(img: Image.Image) -> Image.Image:
@@ -162,12 +184,12 @@ def _on_white(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _locate(path: str, root: Path) -> Path:
-    """An input path as recorded: absolute, else relative to the working folder or the output root."""
-    candidate = Path(path)
-    if candidate.is_absolute() or candidate.exists():
-        return candidate
-    return root / candidate
+def _locate(path: str, root: OutputRoot) -> str:
+    """An input path as recorded: a URI or absolute path, else relative to the working
+    folder or the output root."""
+    if "://" in path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return root.display(path)
 
 
 def _img(thumb: str | None, alt: str, css: str = "thumb") -> str:
@@ -247,7 +269,7 @@ def _devices(results: Results, fits: dict[str, DeviceFit]) -> str:
         summary = (
             f"{len({r['item_id'] for r in rows})} items · sizes {esc(', '.join(map(str, sizes)) or '–')}"
             f" · peak memory {_bytes(peak)}"
-            f" · {'scaling ' + esc(format_fit(fit)) if fit is not None else 'no scaling fit'}"
+            f" · {'scaling ' + esc(format_k(fit)) if fit is not None else 'no scaling fit'}"
         )
         body = []
         for size in sizes:
@@ -296,10 +318,11 @@ def _failures(results: Results) -> str:
 def _gallery_row(row: dict[str, Any], results: Results, thumbs: Thumbnails, out_dir: Path) -> str:
     content = _locate(row["content_path"] or "", results.root)
     styles = [_locate(p, results.root) for p in row["style_paths"] or []]
-    style_cells = "".join(_img(thumbs(p), str(p)) for p in styles) or _img(None, "no style")
-    output = results.root / (row["output_path"] or "")
-    result = _img(thumbs(output), str(output))
-    if output.is_file():
+    style_cells = "".join(_img(thumbs(p), p) for p in styles) or _img(None, "no style")
+    output = results.root.display(row["output_path"] or "")
+    thumb = thumbs(output)
+    result = _img(thumb, output)
+    if thumb is not None and results.root.is_local:  # a browser opens local files only
         link = os.path.relpath(output, out_dir.resolve())
         result = f'<a href="{href(link)}" title="open the full-size image">{result}</a>'
     blend = ' class="blend"' if len(styles) > 1 else ""
@@ -316,7 +339,7 @@ def _gallery_row(row: dict[str, Any], results: Results, thumbs: Thumbnails, out_
         f"<dt>finished</dt><dd>{esc(_when(row['finished_at']))}</dd></dl>"
     )
     return (
-        f'<tr class="item"><td>{_img(thumbs(content), str(content))}</td><td{blend}>{style_cells}</td>'
+        f'<tr class="item"><td>{_img(thumbs(content), content)}</td><td{blend}>{style_cells}</td>'
         f"<td>{result}</td><td>{info}</td></tr>"
     )
 
@@ -359,7 +382,8 @@ def write_pages(
         else:
             body = header + overview_nav + gallery
         write_atomic(
-            out_dir / page_file(page), _page(f"nst report: {results.source.name} ({page})", body).encode()
+            out_dir / page_file(page),
+            _page(f"nst report: {posixpath.basename(results.source)} ({page})", body).encode(),
         )
     for stale in out_dir.glob("gallery-*.html"):  # pages left by an earlier, longer report
         number = stale.stem.removeprefix("gallery-")

@@ -9,17 +9,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nst_engine.engine.files import write_atomic
-from nst_engine.reports import Results, format_fit, loss_curve_rows
-
-if TYPE_CHECKING:
-    from nst_engine.reports.scaling import DeviceFit
+from nst_engine.reports.scaling import DeviceFit, format_k
+from nst_engine.reports.selection import Results, loss_curve_rows
 
 PLOTS_DIR = "plots"
 MIB = 1024**2
@@ -81,7 +79,7 @@ def time_per_iteration(results: Results, fits: dict[str, DeviceFit], path: Path)
                 grid,
                 [fit.seconds_per_iteration(float(p)) for p in grid],
                 color=points.get_facecolor()[0],
-                label=_text(f"{device} fit: {format_fit(fit)}"),
+                label=_text(f"{device} fit: {format_k(fit)}"),
             )
     axes.set_xscale("log")
     axes.set_yscale("log")

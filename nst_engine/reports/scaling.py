@@ -17,6 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from nst_engine.results.schema import columns
+
+#: The result columns the fits read.
+FIT_COLUMNS = columns(
+    "status",
+    "error",
+    "device_name",
+    "device_type",
+    "pixels",
+    "seconds_per_iteration",
+    "peak_memory_bytes",
+    "device_memory_bytes",
+)
 K_GRID = np.round(np.arange(0.3, 2.5001, 0.001), 4)
 CHI2_95 = 3.841
 
@@ -94,27 +107,13 @@ def _fit_power(pixels: np.ndarray, seconds: np.ndarray) -> tuple[float, float, f
     return float(a), float(b_scaled / scale**k), k, float(K_GRID[inside.min()]), float(K_GRID[inside.max()])
 
 
-def fit_devices(table: pa.Table, min_points: int = 3) -> list[DeviceFit]:
+def fit_devices(rows: pa.Table | list[dict], min_points: int = 3) -> list[DeviceFit]:
     """One fit per device with at least ``min_points`` distinct sizes of ok rows.
 
     Render and bench rows both count, so scaling can be read off ordinary jobs too.
     """
-    rows = table.select(
-        [
-            c
-            for c in (
-                "status",
-                "error",
-                "device_name",
-                "device_type",
-                "pixels",
-                "seconds_per_iteration",
-                "peak_memory_bytes",
-                "device_memory_bytes",
-            )
-            if c in table.column_names
-        ]
-    ).to_pylist()
+    if isinstance(rows, pa.Table):
+        rows = rows.select(FIT_COLUMNS).to_pylist()
     fits = []
     for device in sorted({r["device_name"] for r in rows if r.get("device_name")}):
         mine = [r for r in rows if r.get("device_name") == device]

@@ -158,3 +158,7 @@ def make_row(
     row.update(stats.to_dict() if stats is not None else {"pixels": item.pixels_estimate})
     row.update(attempt_columns)
     return row
+
+
+if __name__ == "__main__":  # python -m nst_engine.results.schema: the README's table
+    print(markdown_table())

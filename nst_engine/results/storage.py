@@ -29,7 +29,7 @@ class OutputRoot:
 
     def display_full(self, path: str) -> str:
         """A full path on this root's filesystem as the user would write it."""
-        return path if self.is_local else f"{self.uri.split('://', 1)[0]}://{path}"
+        return f"{self.uri.split('://', 1)[0]}://{path}" if "://" in self.uri else path
 
     @property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:

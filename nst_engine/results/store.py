@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.results.schema import SCHEMA, columns, to_table
 from nst_engine.results.storage import OutputRoot
 
@@ -35,12 +35,12 @@ class ResultsError(NSTError):
 
 
 def locate(location: str | OutputRoot) -> OutputRoot:
-    """The output root for a results location: the root itself (a folder or URI), or
-    its ``results.parquet``."""
+    """The output root of a results location: the root itself (a folder or URI), or the
+    folder of a ``.parquet`` file in it."""
     if isinstance(location, OutputRoot):
         return location
     text = str(location).rstrip("/")
-    if posixpath.basename(text) == RESULTS_FILE:
+    if text.endswith(".parquet"):
         text = posixpath.dirname(text) or "."
     return OutputRoot(text)
 
@@ -50,43 +50,52 @@ def read_results(
     column_names: Sequence[str] | None = None,
     where: pc.Expression | None = None,
 ) -> pa.Table:
-    """Rows of the result table at ``location`` (any pyarrow filesystem): the compacted
-    file plus the parts of running or killed runs, with only ``column_names`` read
-    (all by default) in their schema types; tables written before a column existed read
-    it as null. An empty table when there are no results yet."""
+    """Rows of the result table at ``location`` (any pyarrow filesystem), with only
+    ``column_names`` read (all by default) in their schema types; tables written before a
+    column existed read it as null.
+
+    ``location`` is an output root (its ``results.parquet`` plus the parts of running or
+    killed runs; an empty table when there are none yet) or one ``.parquet`` file.
+    """
     root = locate(location)
     names = columns(*column_names) if column_names is not None else SCHEMA.names
-    fs, files = root.filesystem, _result_files(root)
+    files = _result_files(root, location if isinstance(location, str) else root.uri)
     if not files:
         return SCHEMA.empty_table().select(names)
     for path in files:
-        _check_identity(fs, path, root)
+        _check_identity(root, path)
     try:
-        dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs)
+        dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=root.filesystem)
         return dataset.to_table(columns=names, filter=where)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ResultsError(f"{root.uri}: a results file does not fit the result schema ({first})") from None
+        raise ResultsError(
+            f"{location}: a results file does not fit the result schema ({one_line(exc)})"
+        ) from None
 
 
-def _result_files(root: OutputRoot) -> list[str]:
+def _result_files(root: OutputRoot, location: str) -> list[str]:
+    """Full paths of the result files at ``location`` (see ``read_results``)."""
+    name = posixpath.basename(location.rstrip("/"))
+    if name.endswith(".parquet"):
+        if not root.exists(name):
+            raise ResultsError(f"{location}: file not found")
+        if name != RESULTS_FILE:
+            return [root.full_path(name)]
     files = [RESULTS_FILE] if root.exists(RESULTS_FILE) else []
     return [root.full_path(f) for f in files + root.list_files(PARTS_DIR, ".parquet")]
 
 
-def _check_identity(fs: Any, path: str, root: OutputRoot) -> None:
+def _check_identity(root: OutputRoot, path: str) -> None:
     """A file without the identity columns is not a result table: say so rather than
     reading it as rows of nulls."""
+    shown = root.display_full(path)
     try:
-        names = pq.read_schema(path, filesystem=fs).names
+        names = pq.read_schema(path, filesystem=root.filesystem).names
     except (pa.ArrowInvalid, OSError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ResultsError(f"{root.display_full(path)}: not a readable Parquet file ({first})") from None
+        raise ResultsError(f"{shown}: not a Parquet file ({one_line(exc)})") from None
     missing = [c for c in IDENTITY_COLUMNS if c not in names]
     if missing:
-        raise ResultsError(
-            f"{root.display_full(path)}: not an nst results table (missing {', '.join(missing)})"
-        )
+        raise ResultsError(f"{shown}: not an nst results table: missing columns {', '.join(missing)}")
 
 
 class ResultStore:

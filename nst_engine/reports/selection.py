@@ -1,0 +1,137 @@
+"""The rows a report shows, read from a result table on any filesystem.
+
+Reports know the result schema, never Ray: they read a table written by any run, on
+any machine, after the fact, through the one reader (``read_results``), asking only for
+the columns they show. Loss curves (list columns) are read for the few plotted items only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow.compute as pc
+
+from nst_engine.engine.errors import NSTError
+from nst_engine.results.schema import STATUSES, columns
+from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ResultsError, locate, read_results
+
+#: The columns the gallery, the tables and the plots show (loss curves are read apart).
+REPORT_COLUMNS = columns(
+    "item_id",
+    "status",
+    "error",
+    "attempt",
+    "content_path",
+    "style_name",
+    "style_paths",
+    "output_path",
+    "size",
+    "height",
+    "width",
+    "pixels",
+    "iterations",
+    "iterations_requested",
+    "stop_reason",
+    "final_content_loss",
+    "final_style_loss",
+    "final_total_loss",
+    "seconds_per_iteration",
+    "synthesis_seconds",
+    "device_name",
+    "device_type",
+    "peak_memory_bytes",
+    "device_memory_bytes",
+    "finished_at",
+)
+MAX_LOSS_CURVES = 8
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+class ReportError(NSTError):
+    """Input a report cannot be made from; the message names the location and says why."""
+
+
+@dataclass
+class Results:
+    """The rows a report shows, as plain dicts."""
+
+    root: OutputRoot  # the output root: ``output_path`` is relative to it
+    rows: list[dict[str, Any]]  # every attempt, REPORT_COLUMNS only
+    latest_ok: list[dict[str, Any]]  # one row per item: its latest ok attempt
+    ok_rows: list[dict[str, Any]]  # every ok attempt (each a timing measurement)
+    failures: list[dict[str, Any]]  # every failed attempt
+    counts: dict[str, int] = field(default_factory=dict)  # rows per status
+
+    @property
+    def source(self) -> str:
+        return self.root.uri
+
+
+def load_results(location: str) -> Results:
+    """The rows of the result table at ``location``: an output root (folder or URI such as
+    ``file://`` or ``s3://``) or its ``results.parquet``."""
+    root = locate(location)
+    try:
+        rows = read_results(location, REPORT_COLUMNS).to_pylist()
+    except ResultsError as exc:
+        raise ReportError(str(exc)) from None
+    except OSError as exc:
+        raise ReportError(f"{location}: cannot read the results: {exc}") from None
+    if not rows:
+        raise ReportError(
+            f"{location}: no results.parquet (or results.parts/) here; run 'nst render' or "
+            "'nst bench scaling' first, or give the output folder of one"
+        )
+    return pick_rows(rows, root)
+
+
+def pick_rows(rows: list[dict[str, Any]], root: OutputRoot) -> Results:
+    """Pick the rows each part of the report shows (status counts, latest ok per item, failures)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    latest: dict[str, dict[str, Any]] = {}
+    for row in ok_rows:
+        seen = latest.get(row["item_id"])
+        if seen is None or when(row) >= when(seen):
+            latest[row["item_id"]] = row
+    gallery = sorted(
+        latest.values(), key=lambda r: (r["content_path"] or "", r["style_name"] or "", r["size"] or 0)
+    )
+    failures = sorted((r for r in rows if r["status"] == "failed"), key=when)
+    return Results(root, rows, gallery, ok_rows, failures, counts)
+
+
+def when(row: dict[str, Any]) -> datetime:
+    """When an attempt finished; rows without a time sort first."""
+    return row["finished_at"] or EARLIEST
+
+
+def loss_curve_rows(results: Results, limit: int = MAX_LOSS_CURVES) -> list[dict[str, Any]]:
+    """Up to ``limit`` items worth a loss curve, the largest per device, then the most
+    recent, each with its ``total_losses`` (read for these items only)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    for row in results.latest_ok:
+        by_device.setdefault(row["device_name"] or "unknown", []).append(row)
+    for _device, rows in sorted(by_device.items()):
+        largest = max(rows, key=lambda r: (r["pixels"] or 0, when(r)))
+        chosen.setdefault(largest["item_id"], largest)
+    for row in sorted(results.latest_ok, key=when, reverse=True):
+        if len(chosen) >= limit:
+            break
+        chosen.setdefault(row["item_id"], row)
+    picked = list(chosen.values())[:limit]
+    if not picked:
+        return []
+    curves = read_results(
+        results.root,
+        ["item_id", "status", "finished_at", "total_losses"],
+        where=pc.field("item_id").isin([r["item_id"] for r in picked]) & (pc.field("status") == "ok"),
+    ).to_pylist()
+    by_attempt = {(c["item_id"], c["finished_at"]): c["total_losses"] for c in curves}
+    return [{**r, "total_losses": by_attempt.get((r["item_id"], r["finished_at"])) or []} for r in picked]
