@@ -179,7 +179,8 @@ def test_a_value_outside_the_choices_is_a_usage_error(
     proc = results[name]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, proc.stderr
-    (line,) = [line for line in proc.stderr.splitlines() if "Invalid value" in line]
+    (line,) = proc.stderr.strip().splitlines()  # one line, like every other error
+    assert line.startswith("error: Invalid value") and "nst stylize --help" in line, proc.stderr
     for expected in CHOICE_CASES[name].names:
         assert expected in line, proc.stderr
     assert not Path(f"{files['dir']}/{name}.png").exists()

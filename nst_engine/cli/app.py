@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from nst_engine.engine.errors import NSTError, one_line
+
 app = typer.Typer(
     help="Neural style transfer after Gatys, Ecker & Bethge (CVPR 2016): one image, or batches on Ray.",
     no_args_is_help=True,
@@ -14,8 +16,26 @@ app = typer.Typer(
 )
 err = Console(stderr=True, emoji=False, highlight=False)
 
+#: The CLI's flags for fields that are not spelled ``--field-name``.
+FLAG_NAMES = {"source": "--weights", "preprocessing": "--weights-preprocessing"}
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``error: message`` (no markup, no emoji codes) and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+def flag(field: str) -> str:
+    """The CLI's spelling of an engine parameter: ``style_layers`` -> ``--style-layers``."""
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def message(problem: str | BaseException) -> str:
+    """What the CLI prints for a problem: the text as given; an ``NSTError`` as written
+    for people, with its parameter spelled as a flag; any other exception as one line."""
+    if isinstance(problem, str):
+        return problem
+    if isinstance(problem, NSTError):
+        return f"{flag(problem.field)}: {problem.message}" if problem.field else str(problem)
+    return one_line(problem)
+
+
+def fail(problem: str | BaseException, code: int = 2) -> typer.Exit:
+    """Print ``error: ...`` (no markup, no emoji codes) and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {escape(message(problem))}", soft_wrap=True)
     return typer.Exit(code)

@@ -35,7 +35,7 @@ def _read_fit_rows(locations: list[str]) -> pa.Table:
         try:
             table = read_results(location, FIT_COLUMNS)
         except NSTError as exc:  # ResultsError: not a result table
-            raise fail(one_line(exc)) from None
+            raise fail(exc) from None
         except (OSError, ValueError, pa.ArrowException) as exc:  # unreachable or malformed location
             raise fail(f"{location}: cannot read results ({one_line(exc)})") from None
         if table.num_rows == 0:
@@ -129,11 +129,11 @@ def scaling(
         plan = manifest_from_dict(data, Path.cwd())
         items = expand(plan)
     except NSTError as exc:  # a manifest's problems, deliberately one per line
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
     try:
         where = connect(address)
     except NSTError as exc:
-        raise fail(one_line(exc)) from None
+        raise fail(exc) from None
     try:
         slots = device_slots(kinds, cpu_threads)
         if not slots:

@@ -47,7 +47,7 @@ def submit(
         load_manifest(job.manifest, job.output)  # refuse an invalid manifest before submitting
         job_id = submit_job(_address(address or job.address), job, submission_id)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
     err.print(f"submitted to {escape(_address(address or job.address))}")
     typer.echo(job_id)
 
@@ -63,7 +63,7 @@ def status(
     try:
         typer.echo(job_status(_address(address), job_id))
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
 
 
 @app.command()
@@ -77,7 +77,7 @@ def logs(
     try:
         typer.echo(job_logs(_address(address), job_id), nl=False)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
 
 
 @app.command()
@@ -91,5 +91,5 @@ def cancel(
     try:
         stopped = job_cancel(_address(address), job_id)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
     typer.echo("stopping" if stopped else "not running")

@@ -1,14 +1,38 @@
 """Entry point of the ``nst`` command: registers every sub-command on the app."""
 # ruff: noqa: I001  (import order is the order of the commands in --help)
 
+import sys
+
+import typer
+
 from nst_engine.cli import stylize  # noqa: F401
 from nst_engine.cli import render  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
 from nst_engine.cli import report  # noqa: F401
 from nst_engine.cli import bench  # noqa: F401
-from nst_engine.cli.app import app
+from nst_engine.cli.app import app, fail
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """The ``nst`` command. A usage error (unknown option, a value that is not one of the
+    choices) is one ``error:`` line with exit code 2 like every other error, rather than
+    click's boxed usage text. (typer bundles its own click and exposes only
+    ``TyperException`` publicly, so the kinds are told apart by name.)"""
+    try:
+        code = app(prog_name="nst", standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        code = fail("interrupted", 130).exit_code
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nst`: the help text
+            exc.show()
+            sys.exit(exc.exit_code)
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        code = fail(f"{exc.format_message()}{hint}", exc.exit_code).exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -29,27 +29,11 @@ from typing import Annotated, Any
 
 import typer
 
+from nst_engine.cli.app import flag
 from nst_engine.engine.config import SynthesisConfig, coerce, field_type, split_optional
-from nst_engine.engine.errors import one_line
 
 ENGINE = "engine"
-#: The CLI's flags for fields that are not spelled ``--field-name``.
-FLAG_NAMES = {"source": "--weights", "preprocessing": "--weights-preprocessing"}
 TUPLE_METAVARS = {str: "LAYERS", float: "NUMBERS"}
-
-
-def flag(field: str) -> str:
-    """The CLI's spelling of a parameter: ``style_layers`` -> ``--style-layers``."""
-    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
-
-
-def cli_message(exc: BaseException) -> str:
-    """One line for an error, naming the flag when the error names a field."""
-    field = getattr(exc, "field", None)
-    message = getattr(exc, "message", None)
-    if field and message is not None:
-        return f"{flag(field)}: {one_line(Exception(message))}"
-    return one_line(exc)
 
 
 def option_parameter(f: Field) -> inspect.Parameter:

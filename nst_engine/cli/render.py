@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.engine.errors import NSTError
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
@@ -132,7 +132,7 @@ def render(
         plan = load_manifest(manifest, output)
         items = expand(plan, skip_bad_inputs=skip_bad_inputs)
     except NSTError as exc:  # a manifest's problems, deliberately one per line
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
     root = OutputRoot(plan.output)
     options = PoolOptions(
         use_gpus=gpus,
@@ -145,7 +145,7 @@ def render(
     try:
         where = connect(address)
     except NSTError as exc:
-        raise fail(one_line(exc)) from None
+        raise fail(exc) from None
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
     view = RenderView(len(items))
     try:

@@ -32,7 +32,7 @@ def report(
     try:
         summary = build_report(results, output, page_size)
     except NSTError as exc:
-        raise fail(str(exc)) from None
+        raise fail(exc) from None
     except OSError as exc:
         raise fail(f"{output}: cannot write the report: {one_line(exc)}") from None
     err.print(

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.cli.options import cli_message, config_from_options, engine_options
+from nst_engine.cli.options import config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
 from nst_engine.engine.files import write_atomic
 from nst_engine.engine.optimize import IterationRecord
@@ -89,7 +89,7 @@ def stylize(
         err.print(f"device: {stylizer.device}")
         result = _run(stylizer, content_image, style_images, config, output, snapshot_every, quiet)
     except NSTError as exc:
-        raise fail(cli_message(exc)) from None
+        raise fail(exc) from None
     stats = result.stats
     try:
         result.save(output)

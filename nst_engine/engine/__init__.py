@@ -6,6 +6,7 @@
 >>> result.save("out.png")
 """
 
+from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision
 from nst_engine.engine.config import CONTENT_LAYERS, STYLE_LAYERS, SynthesisConfig
 from nst_engine.engine.errors import ConfigError, ImageInputError, NSTError, WeightsError
 from nst_engine.engine.images import load_image, read_png_metadata, save_png
@@ -20,9 +21,13 @@ __all__ = [
     "CONTENT_LAYERS",
     "LAYER_NAMES",
     "STYLE_LAYERS",
+    "ColorMode",
     "ConfigError",
     "ImageInputError",
     "NSTError",
+    "Optimizer",
+    "Pooling",
+    "Precision",
     "StyleTargets",
     "Stylizer",
     "SynthesisConfig",

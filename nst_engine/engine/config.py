@@ -19,10 +19,11 @@ import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision, parse_choice
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.optimize import OptimizerSettings
@@ -31,30 +32,6 @@ from nst_engine.engine.vgg import check_layers
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
-
-
-class Optimizer(StrEnum):
-    LBFGS = "lbfgs"
-    ADAM = "adam"
-
-
-class Pooling(StrEnum):
-    AVG = "avg"
-    MAX = "max"
-
-
-class ColorMode(StrEnum):
-    """Colour preservation (see ``nst_engine.engine.color``)."""
-
-    NONE = "none"
-    HISTOGRAM = "histogram"
-    LUMINANCE = "luminance"
-
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    TF32 = "tf32"
-    BF16 = "bf16"
 
 
 #: Kept for callers that want the plain strings.
@@ -230,13 +207,6 @@ def split_optional(kind: Any) -> tuple[Any, bool]:
     return kind, False
 
 
-def choices(kind: Any) -> tuple[str, ...]:
-    """The allowed values of an enum type (empty for other types)."""
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        return tuple(str(m.value) for m in kind)
-    return ()
-
-
 def coerce(name: str, value: Any) -> Any:
     """A plain value (YAML/JSON scalar or list, CSV cell, CLI string) as field ``name``'s type.
 
@@ -269,10 +239,7 @@ def _coerce(kind: Any, value: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError("expected a list of numbers") from None
     if isinstance(kind, type) and issubclass(kind, Enum):
-        try:
-            return kind(str(value).strip().lower() if isinstance(value, str) else value)
-        except ValueError:
-            raise ValueError(f"expected one of {', '.join(choices(kind))}") from None
+        return parse_choice(kind, value)
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 
 class NSTError(Exception):
-    """A problem with the user's input; the CLI prints it as one line and exits non-zero."""
+    """A problem with the user's input; the CLI prints it and exits non-zero.
+
+    ``field`` names the parameter at fault as the engine knows it (``ratio``, ``source``),
+    never a front end's spelling: the CLI shows it as ``--ratio``, a manifest as
+    ``demo.yaml:12: params.ratio``.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
 
 
 class ImageInputError(NSTError):
@@ -12,16 +22,7 @@ class ImageInputError(NSTError):
 
 
 class ConfigError(NSTError):
-    """A parameter with a value the engine cannot use.
-
-    ``field`` names the parameter as the engine knows it (``ratio``), never a front end's
-    spelling: the CLI shows it as ``--ratio``, a manifest as ``demo.yaml:12: params.ratio``.
-    """
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}" if field else message)
+    """A parameter with a value the engine cannot use."""
 
 
 class WeightsError(NSTError):

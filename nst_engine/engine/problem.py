@@ -11,11 +11,10 @@ from PIL import Image
 
 from nst_engine.engine import color
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import load_image, output_size, resize, to_tensor
 from nst_engine.engine.losses import StyleTransferObjective
 from nst_engine.engine.targets import TargetCache
-from nst_engine.engine.vgg import deepest, min_side
+from nst_engine.engine.vgg import check_side, deepest
 
 NOISE_STD = 0.1  # white-noise start: Gaussian around mid-grey
 
@@ -24,13 +23,7 @@ def synthesis_size(content: Image.Image, config: SynthesisConfig) -> tuple[int, 
     """(height, width) of the output; refused when the deepest loss layer would see
     less than one position."""
     height, width = output_size(*content.size, config.size)
-    layer = deepest(config.loss_layers)
-    if min(height, width) < min_side(layer):
-        raise ConfigError(
-            f"{config.size} gives a {width}x{height} image; layer {layer} "
-            f"needs at least {min_side(layer)} pixels on the shorter side",
-            field="size",
-        )
+    check_side(height, width, config.loss_layers, "size", config.size, "image")
     return height, width
 
 

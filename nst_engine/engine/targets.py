@@ -13,10 +13,9 @@ from PIL import Image
 
 from nst_engine.engine import color
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import resize, to_tensor
 from nst_engine.engine.losses import StyleTargets, gram_matrix
-from nst_engine.engine.vgg import VGG19Features, deepest, min_side
+from nst_engine.engine.vgg import VGG19Features, check_side, deepest
 from nst_engine.engine.weights import VGGWeights
 
 
@@ -111,13 +110,7 @@ class TargetCache:
     def _style_input(style: Image.Image, content: torch.Tensor, config: SynthesisConfig) -> torch.Tensor:
         """The style image at its synthesis size, in the colours the colour mode asks for."""
         height, width = style_size(style, *content.shape[-2:], config.style_scale)
-        layer = deepest(config.style_layers)
-        if min(height, width) < min_side(layer):
-            raise ConfigError(
-                f"{config.style_scale} gives a {width}x{height} style image; layer {layer} "
-                f"needs at least {min_side(layer)} pixels on the shorter side",
-                field="style_scale",
-            )
+        check_side(height, width, config.style_layers, "style_scale", config.style_scale, "style image")
         tensor = to_tensor(resize(style, height, width))
         if config.color == "histogram":
             return color.match_histogram(tensor, content)

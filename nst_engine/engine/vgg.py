@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nst_engine.engine.choices import Pooling, parse_choice
 from nst_engine.engine.errors import ConfigError
 
 #: Convolutions per block of VGG-19; a pooling layer closes each block.
@@ -100,9 +101,10 @@ class VGG19Features(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        from nst_engine.engine.config import coerce  # config imports this module
-
-        pooling = coerce("pooling", pooling)
+        try:
+            pooling = parse_choice(Pooling, pooling)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}, got {pooling!r}", field="pooling") from None
         check_layers([last_layer])
         self.pooling = pooling
         # NHWC activations are faster for oneDNN and cuDNN convolutions; the input
@@ -160,3 +162,15 @@ def min_side(last_layer: str) -> int:
     """Smallest image side that still has one position at ``last_layer``."""
     pools = sum(1 for name in LAYER_NAMES[: LAYER_NAMES.index(last_layer)] if name.startswith("pool"))
     return 2**pools
+
+
+def check_side(height: int, width: int, layers: Iterable[str], field: str, cause: object, what: str) -> None:
+    """Refuse an image on which the deepest of ``layers`` would see no position;
+    ``cause`` is the value of ``field`` that made the image this small."""
+    layer = deepest(layers)
+    if min(height, width) < min_side(layer):
+        raise ConfigError(
+            f"{cause} gives a {width}x{height} {what}; layer {layer} "
+            f"needs at least {min_side(layer)} pixels on the shorter side",
+            field=field,
+        )

