@@ -15,7 +15,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from nst_engine.distributed.scheduler import PoolOptions, run_render
+from nst_engine.distributed.options import PoolOptions
+from nst_engine.distributed.scheduler import run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.results.storage import OutputRoot

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import ray
 
+from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.runtime import connect
-from nst_engine.distributed.scheduler import PoolOptions, run_render
+from nst_engine.distributed.scheduler import run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.results.storage import OutputRoot

@@ -144,6 +144,7 @@ def test_cli_report_and_bad_input(results: Path, tmp_path: Path) -> None:
         (tmp_path / "other.parquet", "missing columns item_id"),
         (f"file://{tmp_path}/other.parquet", "missing columns item_id"),
         (tmp_path, "no results.parquet"),
+        ("foo://bucket/run", "cannot read results there"),
     ):
         bad = runner.invoke(app, ["report", str(path), "-o", str(tmp_path / "r")])
         assert bad.exit_code == 2, bad.output

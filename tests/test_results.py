@@ -70,7 +70,6 @@ def fake_stats(item: WorkItem) -> SynthesisStats:
         peak_memory_bytes=1234,
         peak_memory_kind="cpu_peak_rss",
         device_memory_bytes=8 * 2**30,
-        torch_version="x",
         weights_source="random:0",
     )
 
@@ -362,3 +361,26 @@ def test_a_parquet_file_that_is_not_a_results_table_is_named(tmp_path: Path) -> 
     (tmp_path / RESULTS_FILE).write_bytes(b"not parquet at all")
     with pytest.raises(ResultsError, match="not a Parquet file"):
         read_results(tmp_path)
+
+
+def test_no_timed_iteration_is_null_not_nan(tmp_path: Path, work: list[WorkItem]) -> None:
+    """A synthesis with no iteration (iterations=0, or cancelled at once) has no per-iteration
+    time: null in Parquet (and JSON), which the fits skip, never NaN."""
+    empty = replace(fake_stats(work[0]), iteration_seconds=[], total_losses=[], iterations=0)
+    assert empty.seconds_per_iteration is None and empty.seconds_per_iteration_p75 is None
+    store = ResultStore(OutputRoot(str(tmp_path)))
+    store.append([make_row(work[0], "ok", 1, stats=empty)])
+    row = read_results(tmp_path, ["seconds_per_iteration", "seconds_per_iteration_p25"]).to_pylist()[0]
+    assert row == {"seconds_per_iteration": None, "seconds_per_iteration_p25": None}
+    json.dumps(empty.to_dict(), allow_nan=False)  # valid JSON
+
+
+def test_a_row_with_a_key_that_is_no_column_is_refused(work: list[WorkItem]) -> None:
+    row = make_row(work[0], "ok", 1)
+    with pytest.raises(KeyError, match="typo_column"):
+        to_table([{**row, "typo_column": 1}])
+
+
+def test_an_unknown_filesystem_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match=r"^foo://bucket/run: cannot read results there \("):
+        read_results("foo://bucket/run")

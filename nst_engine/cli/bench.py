@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
+from nst_engine.distributed.options import MAX_DEFAULT_THREADS
 from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
@@ -83,7 +84,10 @@ def scaling(
     warmup: Annotated[int, typer.Option(help="Iterations left out of the per-iteration median.")] = 2,
     devices: Annotated[str, typer.Option(help="Device kinds to measure: cpu, gpu or cpu,gpu.")] = "cpu,gpu",
     cpu_threads: Annotated[
-        int | None, typer.Option(help="Threads of the CPU worker (default: as nst render, min(cores, 4)).")
+        int | None,
+        typer.Option(
+            help=f"Threads of the CPU worker (default as nst render: min(cores, {MAX_DEFAULT_THREADS}))."
+        ),
     ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster (default: embedded local Ray).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output root for images and rows.")] = Path(

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
+from nst_engine.distributed.options import MAX_DEFAULT_THREADS, PoolOptions
 from nst_engine.engine.errors import NSTError
 
 if TYPE_CHECKING:
@@ -98,13 +99,24 @@ def render(
         bool, typer.Option(help="Record items with missing/unreadable images as failed and render the rest.")
     ] = False,
     gpus: Annotated[bool | None, typer.Option("--gpus/--no-gpus", help="Use GPUs (default: if any).")] = None,
-    cpu_actors: Annotated[int | None, typer.Option(help="CPU workers (default: cores / threads).")] = None,
-    threads_per_actor: Annotated[
-        int | None, typer.Option(help="Torch threads per CPU worker (default: min(cores, 4)).")
+    cpu_actors: Annotated[
+        int | None, typer.Option(min=1, help="CPU workers (default: cores / threads).")
     ] = None,
-    max_in_flight: Annotated[int, typer.Option(help="Items queued per worker.")] = 2,
-    max_attempts: Annotated[int, typer.Option(help="Attempts per item when workers die.")] = 3,
-    max_worker_failures: Annotated[int, typer.Option(help="Failures before a worker is retired.")] = 3,
+    threads_per_actor: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help=f"Torch threads per CPU worker (default: min(cores, {MAX_DEFAULT_THREADS}))."
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int, typer.Option(min=1, help="Items queued per worker.")
+    ] = PoolOptions.max_in_flight,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="Attempts per item when workers die.")
+    ] = PoolOptions.max_attempts,
+    max_worker_failures: Annotated[
+        int, typer.Option(min=1, help="Failures before a worker is retired.")
+    ] = PoolOptions.max_worker_failures,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")] = False,
 ) -> None:
     """Render every item of MANIFEST and write images plus results.parquet.
@@ -113,21 +125,12 @@ def render(
     when any item failed.
     """
     from nst_engine.distributed.runtime import connect, disconnect
-    from nst_engine.distributed.scheduler import PoolOptions, run_render
+    from nst_engine.distributed.scheduler import run_render
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
     from nst_engine.results.storage import OutputRoot
     from nst_engine.results.store import RESULTS_FILE
 
-    for name, value, least in (
-        ("--max-in-flight", max_in_flight, 1),
-        ("--max-attempts", max_attempts, 1),
-        ("--max-worker-failures", max_worker_failures, 1),
-        ("--cpu-actors", cpu_actors, 1),
-        ("--threads-per-actor", threads_per_actor, 1),
-    ):
-        if value is not None and value < least:
-            raise fail(f"{name} must be at least {least}, got {value}")
     try:
         plan = load_manifest(manifest, output)
         items = expand(plan, skip_bad_inputs=skip_bad_inputs)

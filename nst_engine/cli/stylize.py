@@ -99,11 +99,13 @@ def stylize(
             )
     except OSError as exc:
         raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+    per_iteration = stats.seconds_per_iteration
     err.print(
         escape(
             f"wrote {output} ({stats.width}x{stats.height}, {stats.iterations} iterations, "
             f"{stats.loss_evaluations} loss evaluations, {stats.synthesis_seconds:.1f} s, "
-            f"{stats.seconds_per_iteration:.3f} s/iteration, stop: {stats.stop_reason})"
+            f"{'n/a' if per_iteration is None else f'{per_iteration:.3f}'} s/iteration, "
+            f"stop: {stats.stop_reason})"
         ),
         soft_wrap=True,
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 import ray
 
+from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.scheduler import (
     Lane,
-    PoolOptions,
     Scheduler,
     cpu_worker_threads,
     is_out_of_memory,

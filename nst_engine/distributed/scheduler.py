@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from nst_engine.distributed.options import MAX_DEFAULT_THREADS, PoolOptions
 from nst_engine.distributed.worker import OUT_OF_MEMORY, ProgressBoard, RenderWorker
 from nst_engine.engine.errors import one_line
 from nst_engine.engine.weights_spec import WeightsSpec
@@ -30,22 +31,7 @@ from nst_engine.results.store import ResultStore
 
 log = logging.getLogger(__name__)
 
-#: Torch threads of a CPU worker unless asked otherwise: ``cpu_worker_threads``.
-MAX_DEFAULT_THREADS = 4
 TICK_SECONDS = 0.5  # longest wait for a Ray event; also the progress callback's period
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    """How many workers, on what, and how hard to retry."""
-
-    use_gpus: bool | None = None  # None: GPUs when the cluster has any
-    cpu_actors: int | None = None  # CPU workers (default: one per `threads_per_actor` cores)
-    threads_per_actor: int | None = None  # torch threads per CPU worker (default: cpu_worker_threads)
-    max_in_flight: int = 2  # items queued on one worker, including the running one
-    max_attempts: int = 3  # attempts per item when workers die or hit transient errors
-    max_worker_failures: int = 3  # failures before a worker is retired
-    worker_start_timeout: float = 600.0  # give up when no worker is ready for this long
 
 
 @dataclass
@@ -116,6 +102,13 @@ def skip_done(items: list[WorkItem], store: ResultStore, root: OutputRoot, force
         else:
             todo.append(item)
     return todo, skipped
+
+
+def _start_error(exc: BaseException) -> str:
+    """Why a worker's constructor failed: Ray's error says first that the actor died and
+    only at its end what the constructor raised, so the last line is the one to show."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else one_line(exc)
 
 
 def is_out_of_memory(row: dict[str, Any]) -> bool:
@@ -308,7 +301,7 @@ class Scheduler:
         try:
             worker.info = ray.get(ref)
         except RayError as exc:
-            self.worker_lost(worker, f"failed to start: {one_line(exc)}")
+            self.worker_lost(worker, f"failed to start: {_start_error(exc)}")
             return
         worker.ready = True
         worker.lane.last_ready = time.time()

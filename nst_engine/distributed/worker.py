@@ -83,6 +83,7 @@ class RenderWorker:
             "actor_id": self.actor_id,
             "hostname": self.hostname,
             "ray_version": ray.__version__,
+            "torch_version": torch.__version__,
             "started_at": started,
             "queue_wait_seconds": max(0.0, time.time() - run_started),
         }
@@ -98,6 +99,7 @@ class RenderWorker:
         config = item.config
         if len(item.style_paths) > 1:
             config = replace(config, style_weights=item.style_weights)
+        stats, error, retryable = None, None, False
         try:
             result = self.stylizer.synthesize(
                 item.content_path,
@@ -110,32 +112,27 @@ class RenderWorker:
             metadata = {**result.metadata, "nst:item_id": item.item_id}
             self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
             stats = result.stats.with_warmup(warmup)
-            row = make_row(item, "ok", attempt, stats=stats, run_kind=run_kind, **extra)
-            retryable = False
-        except NSTError as exc:
-            row, retryable = (
-                make_row(item, "failed", attempt, error=one_line(exc), run_kind=run_kind, **extra),
-                False,
-            )
+        except NSTError as exc:  # bad input: another attempt would fail the same way
+            error = one_line(exc)
         except Exception as exc:
-            if _is_out_of_memory(exc):
+            if _is_out_of_memory(exc):  # final at this size, on this device
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 error = f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"
-                row, retryable = (
-                    make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
-                    False,
-                )
-            else:
-                error = f"{type(exc).__name__}: {one_line(exc)}"
-                row, retryable = (
-                    make_row(item, "failed", attempt, error=error, run_kind=run_kind, **extra),
-                    True,
-                )
-        row.setdefault("torch_version", torch.__version__)  # failed rows have no statistics
-        row["finished_at"] = _utcnow()
-        row["total_seconds"] = time.perf_counter() - start_clock
+            else:  # an I/O hiccup or the like: worth another attempt
+                error, retryable = f"{type(exc).__name__}: {one_line(exc)}", True
         self._report(None)
+        row = make_row(
+            item,
+            "failed" if error else "ok",
+            attempt,
+            stats=stats,
+            error=error,
+            run_kind=run_kind,
+            **extra,
+            finished_at=_utcnow(),
+            total_seconds=time.perf_counter() - start_clock,
+        )
         return row, retryable
 
 

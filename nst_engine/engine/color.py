@@ -4,7 +4,7 @@
   content's, then transfer as usual.
 * ``luminance``: transfer on luminance only, then put the content's chrominance back.
 
-The modes (``none`` plus the two above) are ``nst_engine.engine.config.ColorMode``.
+The modes (``none`` plus the two above) are ``nst_engine.engine.choices.ColorMode``.
 """
 
 from __future__ import annotations

@@ -34,10 +34,6 @@ CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
 
 
-#: Kept for callers that want the plain strings.
-PRECISIONS = tuple(p.value for p in Precision)
-
-
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Every knob of one synthesis; all of it changes the output image."""
@@ -108,7 +104,7 @@ class SynthesisConfig:
             value = getattr(self, f.name)
             if isinstance(kind, type) and issubclass(kind, Enum) and not isinstance(value, kind):
                 with contextlib.suppress(ValueError):
-                    object.__setattr__(self, f.name, kind(value))
+                    object.__setattr__(self, f.name, parse_choice(kind, value))
 
     def validate(self) -> SynthesisConfig:
         """Raise ``ConfigError`` naming the field; return self for chaining."""

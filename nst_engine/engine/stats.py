@@ -4,7 +4,6 @@ records."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import resource
@@ -49,11 +48,15 @@ class SynthesisStats:
     warmup_iterations: int = stat(
         "iterations left out of the per-iteration statistics", kw_only=True, default=0
     )
-    seconds_per_iteration: float = stat(
+    seconds_per_iteration: float | None = stat(
         "median of iteration_seconds after the warm-up iterations", init=False
     )
-    seconds_per_iteration_p25: float = stat("25th percentile of iteration_seconds after warm-up", init=False)
-    seconds_per_iteration_p75: float = stat("75th percentile of iteration_seconds after warm-up", init=False)
+    seconds_per_iteration_p25: float | None = stat(
+        "25th percentile of iteration_seconds after warm-up", init=False
+    )
+    seconds_per_iteration_p75: float | None = stat(
+        "75th percentile of iteration_seconds after warm-up", init=False
+    )
     weights_load_seconds: float = stat(
         "VGG-19 load (and normalisation) time, charged to a worker's first item"
     )
@@ -68,17 +71,17 @@ class SynthesisStats:
     peak_memory_kind: str = stat("cuda_peak_allocated or cpu_peak_rss")
     device_memory_bytes: int = stat("total memory of the GPU, or RAM of the machine for CPU")
     weights_source: str = stat("where the VGG-19 weights came from")
-    torch_version: str = stat("torch version on the worker")
 
     def __post_init__(self) -> None:
         # at least one iteration is kept, so a short run still has a median
         self.warmup_iterations = max(0, min(self.warmup_iterations, len(self.iteration_seconds) - 1))
         kept = sorted(self.iteration_seconds[self.warmup_iterations :])
+        # None, not NaN, when no iteration ran: a null in Parquet and JSON, skipped by the fits
         if len(kept) > 1:
             p25, _, p75 = statistics.quantiles(kept, n=4, method="inclusive")
         else:
-            p25 = p75 = kept[0] if kept else math.nan
-        self.seconds_per_iteration = statistics.median(kept) if kept else math.nan
+            p25 = p75 = kept[0] if kept else None
+        self.seconds_per_iteration = statistics.median(kept) if kept else None
         self.seconds_per_iteration_p25, self.seconds_per_iteration_p75 = p25, p75
 
     def with_warmup(self, iterations: int) -> SynthesisStats:
@@ -139,7 +142,6 @@ def synthesis_stats(
         peak_memory_kind=memory.kind,
         device_memory_bytes=device_memory(device),
         weights_source=weights_source,
-        torch_version=torch.__version__,
     )
 
 

@@ -11,18 +11,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.reports.scaling import FIT_COLUMNS
 from nst_engine.results.schema import STATUSES, columns
 from nst_engine.results.storage import OutputRoot
 from nst_engine.results.store import ResultsError, locate, read_results
 
-#: The columns the gallery, the tables and the plots show (loss curves are read apart).
+#: The columns the gallery, the tables and the plots show, and the fits need (loss
+#: curves are read apart).
 REPORT_COLUMNS = columns(
+    *FIT_COLUMNS,
     "item_id",
-    "status",
-    "error",
     "attempt",
     "content_path",
     "style_name",
@@ -31,19 +33,13 @@ REPORT_COLUMNS = columns(
     "size",
     "height",
     "width",
-    "pixels",
     "iterations",
     "iterations_requested",
     "stop_reason",
     "final_content_loss",
     "final_style_loss",
     "final_total_loss",
-    "seconds_per_iteration",
     "synthesis_seconds",
-    "device_name",
-    "device_type",
-    "peak_memory_bytes",
-    "device_memory_bytes",
     "finished_at",
 )
 MAX_LOSS_CURVES = 8
@@ -58,6 +54,7 @@ class ReportError(NSTError):
 class Results:
     """The rows a report shows, as plain dicts."""
 
+    location: str  # what the user named: an output root, its results.parquet, or a URI
     root: OutputRoot  # the output root: ``output_path`` is relative to it
     rows: list[dict[str, Any]]  # every attempt, REPORT_COLUMNS only
     latest_ok: list[dict[str, Any]]  # one row per item: its latest ok attempt
@@ -67,28 +64,32 @@ class Results:
 
     @property
     def source(self) -> str:
-        return self.root.uri
+        return self.location
 
 
 def load_results(location: str) -> Results:
     """The rows of the result table at ``location``: an output root (folder or URI such as
     ``file://`` or ``s3://``) or its ``results.parquet``."""
-    root = locate(location)
-    try:
-        rows = read_results(location, REPORT_COLUMNS).to_pylist()
-    except ResultsError as exc:
-        raise ReportError(str(exc)) from None
-    except OSError as exc:
-        raise ReportError(f"{location}: cannot read the results: {exc}") from None
+    rows = _read(location, REPORT_COLUMNS).to_pylist()
     if not rows:
         raise ReportError(
             f"{location}: no results.parquet (or results.parts/) here; run 'nst render' or "
             "'nst bench scaling' first, or give the output folder of one"
         )
-    return pick_rows(rows, root)
+    return pick_rows(rows, location)
 
 
-def pick_rows(rows: list[dict[str, Any]], root: OutputRoot) -> Results:
+def _read(location: str, names: list[str], where: pc.Expression | None = None) -> pa.Table:
+    """``read_results`` with every way a location can fail as one ``ReportError``."""
+    try:
+        return read_results(location, names, where)
+    except ResultsError as exc:
+        raise ReportError(str(exc)) from None
+    except (OSError, ValueError, pa.ArrowException) as exc:  # unknown scheme, unreachable store
+        raise ReportError(f"{location}: cannot read the results ({one_line(exc)})") from None
+
+
+def pick_rows(rows: list[dict[str, Any]], location: str) -> Results:
     """Pick the rows each part of the report shows (status counts, latest ok per item, failures)."""
     counts = dict.fromkeys(STATUSES, 0)
     for row in rows:
@@ -103,7 +104,7 @@ def pick_rows(rows: list[dict[str, Any]], root: OutputRoot) -> Results:
         latest.values(), key=lambda r: (r["content_path"] or "", r["style_name"] or "", r["size"] or 0)
     )
     failures = sorted((r for r in rows if r["status"] == "failed"), key=when)
-    return Results(root, rows, gallery, ok_rows, failures, counts)
+    return Results(location, locate(location), rows, gallery, ok_rows, failures, counts)
 
 
 def when(row: dict[str, Any]) -> datetime:
@@ -128,8 +129,8 @@ def loss_curve_rows(results: Results, limit: int = MAX_LOSS_CURVES) -> list[dict
     picked = list(chosen.values())[:limit]
     if not picked:
         return []
-    curves = read_results(
-        results.root,
+    curves = _read(
+        results.location,
         ["item_id", "status", "finished_at", "total_losses"],
         where=pc.field("item_id").isin([r["item_id"] for r in picked]) & (pc.field("status") == "ok"),
     ).to_pylist()

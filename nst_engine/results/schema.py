@@ -29,6 +29,7 @@ _UTC = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES: dict[Any, pa.DataType] = {
     int: _i64,
     float: _f64,
+    float | None: _f64,
     str: _str,
     list[float]: pa.list_(_f64),
     list[str]: pa.list_(_str),
@@ -74,6 +75,7 @@ ATTEMPT_COLUMNS = (
     Column("node_id", _str, "Ray node id"),
     Column("actor_id", _str, "Ray actor id"),
     Column("hostname", _str, "worker host name"),
+    Column("torch_version", _str, "torch version on the worker"),
     Column("ray_version", _str, "Ray version on the worker"),
     Column("nst_version", _str, "nst-engine version on the worker"),
     Column("started_at", _UTC, "attempt start (UTC)"),
@@ -111,6 +113,12 @@ def markdown_table() -> str:
 
 
 def to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows as a table of the result schema; a key that is no column is a bug, not data to drop."""
+    rows = list(rows)
+    names = set(SCHEMA.names)
+    for row in rows:
+        if not row.keys() <= names:
+            raise KeyError(f"not result columns: {', '.join(sorted(row.keys() - names))}")
     return pa.Table.from_pylist([{n: row.get(n) for n in SCHEMA.names} for row in rows], schema=SCHEMA)
 
 

@@ -7,6 +7,7 @@ reader never sees half a file, and a killed writer leaves only a ``.nst-tmp-`` f
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,21 @@ import pyarrow.fs as pafs
 
 from nst_engine.engine.files import TMP_PREFIX, write_atomic
 from nst_engine.planning.paths import safe_relative
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, base path) of a root; a local path resolves against today's folder."""
+    if "://" in uri:
+        return _remote_filesystem(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=64)
+def _remote_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Made once per process: building an S3 or GCS filesystem reads credentials and
+    configuration, too slow to repeat for every file of a root."""
+    fs, base = pafs.FileSystem.from_uri(uri)
+    return fs, base.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -33,10 +49,7 @@ class OutputRoot:
 
     @property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
-        if "://" in self.uri:
-            fs, base = pafs.FileSystem.from_uri(self.uri)
-            return fs, base.rstrip("/")
-        return pafs.LocalFileSystem(), str(Path(self.uri).expanduser().resolve())
+        return _filesystem(self.uri)
 
     @property
     def is_local(self) -> bool:

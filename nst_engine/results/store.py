@@ -59,7 +59,10 @@ def read_results(
     """
     root = locate(location)
     names = columns(*column_names) if column_names is not None else SCHEMA.names
-    files = _result_files(root, location if isinstance(location, str) else root.uri)
+    try:
+        files = _result_files(root, location if isinstance(location, str) else root.uri)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # unknown scheme, unreachable store
+        raise ResultsError(f"{location}: cannot read results there ({one_line(exc)})") from None
     if not files:
         return SCHEMA.empty_table().select(names)
     for path in files:
