@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import ray
 import yaml
 from PIL import Image
 
 from nst_engine.results.schema import make_row
+from nst_engine.results.store import read_results
 from tests.conftest import write_image
 
 
@@ -45,12 +45,8 @@ def tiny_manifest(
 
 
 def rows(output: Path) -> list[dict]:
-    """Every row: the compacted file plus any part files."""
-    tables = []
-    if (output / "results.parquet").exists():
-        tables.append(pq.read_table(output / "results.parquet"))
-    tables += [pq.read_table(p) for p in sorted((output / "results.parts").glob("*.parquet"))]
-    return [row for t in tables for row in t.to_pylist()]
+    """Every row: the compacted file plus any part files, through the project's one reader."""
+    return read_results(str(output)).to_pylist()
 
 
 def assert_outputs_whole(output: Path) -> list[Path]:

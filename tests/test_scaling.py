@@ -15,6 +15,7 @@ import pytest
 
 from nst_engine.distributed.scheduler import cpu_worker_threads
 from nst_engine.reports.scaling import fit_devices, format_k
+from nst_engine.results.store import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = np.array([128, 256, 384, 512, 768, 1024])
@@ -101,7 +102,7 @@ def test_bench_scaling_and_estimate_on_local_ray(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "k = " in proc.stderr and "s/iteration" in proc.stderr
-    rows = pq.read_table(output / "results.parquet").to_pylist()
+    rows = read_results(str(output)).to_pylist()
     assert len(rows) == 4 and {r["run_kind"] for r in rows} == {"bench"}
     assert sorted(r["size"] for r in rows) == [32, 40, 48, 56]
     for row in rows:
@@ -191,7 +192,6 @@ def test_bench_lane_stores_lost_attempts_and_stops_at_out_of_memory(tmp_path: Pa
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
     from nst_engine.results.storage import OutputRoot
-    from nst_engine.results.store import read_results
     from tests import ray_helpers
 
     plan = load_manifest(ray_helpers.tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32, 40, 48, 56)))
