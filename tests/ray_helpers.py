@@ -69,7 +69,13 @@ class ScriptedWorker:
     oom_at = 48
 
     def __init__(
-        self, weights: Any, output_uri: str, device: str = "cpu", threads: Any = None, board: Any = None
+        self,
+        weights: Any,
+        output_uri: str,
+        device: str = "cpu",
+        threads: Any = None,
+        board: Any = None,
+        checkpoint_every: Any = None,
     ):
         self.actor_id = ray.get_runtime_context().get_actor_id()
 

@@ -58,7 +58,8 @@ def test_yaml_parses(path: Path) -> None:
 
 
 def check_ray_cluster_spec(spec: dict) -> None:
-    """Head does no rendering; a GPU worker group with one GPU per pod; token auth."""
+    """Head does no rendering; a GPU worker group with one GPU per pod that scales from
+    zero (renders request GPU workers, the autoscaler adds pods); token auth."""
     head = spec["headGroupSpec"]
     assert str(head["rayStartParams"]["num-cpus"]) == "0"
     assert head.get("serviceType", "ClusterIP") == "ClusterIP"
@@ -67,6 +68,8 @@ def check_ray_cluster_spec(spec: dict) -> None:
     assert gpu_groups, "no worker group with an nvidia.com/gpu: 1 limit"
     for group in gpu_groups:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1, "GPU pods only while a render runs"
+    assert spec.get("enableInTreeAutoscaling") is True, "nothing would add GPU pods"
     images = {c["image"] for c in containers(head["template"])}
     images |= {c["image"] for g in groups for c in containers(g["template"])}
     assert len(images) == 1, f"head and workers must run the same image, got {images}"
@@ -99,6 +102,7 @@ def test_kuberay_rayjob() -> None:
     assert words[words.index("--address") + 1] == "auto"
     assert words[words.index("--output") + 1].startswith("s3://")
     assert "--quiet" in words
+    assert "--gpus" in words  # GPU workers, waiting for the autoscaler's pods: never a CPU run
     check_ray_cluster_spec(job["spec"]["rayClusterSpec"])
 
 
@@ -159,7 +163,9 @@ def test_aws_cluster_launcher_config() -> None:
     head = types[config["head_node_type"]]
     assert head["resources"].get("CPU") == 0
     workers = [t for name, t in types.items() if name != config["head_node_type"]]
-    assert any(t["resources"].get("GPU") == 1 for t in workers)
+    gpu_workers = [t for t in workers if t["resources"].get("GPU") == 1]
+    assert gpu_workers
+    assert all(t["min_workers"] == 0 for t in gpu_workers), "GPU nodes only while a render runs"
     for worker in workers:
         assert 0 <= worker["min_workers"] <= worker["max_workers"] <= config["max_workers"]
     head_start = " ".join(config["head_start_ray_commands"])

@@ -28,6 +28,13 @@ def items_of(path: Path, **kwargs):
     return expand(load_manifest(path), **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manifests without ``output`` plan into ``out/<name>`` of today's folder, where the hash
+    cache goes: keep that inside the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     write_image(tmp_path / "c.png", 30, 20, seed=1)
@@ -117,7 +124,8 @@ def test_output_folder_layout_and_names_do_not_change_the_id(images: Path) -> No
     assert only_id(write_manifest(images, "b.yaml", layout="{id}/{content_name}.png")) == base
     assert only_id(write_manifest(images, "c.yaml", name="renamed")) == base
     assert only_id(write_manifest(images, "d.yaml", styles=[{"name": "fancy", "image": "s.png"}])) == base
-    assert expand(load_manifest(write_manifest(images, "e.yaml"), output="/x/y"))[0].item_id == base
+    elsewhere = str(images / "x" / "y")
+    assert expand(load_manifest(write_manifest(images, "e.yaml"), output=elsewhere))[0].item_id == base
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -317,3 +325,45 @@ def test_init_image_counts_by_contents_not_path(tmp_path: Path) -> None:
         )
         ids.append(expand(load_manifest(manifest))[0].item_id)
     assert ids[0] == ids[1]
+
+
+# ---------------------------------------------------------------------------- hash cache
+
+
+def test_hash_cache_in_the_output_root_makes_reruns_read_nothing(images: Path) -> None:
+    from nst_engine.planning.fingerprints import CACHE_FILE, ImageIndex
+
+    output = images / "out"
+    path = write_manifest(images, contents=["c.png", "d.png"], styles=["s.png"], output=str(output))
+    first = ImageIndex(str(output))
+    items = expand(load_manifest(path), index=first)
+    assert (first.stats.reads, first.stats.cached) == (3, 0)
+    assert (output / CACHE_FILE).is_file()
+
+    dry = load_manifest(path)
+    dry.output = str(images / "dry")
+    assert expand(dry, write_cache=False) == items and not (images / "dry").exists()
+
+    again = ImageIndex(str(output))
+    assert expand(load_manifest(path), index=again) == items
+    assert (again.stats.reads, again.stats.cached) == (0, 3)
+
+    write_image(images / "d.png", 20, 30, seed=77)  # a new version: read again, and only it
+    changed = ImageIndex(str(output))
+    assert expand(load_manifest(path), index=changed)[1].item_id != items[1].item_id
+    assert (changed.stats.reads, changed.stats.cached) == (1, 2)
+
+
+def test_a_damaged_hash_cache_is_ignored_and_rewritten(images: Path) -> None:
+    from nst_engine.planning.fingerprints import CACHE_FILE, ImageIndex
+
+    output = images / "out"
+    path = write_manifest(images, output=str(output))
+    before = only_id(path)
+    (output / CACHE_FILE).write_bytes(b"not parquet")
+    index = ImageIndex(str(output))
+    assert expand(load_manifest(path), index=index)[0].item_id == before
+    assert index.stats.reads == 2
+    rewritten = ImageIndex(str(output))
+    assert rewritten.image(str((images / "c.png").resolve())).sha256 is not None
+    assert (rewritten.stats.reads, rewritten.stats.cached) == (0, 1)

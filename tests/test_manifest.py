@@ -168,6 +168,55 @@ def test_unnamed_blend_is_named_after_its_images(tmp_path: Path) -> None:
     assert item.style.weights == (1.0, 2.0)
 
 
+def test_style_folders_and_globs_give_one_style_per_image(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    source = tmp_path / "m.yaml"
+    source.write_text("contents: [single.png]\nstyles: [album, 'style_*.png']\nsizes: [64]\n")
+    styles = [i.style for i in load_manifest(source).items]
+    assert [s.name for s in styles] == ["nested/deeper/z", "nested/y", "x", "style_a", "style_b"]
+    assert styles[2].images == (str((tmp_path / "album/x.png").resolve()),)
+
+
+def test_file_uris_are_listed_like_paths_and_kept_as_uris(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    source = tmp_path / "m.yaml"
+    base = f"file://{tmp_path.resolve()}"
+    source.write_text(
+        f"contents: ['{base}/album/', '{base}/photos/**/*.jpg', '{base}/single.png']\n"
+        f"styles: ['{base}/style_a.png']\nsizes: [64]\n"
+        f"params: {{init: '{base}/style_b.png'}}\n"
+    )
+    items = load_manifest(source).items
+    assert [i.content_rel for i in items] == [
+        "nested/deeper/z.png",
+        "nested/y.png",
+        "x.png",
+        *EXPECTED_RELS[-2:],
+        "single.png",
+    ]
+    assert items[0].content == f"{base}/album/nested/deeper/z.png"
+    assert items[0].style.images == (f"{base}/style_a.png",)
+    assert items[0].config.init == f"{base}/style_b.png"
+
+
+def test_calibration_entries_expand_and_are_checked(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    source = tmp_path / "m.yaml"
+    body = "contents: [single.png]\nstyles: [style_a.png]\nsizes: [64]\n"
+    source.write_text(body + "weights: {normalize: true, calibration: [album, 'style_*.png']}\n")
+    calibration = load_manifest(source).weights.calibration
+    assert [Path(p).name for p in calibration] == ["z.png", "y.png", "x.png", "style_a.png", "style_b.png"]
+    source.write_text(body + "weights: {calibration: album, source: 's3://b/vgg.pth'}\n")
+    problems = problems_of(source)
+    assert any("weights.calibration: expected a list" in p for p in problems), problems
+    assert any("weights.source: a weights file must be a local path" in p for p in problems), problems
+    source.write_text(body + "weights: {calibration: ['nothing/*.png']}\n")
+    assert any(
+        "weights.calibration[0]: glob 'nothing/*.png' matches no image files" in p
+        for p in problems_of(source)
+    )
+
+
 def test_params_defaults_and_overrides_apply_to_matching_items_only(tmp_path: Path) -> None:
     make_tree(tmp_path)
     source = tmp_path / "m.yaml"

@@ -19,6 +19,7 @@ from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.scheduler import run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
+from nst_engine.results.runs import read_runs
 from nst_engine.results.storage import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
@@ -35,9 +36,9 @@ def test_worker_node_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
     killed = threading.Event()
 
     def kill_when_working() -> None:
-        # wait for the first finished item, so both workers are busy, then kill one node
+        # wait for the first finished item (its image), so both workers are busy, then kill one node
         deadline = time.time() + 120
-        while time.time() < deadline and not list((output / "results.parts").glob("*.parquet")):
+        while time.time() < deadline and not list(output.rglob("*.png")):
             time.sleep(0.2)
         cluster.remove_node(victim, allow_graceful=False)
         killed.set()
@@ -74,7 +75,7 @@ def test_driver_sigkill_then_rerun_completes_only_the_rest(tmp_path: Path) -> No
     )
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and len(list((output / "results.parts").glob("*.parquet"))) < 2:
+        while time.time() < deadline and len(list(output.rglob("*.png"))) < 2:
             time.sleep(0.2)
         assert driver.poll() is None, "the run finished before it could be killed"
         driver.send_signal(signal.SIGKILL)  # the driver only, as a crash would
@@ -83,14 +84,19 @@ def test_driver_sigkill_then_rerun_completes_only_the_rest(tmp_path: Path) -> No
         # then clean up whatever the dead driver's embedded Ray left behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
-    before = rows(output)
-    finished = {r["item_id"] for r in before if r["status"] == "ok"}
-    assert finished and not (output / "results.parquet").exists()  # killed before compaction
+    # finished items are the images written; their rows may still have been in the
+    # driver's buffer (results.store): the rerun records those from the images
+    finished = {p: p.stat().st_mtime_ns for p in output.rglob("*.png")}
+    assert len(finished) >= 2 and not (output / "results.parquet").exists()  # killed before compaction
+    [killed] = read_runs(str(output)).to_pylist()
+    assert killed["state"] == "running" and killed["finished_at"] is None
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nothing finished was redone
     after = rows(output)
-    skipped = {r["item_id"] for r in after if r["status"] == "skipped"}
-    assert finished <= skipped  # nothing finished was redone
     ok = Counter(r["item_id"] for r in after if r["status"] == "ok")
     assert len(ok) == 8 and set(ok.values()) == {1}
+    assert "skipped" not in {r["status"] for r in after}
+    record = next(r for r in read_runs(str(output)).to_pylist() if r["state"] == "finished")
+    assert record["skipped"] >= len(finished) and record["rendered"] == 8 - record["skipped"]
     assert len(assert_outputs_whole(output)) == 8

@@ -15,6 +15,7 @@ from nst_engine.distributed.runtime import connect
 from nst_engine.distributed.scheduler import run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
+from nst_engine.results.runs import read_runs
 from nst_engine.results.storage import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
@@ -68,19 +69,31 @@ def test_render_resume_and_force(local_ray, tmp_path: Path) -> None:
     assert len(frame) == 4 and set(frame["status"]) == {"ok"}
 
     mtimes = {p: p.stat().st_mtime_ns for p in pngs}
+    results_mtime = (output / "results.parquet").stat().st_mtime_ns
     summary, _ = render(manifest)
     assert (summary.rendered, summary.skipped) == (0, 4)
     assert {p: p.stat().st_mtime_ns for p in pngs} == mtimes  # nothing re-rendered
-    assert sorted(r["status"] for r in rows(output)) == ["ok"] * 4 + ["skipped"] * 4
+    # a rerun of a finished manifest adds no result row (nor rewrites the table), one run record
+    assert sorted(r["status"] for r in rows(output)) == ["ok"] * 4
+    assert (output / "results.parquet").stat().st_mtime_ns == results_mtime
+    runs = sorted(read_runs(str(output)).to_pylist(), key=lambda r: r["started_at"])
+    assert [(r["state"], r["total"], r["rendered"], r["skipped"]) for r in runs] == [
+        ("finished", 4, 4, 0),
+        ("finished", 4, 0, 4),
+    ]
+    assert runs[0]["workers"] >= 1 and runs[1]["workers"] == 0 and runs[1]["manifest_name"] == "tiny"
 
     # a deleted image is rendered again even though its ok row exists
     pngs[0].unlink()
     summary, _ = render(manifest)
     assert (summary.rendered, summary.skipped) == (1, 3)
+    assert len(rows(output)) == 5
 
     summary, _ = render(manifest, force=True)
     assert (summary.rendered, summary.skipped) == (4, 0)
     assert_outputs_whole(output)
+    assert len(rows(output)) == 9 and len(read_runs(str(output))) == 4
+    assert not list((output / "results.parts").glob("*.parquet"))
 
 
 def test_bad_inputs_recorded_and_rest_rendered(local_ray, tmp_path: Path) -> None:
@@ -102,7 +115,8 @@ def test_cli_render_prints_summary_and_fails_on_failed_items(tmp_path: Path) -> 
     invalid = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert invalid.returncode == 2
     assert "missing.png" in invalid.stderr and "--skip-bad-inputs" in invalid.stderr
-    assert not (tmp_path / "out").exists()  # nothing rendered for an invalid manifest
+    # nothing rendered for an invalid manifest (planning may leave its hash cache there)
+    assert not list((tmp_path / "out").rglob("*.png")) and not (tmp_path / "out" / "results.parts").exists()
 
     proc = subprocess.run(
         [*base, "--skip-bad-inputs", "--output", str(tmp_path / "cli-out")],

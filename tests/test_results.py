@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,15 +14,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from nst_engine import __version__
+from nst_engine.distributed.scheduler import skip_done
+from nst_engine.engine.images import encode_png
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.results.runs import RUNS_FILE, RUNS_SCHEMA, RunLog, read_runs
+from nst_engine.results.runs import markdown_table as runs_markdown_table
 from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, markdown_table, to_table
 from nst_engine.results.storage import TMP_PREFIX, OutputRoot
-from nst_engine.results.store import PARTS_DIR, RESULTS_FILE, ResultsError, ResultStore, read_results
+from nst_engine.results.store import (
+    PARTS_DIR,
+    RESULTS_FILE,
+    ROW_GROUP_ROWS,
+    ResultsError,
+    ResultStore,
+    merge_files,
+    read_results,
+)
 from tests.conftest import write_image
 
 
@@ -384,3 +398,155 @@ def test_a_row_with_a_key_that_is_no_column_is_refused(work: list[WorkItem]) -> 
 def test_an_unknown_filesystem_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match=r"^foo://bucket/run: cannot read results there \("):
         read_results("foo://bucket/run")
+
+
+# ---------------------------------------------------------------------------- buffering, compaction, recovery
+
+
+def test_buffered_appends_write_few_part_files(tmp_path: Path, work: list[WorkItem]) -> None:
+    """5,000 rows appended one at a time, as a run's driver does, make 5 part files, not 5,000."""
+    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=3600)
+    for n in range(5000):
+        store.append([make_row(work[n % 4], "ok", n + 1)])
+        if n == 998:
+            assert store.buffered == 999 and read_results(tmp_path).num_rows == 0  # not written yet
+    assert store.buffered == 0 and len(part_files(tmp_path)) == 5
+    store.append([make_row(work[0], "failed", 5001, error="late")])
+    assert read_results(tmp_path).num_rows == 5000
+    store.flush()
+    table = read_results(tmp_path, ["attempt"])
+    assert sorted(table["attempt"].to_pylist()) == list(range(1, 5002))
+    assert len(part_files(tmp_path)) == 6
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_an_old_buffer_is_written_when_the_next_row_arrives(tmp_path: Path, work: list[WorkItem]) -> None:
+    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=0.05)
+    store.append([make_row(work[0], "ok", 1)])
+    assert store.buffered == 1
+    time.sleep(0.06)
+    store.append([make_row(work[1], "ok", 1)])
+    assert store.buffered == 0 and read_results(tmp_path).num_rows == 2
+
+
+def test_incremental_compaction_keeps_every_row_once(tmp_path: Path, work: list[WorkItem]) -> None:
+    """Levels of compact_at files merge into one file of the next level as parts arrive,
+    so the part count stays bounded; every row is there exactly once, before and after
+    the final compaction."""
+    store = ResultStore(OutputRoot(str(tmp_path)), compact_at=4)  # every append is a part
+    most = 0
+    for n in range(1, 101):
+        store.append([make_row(work[n % 4], "ok", n)])
+        most = max(most, len(part_files(tmp_path)))
+        assert sorted(read_results(tmp_path, ["attempt"])["attempt"].to_pylist()) == list(range(1, n + 1))
+    # 100 = 1·64 + 2·16 + 1·4: levels 3, 2, 1 hold 1, 2 and 1 files, level 0 none
+    assert sorted(p.name.split("-")[0] for p in part_files(tmp_path)) == ["L1", "L2", "L2", "L3"]
+    assert most <= 3 * 4  # never more than (compact_at - 1) files per level, plus the new one
+    assert store.compact() == 4
+    assert part_files(tmp_path) == []
+    assert sorted(pq.read_table(tmp_path / RESULTS_FILE)["attempt"].to_pylist()) == list(range(1, 101))
+
+
+def test_a_merge_streams_in_row_groups(tmp_path: Path, work: list[WorkItem]) -> None:
+    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=30_000)
+    store.append([make_row(work[n % 4], "ok", n) for n in range(ROW_GROUP_ROWS * 2 + 5)])
+    store.compact()
+    metadata = pq.ParquetFile(tmp_path / RESULTS_FILE).metadata
+    assert metadata.num_rows == ROW_GROUP_ROWS * 2 + 5
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [
+        ROW_GROUP_ROWS,
+        ROW_GROUP_ROWS,
+        5,
+    ]
+
+
+def test_parts_left_by_a_crash_after_a_merge_count_once(tmp_path: Path, work: list[WorkItem]) -> None:
+    """A merge that was not followed by the deletion of its sources (the driver died
+    between the two) neither doubles rows for readers nor gets merged twice."""
+    root = OutputRoot(str(tmp_path))
+    store = ResultStore(root)
+    for n in range(1, 4):
+        store.append([make_row(work[0], "ok", n)])
+    parts = root.list_files(PARTS_DIR, ".parquet")
+    merge_files(root, parts, RESULTS_FILE)  # merged, sources still there: as after a crash
+    assert len(part_files(tmp_path)) == 3
+    assert sorted(read_results(tmp_path, ["attempt"])["attempt"].to_pylist()) == [1, 2, 3]
+    again = ResultStore(root)
+    again.append([make_row(work[1], "ok", 4)])
+    assert again.compact() == 1  # only the new part: the leftovers were deleted, not merged
+    assert part_files(tmp_path) == []
+    assert sorted(read_results(tmp_path, ["attempt"])["attempt"].to_pylist()) == [1, 2, 3, 4]
+
+
+def _write_output(root: OutputRoot, item: WorkItem, item_id: str) -> None:
+    """An output image as a worker writes it: encode_png with the item id in its text."""
+    image = Image.new("RGB", (32, 21), (200, 30, 30))
+    metadata = {"nst:item_id": item_id, "nst:iterations": 7, "nst:loss_evaluations": 9}
+    metadata["nst:final_losses"] = {"content": 1.0, "style": 2.0, "total": 3.0}
+    root.write_bytes(item.output_path, encode_png(image, metadata))
+
+
+def test_an_image_without_its_row_is_recovered_not_rerendered(tmp_path: Path, work: list[WorkItem]) -> None:
+    """The driver was killed with rows in its buffer: the images carry their item ids, so
+    the next run records them as ok (from the image) instead of rendering them again."""
+    root = OutputRoot(str(tmp_path / "out"))
+    store = ResultStore(root)
+    done, lost, stranger, missing = work
+    store.append([make_row(done, "ok", 1)])
+    _write_output(root, done, done.item_id)
+    _write_output(root, lost, lost.item_id)  # image written, row never flushed
+    _write_output(root, stranger, "another-item")  # another item's image at this path
+    (tmp_path / "out" / missing.output_path).parent.mkdir(parents=True, exist_ok=True)
+
+    check = store.check_done(work)
+    assert (check.done, check.recovered) == ([done], [lost])
+    assert check.todo == [stranger, missing]
+    assert read_results(root).num_rows == 1  # checking writes nothing
+
+    resumed = skip_done(work, store, force=False)
+    assert resumed.todo == [stranger, missing]
+    assert set(store.completed()) == {done.item_id, lost.item_id}
+    row = next(r for r in read_results(root).to_pylist() if r["item_id"] == lost.item_id)
+    assert (row["status"], row["attempt"], row["error"]) == ("ok", 0, None)
+    assert (row["width"], row["height"], row["pixels"], row["iterations"]) == (32, 21, 672, 7)
+    assert (row["final_total_loss"], row["seconds_per_iteration"]) == (3.0, None)
+    assert row["output_path"] == lost.output_path and row["content_hash"] == lost.content_hash
+    # recorded once: the next check finds both done
+    assert store.check_done(work).done == [done, lost]
+    assert skip_done(work, store, force=True).todo == work
+
+
+def test_a_damaged_output_is_rendered_again(tmp_path: Path, work: list[WorkItem]) -> None:
+    root = OutputRoot(str(tmp_path))
+    root.write_bytes(work[0].output_path, b"\x89PNG\r\n\x1a\n truncated")
+    assert ResultStore(root).check_done(work[:1]).todo == work[:1]
+
+
+def test_the_runs_table_records_each_run(tmp_path: Path) -> None:
+    root = OutputRoot(str(tmp_path))
+    assert read_runs(root).num_rows == 0 and read_runs(root).schema == RUNS_SCHEMA
+    log = RunLog(root)
+    first = log.start("tiny", total=4)
+    running = read_runs(root).to_pylist()
+    assert len(running) == 1 and running[0]["state"] == "running" and running[0]["finished_at"] is None
+    log.finish(first, rendered=3, failed=1, workers=2)
+    second = log.start("tiny", total=4)
+    log.finish(second, "interrupted", skipped=3)
+    runs = sorted(read_runs(str(tmp_path / RESULTS_FILE)).to_pylist(), key=lambda r: r["started_at"])
+    assert [(r["state"], r["rendered"], r["skipped"], r["failed"]) for r in runs] == [
+        ("finished", 3, 0, 1),
+        ("interrupted", 0, 3, 0),
+    ]
+    assert runs[0]["run_id"] != runs[1]["run_id"] and runs[0]["wall_seconds"] >= 0
+    assert runs[0]["nst_version"] == __version__ and runs[0]["manifest_name"] == "tiny"
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+    (tmp_path / RUNS_FILE).write_bytes(b"damaged")
+    with pytest.raises(ResultsError, match=r"runs\.parquet: cannot read the runs table"):
+        read_runs(root)
+
+
+def test_readme_runs_table_matches_the_run_record() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| run column | type | meaning |")
+    table = readme[start:].split("\n\n", 1)[0].strip()
+    assert table == runs_markdown_table(), "regenerate it with python -m nst_engine.results.runs"

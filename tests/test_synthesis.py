@@ -28,6 +28,7 @@ def test_losses_fall_and_stats_are_complete(stylizer: Stylizer, content_path: Pa
     assert (stats.height, stats.width) == (40, 48)
     assert stats.pixels == 40 * 48
     assert stats.iterations == 15 == len(stats.total_losses) == len(stats.iteration_seconds)
+    assert stats.resumed_from_iteration == 0  # no checkpoint policy, nothing resumed
     assert stats.loss_evaluations >= stats.iterations + 1  # one initial evaluation, then >= 1 per iteration
     assert stats.final_total_loss < stats.total_losses[0] / 2
     assert stats.final_style_loss < stats.style_losses[0]

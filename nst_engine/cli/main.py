@@ -7,6 +7,7 @@ import typer
 
 from nst_engine.cli import stylize  # noqa: F401
 from nst_engine.cli import render  # noqa: F401
+from nst_engine.cli import plan  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
 from nst_engine.cli import report  # noqa: F401
 from nst_engine.cli import bench  # noqa: F401

@@ -20,7 +20,13 @@ from rich.progress import (
 from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.distributed.options import MAX_DEFAULT_THREADS, PoolOptions
+from nst_engine.distributed.options import (
+    MAX_DEFAULT_THREADS,
+    WORKERS_FORMS,
+    PoolOptions,
+    parse_checkpoint_every,
+    parse_workers,
+)
 from nst_engine.engine.errors import NSTError
 
 if TYPE_CHECKING:
@@ -72,7 +78,7 @@ def print_summary(summary: RunSummary, results: str) -> None:
         str(summary.skipped),
         str(len(summary.failed)),
         str(summary.retried),
-        str(summary.workers),
+        f"{summary.workers} (peak {summary.peak_workers})",
         f"{summary.wall_seconds:.1f} s",
     )
     err.print(table)
@@ -98,9 +104,30 @@ def render(
     skip_bad_inputs: Annotated[
         bool, typer.Option(help="Record items with missing/unreadable images as failed and render the rest.")
     ] = False,
-    gpus: Annotated[bool | None, typer.Option("--gpus/--no-gpus", help="Use GPUs (default: if any).")] = None,
+    gpus: Annotated[
+        bool | None,
+        typer.Option(
+            "--gpus/--no-gpus",
+            help="GPU workers only: wait for GPU nodes, an error if none joins within "
+            "--worker-start-timeout; --no-gpus: CPU workers (default: GPUs if the cluster has "
+            "any or its autoscaler can add some).",
+        ),
+    ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N|MIN:MAX",
+            help=f"Workers: {WORKERS_FORMS}; requested at once so the autoscaler adds nodes, "
+            "released as the queue drains (default: GPUs: one per GPU present, up to the "
+            "autoscaler's most; CPU: as many as fit).",
+        ),
+    ] = None,
+    worker_start_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds with no worker ready (waiting for nodes) before the run fails."),
+    ] = PoolOptions.worker_start_timeout,
     cpu_actors: Annotated[
-        int | None, typer.Option(min=1, help="CPU workers (default: cores / threads).")
+        int | None, typer.Option(min=1, hidden=True, help="Older spelling of --workers N.")
     ] = None,
     threads_per_actor: Annotated[
         int | None,
@@ -109,7 +136,7 @@ def render(
         ),
     ] = None,
     max_in_flight: Annotated[
-        int, typer.Option(min=1, help="Items queued per worker.")
+        int, typer.Option(min=1, help="Calls queued per worker (a call: one item, or several short ones).")
     ] = PoolOptions.max_in_flight,
     max_attempts: Annotated[
         int, typer.Option(min=1, help="Attempts per item when workers die.")
@@ -117,6 +144,14 @@ def render(
     max_worker_failures: Annotated[
         int, typer.Option(min=1, help="Failures before a worker is retired.")
     ] = PoolOptions.max_worker_failures,
+    checkpoint_every: Annotated[
+        str,
+        typer.Option(
+            metavar="SECONDS",
+            help="Save each synthesis in progress this often, so a lost worker's retry resumes it "
+            "(auto: every 60 s for syntheses predicted to take over 3 minutes; 0: off).",
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")] = False,
 ) -> None:
     """Render every item of MANIFEST and write images plus results.parquet.
@@ -124,6 +159,7 @@ def render(
     Items already rendered (ok row and image present) are skipped; the exit code is 1
     when any item failed.
     """
+    from nst_engine.cli.plan import plan_render
     from nst_engine.distributed.runtime import connect, disconnect
     from nst_engine.distributed.scheduler import run_render
     from nst_engine.planning.items import expand
@@ -132,18 +168,30 @@ def render(
     from nst_engine.results.store import RESULTS_FILE
 
     try:
+        checkpoint_seconds = parse_checkpoint_every(checkpoint_every)
+    except ValueError as exc:
+        raise fail(f"--checkpoint-every: {exc}") from None
+    try:
+        worker_range = parse_workers(workers) if workers is not None else None
+    except ValueError as exc:
+        raise fail(exc) from None
+    try:
         plan = load_manifest(manifest, output)
         items = expand(plan, skip_bad_inputs=skip_bad_inputs)
     except NSTError as exc:  # a manifest's problems, deliberately one per line
         raise fail(exc) from None
+    err.print(escape(plan_render(manifest, plan, items, force, None).one_line()), soft_wrap=True)
     root = OutputRoot(plan.output)
     options = PoolOptions(
         use_gpus=gpus,
+        workers=worker_range,
+        worker_start_timeout=worker_start_timeout,
         cpu_actors=cpu_actors,
         threads_per_actor=threads_per_actor,
         max_in_flight=max_in_flight,
         max_attempts=max_attempts,
         max_worker_failures=max_worker_failures,
+        checkpoint_every=checkpoint_seconds,
     )
     try:
         where = connect(address)
@@ -158,6 +206,8 @@ def render(
             with Live(view, console=err, refresh_per_second=4):
                 summary = run_render(items, plan.weights, root, options, force=force, on_progress=view.update)
                 view.update(_final(summary))
+    except NSTError as exc:  # e.g. no worker could start (WorkerStartError)
+        raise fail(exc) from None
     finally:
         disconnect()
     print_summary(summary, root.display(RESULTS_FILE))

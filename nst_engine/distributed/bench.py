@@ -2,8 +2,8 @@
 device type of the cluster (each GPU model, and CPU), one worker per type.
 
 It runs on the render ``Scheduler``: one lane per device slot (that slot's resources,
-one worker, its own queue smallest first, one item in flight so items do not share the
-device), with the same retry rules as ``nst render`` (a lost worker's attempt is
+one worker, its own queue smallest first, one item per call and one call in flight so
+items do not share the device), with the same retry rules as ``nst render`` (a lost worker's attempt is
 recorded as retried, or failed once its attempts are used up). A lane stops growing at
 its first out-of-memory size; that row is recorded as failed with the reason and the
 run goes on on the other devices.
@@ -103,9 +103,11 @@ def run_scaling(
                     resources=slot.options,
                     device=slot.device,
                     threads=slot.threads,
-                    workers=1,
+                    min_workers=1,
+                    max_workers=1,
                     items=ordered,
                     max_in_flight=1,
+                    max_batch=1,  # each size measured alone, in its own call
                     stop_when=is_out_of_memory,
                 )
             )

@@ -62,6 +62,24 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most of each resource the connected cluster's autoscaler may bring up (its node
+    groups' max counts × their resources), or None when no autoscaler publishes a config
+    (a fixed or embedded cluster).
+
+    This is how Ray Train and Ray Data size work against an autoscaling cluster, so a pool
+    can request GPU workers for nodes that do not exist yet. It is a private Ray API,
+    hence the broad fallback: without it the caller uses what is present.
+    """
+    try:
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # an older or newer Ray without this call, or no GCS answer
+        return None
+    return {key: float(value) for key, value in limits.items()} if limits else None
+
+
 def disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()

@@ -1,8 +1,9 @@
 """The driver: plans nothing and renders nothing, only hands items to workers.
 
 ``Scheduler`` is the one scheduler of the project: ``nst render`` runs one lane of
-identical workers over a largest-first queue; ``nst bench scaling`` runs one lane per
-device type, each with its own smallest-first queue (``distributed/bench.py``).
+identical workers over a largest-first queue, its pool between MIN and MAX workers
+following the cluster (``pool_shape``, ``Scheduler.balance``); ``nst bench scaling`` runs
+one lane per device type, each with its own smallest-first queue (``distributed/bench.py``).
 """
 
 from __future__ import annotations
@@ -20,18 +21,34 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from nst_engine.distributed.checkpoints import remove_checkpoints
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS, PoolOptions
+from nst_engine.distributed.runtime import autoscaler_max_resources
 from nst_engine.distributed.worker import OUT_OF_MEMORY, ProgressBoard, RenderWorker
-from nst_engine.engine.errors import one_line
+from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.runs import RunLog
 from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ResultStore
+from nst_engine.results.store import FLUSH_ROWS, FLUSH_SECONDS, DoneCheck, ResultStore
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5  # longest wait for a Ray event; also the progress callback's period
+#: Worker time one call aims at: items shorter than this travel several to a call, so
+#: Ray's round trip and the driver's bookkeeping are paid per call, not per item.
+BATCH_SECONDS = 0.5
+#: Items per call at most: bounds what a lost worker takes down with it (all retried).
+MAX_BATCH = 64
+#: Weight of the newest item in a lane's running mean of worker seconds per item.
+ITEM_SECONDS_WEIGHT = 0.2
+
+
+class WorkerStartError(NSTError):
+    """No worker of a lane started within ``worker_start_timeout`` (say ``--gpus`` on a
+    cluster where no GPU node joins): the run stops rather than wait forever or quietly
+    render somewhere else."""
 
 
 @dataclass
@@ -41,7 +58,10 @@ class RunSummary:
     skipped: int = 0
     failed: list[tuple[WorkItem, str]] = field(default_factory=list)
     retried: int = 0
-    workers: int = 0
+    workers: int = 0  # workers that started (were ready) during the run
+    peak_workers: int = 0  # most workers ready at once
+    released: int = 0  # idle workers released while others still worked (their nodes may go)
+    cancelled: int = 0  # worker requests withdrawn before a node took them
     wall_seconds: float = 0.0
 
 
@@ -78,30 +98,64 @@ def cpu_worker_threads(requested: int | None = None, node_cpus: list[int] | None
     return max(1, min(max(node_cpus or alive_node_cpus()), MAX_DEFAULT_THREADS))
 
 
-def pool_shape(options: PoolOptions, items: int) -> tuple[int, dict[str, float], int | None]:
-    """(number of workers, Ray resources per worker, torch threads per worker)."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus and options.use_gpus is not False:
-        return max(1, min(gpus, items)), {"num_gpus": 1, "num_cpus": 1}, None
-    # a worker must fit on one node: size threads by the largest node, count by every node
-    node_cpus = alive_node_cpus()
-    threads = cpu_worker_threads(options.threads_per_actor, node_cpus)
-    count = options.cpu_actors or max(1, sum(c // threads for c in node_cpus))
-    return max(1, min(count, items)), {"num_cpus": threads, "num_gpus": 0}, threads
+@dataclass(frozen=True)
+class PoolShape:
+    """What ``run_render`` asks Ray for: MIN..MAX workers of one shape."""
+
+    min_workers: int
+    max_workers: int
+    resources: dict[str, Any]  # Ray actor options of one worker
+    device: str  # what the worker's Stylizer is given (auto: cuda when its torch sees one)
+    threads: int | None  # torch threads (CPU workers)
 
 
-def skip_done(items: list[WorkItem], store: ResultStore, root: OutputRoot, force: bool) -> tuple[list, list]:
-    """(items to render, items already done: an ok row and the output file exist)."""
+def pool_shape(options: PoolOptions, items: int) -> PoolShape:
+    """The render pool, from what the cluster has now and what its autoscaler may add.
+
+    GPU workers when ``use_gpus`` is True, or (None) when the cluster has a GPU now or its
+    autoscaler may bring one up: a GPU group that scales from zero nodes is the normal
+    way to pay for GPUs, and must not turn a render into a CPU render. ``use_gpus=True``
+    never falls back to CPU: the workers wait for a GPU node (``WorkerStartError`` after
+    ``worker_start_timeout``). Their device is ``auto``: the GPU Ray assigned, or the CPU
+    when torch sees none (a ``num_gpus`` node without CUDA, as in the tests); the rows'
+    ``device`` columns say which.
+
+    Default bounds (``workers`` / ``cpu_actors`` override them): GPU workers MIN = GPUs
+    present, MAX = the most GPUs the autoscaler may bring up (at least MIN, at least 1);
+    CPU workers MIN = the workers of ``threads`` CPUs that fit on the live nodes, MAX =
+    as many as fit in the autoscaler's CPUs. MAX is capped at ``items``: a worker that
+    could get no item is never requested.
+    """
+    present = ray.cluster_resources()
+    ceiling = autoscaler_max_resources() or {}
+    gpus_now, gpus_max = int(present.get("GPU", 0)), int(ceiling.get("GPU", 0))
+    use_gpus = options.use_gpus if options.use_gpus is not None else bool(gpus_now or gpus_max)
+    if use_gpus:
+        default = (gpus_now, max(gpus_now, gpus_max, 1))
+        resources: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+        device, threads = "auto", None
+    else:
+        # a worker must fit on one node: size threads by the largest node, count by every node
+        node_cpus = alive_node_cpus()
+        threads = cpu_worker_threads(options.threads_per_actor, node_cpus)
+        fit_now = max(1, sum(c // threads for c in node_cpus))
+        default = (fit_now, max(fit_now, int(ceiling.get("CPU", 0)) // threads))
+        resources, device = {"num_cpus": threads, "num_gpus": 0}, "cpu"
+    low, high = options.worker_range or default
+    high = max(1, min(high, items))
+    return PoolShape(min(low, high), high, resources, device, threads)
+
+
+def skip_done(items: list[WorkItem], store: ResultStore, force: bool, run_kind: str = "render") -> DoneCheck:
+    """Which items are already done (``ResultStore.check_done``: one read of the ok rows,
+    one listing of the output root); items whose image survived a killed driver without
+    its row are recorded as ok now rather than rendered again. Nothing is recorded for
+    items already done: the run's record counts them."""
     if force:
-        return items, []
-    done = store.completed()
-    todo, skipped = [], []
-    for item in items:
-        if item.item_id in done and root.exists(item.output_path):
-            skipped.append(item)
-        else:
-            todo.append(item)
-    return todo, skipped
+        return DoneCheck(todo=list(items))
+    check = store.check_done(items, run_kind)
+    store.append(check.rows)
+    return check
 
 
 def _start_error(exc: BaseException) -> str:
@@ -111,6 +165,21 @@ def _start_error(exc: BaseException) -> str:
     return lines[-1] if lines else one_line(exc)
 
 
+def _start_timeout_message(lane: Lane, timeout: float) -> str:
+    """Why a lane has no worker: its requests wait for a node nobody brings up."""
+    pending = sum(1 for w in lane.members.values() if not w.ready)
+    asked = ", ".join(f"{k.removeprefix('num_')}={v}" for k, v in lane.resources.items() if v)
+    if lane.resources.get("num_gpus"):
+        what, other = "GPU node", "--no-gpus renders on CPU"
+    else:
+        what, other = f"node with {lane.resources.get('num_cpus', 1)} free CPUs", "--workers asks for fewer"
+    return (
+        f"no {what} joined within {timeout:.0f} s; is the autoscaler running? {pending} worker(s) "
+        f"asking for {asked} still pending (ray status lists the demand); "
+        f"--worker-start-timeout waits longer, {other}"
+    )
+
+
 def is_out_of_memory(row: dict[str, Any]) -> bool:
     """A failed row whose attempt ran out of memory at its size (see ``RenderWorker``)."""
     return row.get("status") == "failed" and (row.get("error") or "").startswith(OUT_OF_MEMORY)
@@ -118,24 +187,33 @@ def is_out_of_memory(row: dict[str, Any]) -> bool:
 
 @dataclass
 class Lane:
-    """Workers of one shape and the queue they draw from.
+    """Workers of one shape, ``min_workers`` to ``max_workers`` of them, and the queue
+    they draw from.
 
     ``resources`` are the Ray actor options that place a worker (``num_cpus``,
     ``num_gpus``, custom resources); ``stop_when`` is a per-lane rule: once it holds for
     a final row, the lane's remaining items are dropped (the benchmark stops growing a
-    device at its first out-of-memory size)."""
+    device at its first out-of-memory size). ``max_batch`` 1 sends each item alone
+    through the worker's ``render``; above 1, items travel in ``render_batch`` calls sized
+    by the lane's measured seconds per item (``Scheduler.batch_size``)."""
 
     name: str
     resources: dict[str, Any]
-    device: str  # cpu | cuda
+    device: str  # cpu, cuda, or auto (cuda when the worker's torch sees one)
     threads: int | None  # torch threads (CPU workers)
-    workers: int  # how many to start
+    min_workers: int  # kept requested while items are queued
+    max_workers: int  # requested at most
     items: list[WorkItem]  # in the order they are handed out
-    max_in_flight: int | None = None  # items on one worker (default: PoolOptions.max_in_flight)
+    max_in_flight: int | None = None  # calls on one worker (default: PoolOptions.max_in_flight)
+    max_batch: int = MAX_BATCH  # items per call at most
     stop_when: Callable[[dict[str, Any]], bool] | None = None
     queue: deque[tuple[WorkItem, int]] = field(init=False)  # (item, attempt)
-    replacements_left: int = field(init=False, default=0)
+    members: dict[int, _Worker] = field(init=False, default_factory=dict)  # requested, not retired
+    starts_left: int = field(init=False, default=0)  # worker starts this lane may still make
     last_ready: float = field(init=False, default_factory=time.time)
+    ever_ready: bool = field(init=False, default=False)
+    in_flight_items: int = field(init=False, default=0)
+    item_seconds: float | None = field(init=False, default=None)  # running mean, worker time
 
     def __post_init__(self) -> None:
         self.queue = deque((item, 1) for item in self.items)
@@ -167,30 +245,45 @@ class _Worker:
 
 
 @dataclass(frozen=True)
-class _Attempt:
-    item: WorkItem
-    number: int
+class _Call:
+    """One remote call in flight: ``render`` of one item, or ``render_batch`` of several."""
+
+    items: list[tuple[WorkItem, int]]  # (item, attempt number)
     worker: _Worker
+    batched: bool
 
 
 class Scheduler:
     """Hands work items to Ray actor workers and records one result row per attempt.
 
-    Rules: each worker holds at most its lane's ``max_in_flight`` items, so it never
-    idles between items; an attempt lost with its worker or node, or failed by a
+    Rules: each worker holds at most its lane's ``max_in_flight`` calls, so it never
+    idles between items; a call carries one item, or several when the lane's items are
+    short (``batch_size``); an attempt lost with its worker or node, or failed by a
     transient error, is recorded as ``retried`` and queued again (first) for any worker
     of the lane, up to ``max_attempts``; bad input and out-of-memory are final at once;
     a worker is retired after ``max_worker_failures`` transient failures, or when it dies
-    or fails to start, and a replacement is started (up to ``max_worker_failures``
-    replacements per initial worker); when no worker of a lane is ready for
-    ``worker_start_timeout`` seconds, or all have died, its queued items fail.
+    or fails to start, and replaced while the lane has work (up to
+    ``max_worker_failures`` replacements per worker of ``max_workers``); when no worker
+    of a lane is ready for ``worker_start_timeout`` seconds its queued items fail, or,
+    when none ever was, the run stops with ``WorkerStartError``; when all have died and
+    no replacement is left, its queued items fail.
+
+    The pool follows the cluster (``balance``, every tick): a lane requests as many
+    workers as its queue can use, up to ``max_workers``, at once, whether or not a node
+    with their resources is up: a pending actor is how Ray's autoscaler (cluster
+    launcher, KubeRay) learns to add nodes, and all of them at once let it add them in
+    one step. A worker that becomes ready mid-run gets work at the next dispatch. As the
+    queue shortens, requests beyond what it can still use are withdrawn (never below
+    ``min_workers`` while items are queued); once it is empty, every request no node
+    took is withdrawn and idle workers are released (``ray.kill``), so their nodes can
+    scale down while the last items finish.
 
     State lives in fields (``lanes``, ``workers``, ``starting`` and ``in_flight`` refs,
     ``summary``, ``store``, clocks); each event has a method: ``worker_ready`` (incl. a
     failed start), ``item_done`` (ok, failed, retryable failure, or the worker lost),
-    ``worker_lost`` and ``tick`` (start timeouts, progress callback); ``run`` is the loop
-    around ``ray.wait`` that feeds them. A new lane or worker can be added at any time
-    (``add_lane``, ``start_worker``).
+    ``worker_lost`` and ``tick`` (pool size, start timeouts, progress callback); ``run``
+    is the loop around ``ray.wait`` that feeds them, every finished call it finds at once.
+    A new lane or worker can be added at any time (``add_lane``, ``start_worker``).
 
     Why hand-written rather than Ray Data ``map_batches`` or ``ray.util.ActorPool``:
     the result table holds one row per attempt, retried and lost attempts included,
@@ -200,9 +293,10 @@ class Scheduler:
     ``ActorPool`` keeps one item per actor (no ``max_in_flight`` pipelining), raises a
     lost actor's error to the caller and hands that actor out again rather than
     resubmitting the item elsewhere, knows no start-up failure or timeout, and has no
-    retire-and-replace. Neither keeps a largest-first order, per-lane rules such
-    as the benchmark's stop-at-first-OOM, or a live progress board of what each worker
-    is doing. The loop is small; these rules are the point of it.
+    retire-and-replace nor a size that follows the cluster. Neither keeps a
+    largest-first order, per-lane rules such as the benchmark's stop-at-first-OOM, or a
+    live progress board of what each worker is doing. The loop is small; these rules are
+    the point of it.
     """
 
     def __init__(
@@ -235,27 +329,38 @@ class Scheduler:
         self.workers: dict[int, _Worker] = {}  # every worker started, retired ones included
         self._keys = itertools.count()
         self.starting: dict[Any, _Worker] = {}  # ready() ref -> worker
-        self.in_flight: dict[Any, _Attempt] = {}  # render() ref -> attempt
+        self.in_flight: dict[Any, _Call] = {}  # render() / render_batch() ref -> call
+        self.live_workers = 0  # ready and not retired, all lanes
         self.board = ProgressBoard.remote() if on_progress is not None else None
         self.last_progress = 0.0
 
     # ------------------------------------------------------------------ set-up
 
     def add_lane(self, lane: Lane) -> Lane:
-        """Start ``lane.workers`` workers for ``lane`` and schedule its queue."""
-        lane.replacements_left = lane.workers * self.options.max_worker_failures
+        """Request ``lane``'s workers (as many as its queue can use, within its bounds)
+        and schedule its queue; ``balance`` resizes the pool from then on."""
+        if not 0 <= lane.min_workers <= lane.max_workers or lane.max_workers < 1:
+            raise ValueError(f"lane {lane.name}: need 0 <= min_workers <= max_workers, max_workers >= 1")
+        lane.starts_left = lane.max_workers * (1 + self.options.max_worker_failures)
         lane.last_ready = time.time()
         self.lanes.append(lane)
-        for _ in range(lane.workers):
-            self.start_worker(lane)
-        self.summary.workers += lane.workers
+        self.balance(lane)
         return lane
 
     def start_worker(self, lane: Lane) -> _Worker:
         remote = ray.remote(self.worker_class).options(max_restarts=0, max_task_retries=0, **lane.resources)
-        handle = remote.remote(self.weights, self.root.uri, lane.device, lane.threads, self.board)
+        handle = remote.remote(
+            self.weights,
+            self.root.uri,
+            lane.device,
+            lane.threads,
+            self.board,
+            checkpoint_every=self.options.checkpoint_every,
+        )
         worker = _Worker(next(self._keys), lane, handle, handle.ready.remote())
         self.workers[worker.key] = worker
+        lane.members[worker.key] = worker
+        lane.starts_left -= 1
         self.starting[worker.ready_ref] = worker
         return worker
 
@@ -266,9 +371,13 @@ class Scheduler:
         try:
             while self._has_work():
                 self.dispatch()
+                self.tick()  # after dispatch: the pool is sized for what is still queued
                 refs = [*self.in_flight, *self.starting]
                 if refs:
-                    done, _ = ray.wait(refs, num_returns=1, timeout=TICK_SECONDS)
+                    # everything already back in one call, else wait for the first
+                    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                    if not done:
+                        done, _ = ray.wait(refs, num_returns=1, timeout=TICK_SECONDS)
                 else:
                     done = []
                     time.sleep(TICK_SECONDS / 10)
@@ -277,21 +386,47 @@ class Scheduler:
                         self.worker_ready(ref)
                     else:
                         self.item_done(ref)
-                self.tick()
         finally:
             self.shutdown()
         return self.summary
 
     def dispatch(self) -> None:
-        """Hand queued items to ready workers of their lane, least loaded first."""
-        for worker in sorted(self.workers.values(), key=lambda w: w.in_flight):
-            lane = worker.lane
+        """Hand queued items to ready workers of their lane, least loaded first, in calls
+        of ``batch_size`` items."""
+        for lane in self.lanes:
+            if not lane.queue:
+                continue
             limit = lane.max_in_flight or self.options.max_in_flight
-            while worker.live and worker.in_flight < limit and lane.queue:
-                item, attempt = lane.take()
-                ref = worker.handle.render.remote(item, attempt, self.started, self.run_kind, self.warmup)
-                self.in_flight[ref] = _Attempt(item, attempt, worker)
-                worker.in_flight += 1
+            free = [w for w in lane.members.values() if w.live and w.in_flight < limit]
+            slots = sum(limit - w.in_flight for w in lane.members.values() if w.live)
+            for worker in sorted(free, key=lambda w: w.in_flight):
+                while worker.in_flight < limit and lane.queue:
+                    self.send(worker, self.batch_size(lane, slots))
+                    slots -= 1
+
+    def batch_size(self, lane: Lane, slots: int) -> int:
+        """Items for the next call: enough for ``BATCH_SECONDS`` of worker time at the
+        lane's measured seconds per item (1 until an item has come back), at most
+        ``lane.max_batch``, and no more than a fair share of the queue over the free
+        call ``slots`` of the live workers, so the tail is spread over every worker."""
+        if lane.max_batch <= 1 or lane.item_seconds is None:
+            return 1
+        by_time = int(BATCH_SECONDS / max(lane.item_seconds, 1e-6))
+        fair = -(-len(lane.queue) // max(1, slots))
+        return max(1, min(by_time, lane.max_batch, fair))
+
+    def send(self, worker: _Worker, count: int) -> None:
+        """One remote call with the next ``count`` queued items of ``worker``'s lane."""
+        lane = worker.lane
+        items = [lane.take() for _ in range(min(count, len(lane.queue)))]
+        args = (self.started, self.run_kind, self.warmup)
+        if lane.max_batch <= 1:
+            ref = worker.handle.render.remote(*items[0], *args)
+        else:
+            ref = worker.handle.render_batch.remote(items, *args)
+        self.in_flight[ref] = _Call(items, worker, batched=lane.max_batch > 1)
+        worker.in_flight += 1
+        lane.in_flight_items += len(items)
 
     # ------------------------------------------------------------------ events
 
@@ -303,64 +438,72 @@ class Scheduler:
         except RayError as exc:
             self.worker_lost(worker, f"failed to start: {_start_error(exc)}")
             return
+        if worker.dead:  # withdrawn (surplus) while its ready() was on the way
+            return
         worker.ready = True
-        worker.lane.last_ready = time.time()
+        lane = worker.lane
+        lane.last_ready, lane.ever_ready = time.time(), True
+        self.summary.workers += 1
+        self.live_workers += 1
+        self.summary.peak_workers = max(self.summary.peak_workers, self.live_workers)
 
     def item_done(self, ref: Any) -> None:
-        """An attempt came back: ok, failed for good, failed retryably, or lost with its worker."""
-        attempt = self.in_flight.pop(ref)
-        worker, item = attempt.worker, attempt.item
+        """A call came back: for each of its attempts ok, failed for good, failed
+        retryably; or the call was lost with its worker, and all its attempts with it."""
+        call = self.in_flight.pop(ref)
+        worker, lane = call.worker, call.worker.lane
         worker.in_flight -= 1
+        lane.in_flight_items -= len(call.items)
         try:
-            row, retryable = ray.get(ref)
+            results = ray.get(ref)
         except RayError as exc:  # the worker died (actor, node or task lost)
             error = f"worker lost: {type(exc).__name__}"
-            row = make_row(item, "retried", attempt.number, error=error, run_kind=self.run_kind)
-            self._retry_or_fail(worker.lane, item, attempt.number, row)
-            # its other items are lost too: ray.wait reports them as they fail
+            for item, number in call.items:
+                row = make_row(item, "retried", number, error=error, run_kind=self.run_kind)
+                self._retry_or_fail(lane, item, number, row)
+            # its other calls are lost too: ray.wait reports them as they fail
             self.worker_lost(worker, f"died: {type(exc).__name__}")
             return
-        if row["status"] == "ok":
-            self._record(worker.lane, row)
-            self.summary.rendered += 1
-        elif retryable:
-            worker.failures += 1
-            self._retry_or_fail(worker.lane, item, attempt.number, row)
-            if worker.failures >= self.options.max_worker_failures:
-                self.worker_lost(worker, f"{worker.failures} failures, last: {row['error']}")
-        else:
-            self._record(worker.lane, row)
-            self.summary.failed.append((item, row["error"]))
+        for (item, number), (row, retryable) in zip(
+            call.items, results if call.batched else [results], strict=True
+        ):
+            self._learn_item_seconds(lane, row)
+            if row["status"] == "ok":
+                self._record(lane, row)
+                self.summary.rendered += 1
+            elif retryable:
+                worker.failures += 1
+                self._retry_or_fail(lane, item, number, row)
+                if worker.failures >= self.options.max_worker_failures:
+                    self.worker_lost(worker, f"{worker.failures} failures, last: {row['error']}")
+            else:
+                self._record(lane, row)
+                self.summary.failed.append((item, row["error"]))
 
     def worker_lost(self, worker: _Worker, reason: str) -> None:
-        """Retire ``worker`` (died, failed to start, or failed too often) and start a
-        replacement while its lane has work and replacements left."""
+        """Retire ``worker`` (died, failed to start, or failed too often); ``balance``
+        replaces it while its lane has work and starts left."""
         if worker.dead:
             return
         log.warning("worker %s retired: %s", worker.info.get("actor_id", worker.key), reason)
         self.release(worker)
-        lane = worker.lane
-        if lane.replacements_left > 0 and self._lane_busy(lane):
-            lane.replacements_left -= 1
-            self.start_worker(lane)
 
     def tick(self) -> None:
-        """Time-driven checks: lanes with no worker that could start, drained lanes'
-        workers released, and the progress callback."""
+        """Time-driven checks: each lane's pool resized (``balance``), lanes with no
+        worker that could start, and the progress callback."""
         now = time.time()
         for lane in self.lanes:
-            mine = [w for w in self.workers.values() if w.lane is lane and not w.dead]
-            if any(w.live for w in mine):
+            self.balance(lane)
+            if any(w.live for w in lane.members.values()):
                 lane.last_ready = now
-                if not self._lane_busy(lane):
-                    for worker in mine:  # drained: free its devices for other lanes
-                        self.release(worker)
-            elif lane.queue and not self._lane_in_flight(lane):
-                if not mine:
+            elif lane.queue and not lane.in_flight_items:
+                if not lane.members:
                     self._fail_queue(lane, "every worker failed")
                 elif now - lane.last_ready > self.options.worker_start_timeout:
-                    timeout = self.options.worker_start_timeout
-                    self._fail_queue(lane, f"no worker could start within {timeout:.0f} s")
+                    message = _start_timeout_message(lane, self.options.worker_start_timeout)
+                    if not lane.ever_ready:
+                        raise WorkerStartError(message)
+                    self._fail_queue(lane, message)
         if self.on_progress is not None and now - self.last_progress > TICK_SECONDS:
             self.last_progress = now
             self.on_progress(self.progress())
@@ -383,9 +526,42 @@ class Scheduler:
             workers=snapshot,
         )
 
+    def balance(self, lane: Lane) -> None:
+        """Size ``lane``'s pool to its queue (see the class docstring).
+
+        Called after ``dispatch``, so a non-empty queue means every live worker is full:
+        the lane wants its live workers plus one per queued item, within
+        ``min_workers``..``max_workers``; it requests what is missing (within its starts
+        left) and withdraws the newest requests beyond that (a short queue needs fewer
+        new nodes). With an empty queue it wants only its busy workers: every request no
+        node took is withdrawn and idle workers are released."""
+        live = [w for w in lane.members.values() if w.live]
+        pending = [w for w in lane.members.values() if not w.ready]
+        if lane.queue:
+            wanted = min(lane.max_workers, max(lane.min_workers, len(live) + len(lane.queue)))
+            missing = wanted - len(live) - len(pending)
+            for _ in range(min(missing, lane.starts_left)):
+                self.start_worker(lane)
+            for worker in pending[max(0, len(pending) + missing) :] if missing < 0 else []:
+                self.release(worker)
+                self.summary.cancelled += 1
+            return
+        for worker in pending:
+            self.release(worker)
+            self.summary.cancelled += 1
+        for worker in live:
+            if not worker.in_flight:
+                if lane.in_flight_items:  # others still work: this one's node can go now
+                    self.summary.released += 1
+                self.release(worker)
+
     def release(self, worker: _Worker) -> None:
-        """Stop ``worker`` (its in-flight attempts come back as lost)."""
+        """Stop ``worker`` (its in-flight attempts come back as lost), or withdraw its
+        request when no node has taken it yet."""
+        if worker.live:
+            self.live_workers -= 1
         worker.dead = True
+        worker.lane.members.pop(worker.key, None)
         self.starting.pop(worker.ready_ref, None)
         with contextlib.suppress(RayError):
             ray.kill(worker.handle, no_restart=True)
@@ -423,11 +599,16 @@ class Scheduler:
             self._record(lane, make_row(item, "failed", attempt, error=message, run_kind=self.run_kind))
             self.summary.failed.append((item, message))
 
-    def _lane_in_flight(self, lane: Lane) -> int:
-        return sum(w.in_flight for w in self.workers.values() if w.lane is lane)
-
-    def _lane_busy(self, lane: Lane) -> bool:
-        return bool(lane.queue) or self._lane_in_flight(lane) > 0
+    @staticmethod
+    def _learn_item_seconds(lane: Lane, row: dict[str, Any]) -> None:
+        """Fold a row's worker time into the lane's running mean (for ``batch_size``)."""
+        seconds = row.get("total_seconds")
+        if seconds is None:
+            return
+        if lane.item_seconds is None:
+            lane.item_seconds = float(seconds)
+        else:
+            lane.item_seconds += ITEM_SECONDS_WEIGHT * (float(seconds) - lane.item_seconds)
 
     def _has_work(self) -> bool:
         return bool(self.in_flight) or any(lane.queue for lane in self.lanes)
@@ -443,14 +624,55 @@ def run_render(
     run_kind: str = "render",
     on_progress: Callable[[Progress], None] | None = None,
 ) -> RunSummary:
-    """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table."""
+    """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
+    (buffered, see ``results.store``) and the run itself to its runs table."""
     started = time.time()
-    store = ResultStore(root)
+    store = ResultStore(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS)
     root.remove_stale_temporaries()
     summary = RunSummary(total=len(items))
-    todo, skipped = skip_done(items, store, root, force)
-    summary.skipped = len(skipped)
-    store.append([make_row(i, "skipped", 0, run_kind=run_kind) for i in skipped])
+    check = skip_done(items, store, force, run_kind)
+    todo = check.todo
+    if force:  # redone from the start, not from an earlier run's checkpoint
+        remove_checkpoints(root, [i.item_id for i in todo])
+    summary.skipped = len(check.done) + len(check.recovered)
+    runs = RunLog(root)
+    record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
+    try:
+        _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress)
+        store.compact()
+        state = "finished"
+    except BaseException:
+        state = "interrupted"
+        raise
+    finally:
+        store.flush()  # on an error or Ctrl-C too: no row received is lost
+        summary.wall_seconds = time.time() - started
+        runs.finish(
+            record,
+            state,
+            rendered=summary.rendered,
+            skipped=summary.skipped,
+            recovered=len(check.recovered),
+            failed=len(summary.failed),
+            retried=summary.retried,
+            workers=summary.workers,
+            wall_seconds=summary.wall_seconds,
+        )
+    return summary
+
+
+def _render_todo(
+    todo: list[WorkItem],
+    weights: WeightsSpec,
+    root: OutputRoot,
+    options: PoolOptions,
+    store: ResultStore,
+    summary: RunSummary,
+    run_kind: str,
+    started: float,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    """``run_render``'s work: record bad inputs as failed, render the rest."""
     bad = [i for i in todo if i.input_error]
     store.append([make_row(i, "failed", 1, error=i.input_error, run_kind=run_kind) for i in bad])
     summary.failed += [(i, i.input_error or "") for i in bad]
@@ -466,19 +688,17 @@ def run_render(
             started=started,
             on_progress=on_progress,
         )
-        count, resources, threads = pool_shape(options, len(todo))
+        shape = pool_shape(options, len(todo))
         scheduler.add_lane(
             Lane(
                 name="render",
-                resources=resources,
-                device="cuda" if resources.get("num_gpus") else "cpu",
-                threads=threads,
-                workers=count,
+                resources=shape.resources,
+                device=shape.device,
+                threads=shape.threads,
+                min_workers=shape.min_workers,
+                max_workers=shape.max_workers,
                 # largest first (shorter tail); the sort is stable: equal sizes keep manifest order
                 items=sorted(todo, key=lambda i: -i.pixels_estimate),
             )
         )
         scheduler.run()
-    store.compact()
-    summary.wall_seconds = time.time() - started
-    return summary

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 import torch
 
+from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.synthesis import Stylizer
@@ -24,7 +25,7 @@ from nst_engine.planning.items import WorkItem
 from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
 
-PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board (the live view's period)
 OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
 
 
@@ -48,11 +49,15 @@ class RenderWorker:
         device: str = "auto",
         threads: int | None = None,
         board: Any = None,
+        checkpoint_every: float | None = None,
     ) -> None:
         loaded, seconds = weights.load()
         self.stylizer = Stylizer(loaded, device=device, threads=threads, load_seconds=seconds)
         self.root = OutputRoot(output_uri)
         self.board = board
+        self.last_report = 0.0  # monotonic time of the last board update (``_report``)
+        self.batching = False  # inside render_batch: one idle report at its end
+        self.checkpoint_every = checkpoint_every  # PoolOptions.checkpoint_every
         context = ray.get_runtime_context()
         self.actor_id = context.get_actor_id() or "local"
         self.node_id = context.get_node_id()
@@ -66,11 +71,32 @@ class RenderWorker:
             "hostname": self.hostname,
         }
 
+    def render_batch(
+        self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str = "render", warmup: int = 0
+    ) -> list[tuple[dict, bool]]:
+        """``render`` of each (item, attempt), in one remote call: for items of
+        milliseconds, a call (and a driver event) per item would cost more than the items.
+        One idle report at the end rather than one per item."""
+        self.batching = True
+        try:
+            return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
+        finally:
+            self.batching = False
+            self._report(None)
+
     def _report(self, item: WorkItem | None, iteration: int = 0, loss: float = float("nan")) -> None:
-        if self.board is not None:
-            label = item.label if item else ""
-            total = item.config.iterations if item else 0
-            self.board.update.remote(self.actor_id, label, iteration, total, loss)
+        """Post what this worker does to the board: an item's progress at most every
+        ``PROGRESS_INTERVAL`` (a board call per tiny item would cost more than the item),
+        idle when an item ends outside a batch or when a batch ends."""
+        if self.board is None or (item is None and self.batching):
+            return
+        now = time.monotonic()
+        if item is not None and now - self.last_report < PROGRESS_INTERVAL:
+            return
+        self.last_report = now
+        label = item.label if item else ""
+        total = item.config.iterations if item else 0
+        self.board.update.remote(self.actor_id, label, iteration, total, loss)
 
     def render(
         self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0
@@ -100,6 +126,7 @@ class RenderWorker:
         if len(item.style_paths) > 1:
             config = replace(config, style_weights=item.style_weights)
         stats, error, retryable = None, None, False
+        checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
             result = self.stylizer.synthesize(
                 item.content_path,
@@ -108,9 +135,11 @@ class RenderWorker:
                 content_id=item.content_hash,
                 style_ids=list(item.style_hashes),
                 on_iteration=on_iteration,
+                checkpoint=checkpoint.policy,
             )
             metadata = {**result.metadata, "nst:item_id": item.item_id}
             self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
+            checkpoint.discard()  # only once the image is in place
             stats = result.stats.with_warmup(warmup)
         except NSTError as exc:  # bad input: another attempt would fail the same way
             error = one_line(exc)

@@ -27,6 +27,7 @@ from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision, 
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.optimize import OptimizerSettings
+from nst_engine.engine.uris import is_uri
 from nst_engine.engine.vgg import check_layers
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -141,7 +142,8 @@ class SynthesisConfig:
             raise ConfigError(f"must be 0 or more, got {self.tolerance}", field="tolerance")
         for name in ("optimizer", "pooling", "color", "precision"):
             coerce(name, getattr(self, name))  # an unknown choice names the choices
-        if self.init not in INITS and not Path(self.init).is_file():
+        # a URI (s3://...) is checked where it is read: planning hashes it, a worker decodes it
+        if self.init not in INITS and not is_uri(self.init) and not Path(self.init).is_file():
             raise ConfigError(
                 f"{self.init}: not one of {', '.join(INITS)} and not an image file; check the path",
                 field="init",

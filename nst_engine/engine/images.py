@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -18,56 +19,78 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from nst_engine.engine.errors import ConfigError, ImageInputError
 from nst_engine.engine.files import write_atomic
+from nst_engine.engine.uris import InputNotFoundError, is_uri, read_bytes
 
 #: Refuse to decode images with more pixels than this (decompression-bomb guard).
 MAX_DECODE_PIXELS = 64_000_000
 #: Largest output side the engine accepts; beyond this no GPU today has the memory.
 MAX_SIDE = 16_384
 
-ImageLike = str | os.PathLike | Image.Image
+#: A path or URI (``s3://``, ``gs://``, ``file://``), encoded bytes, a binary file object or a
+#: decoded image.
+ImageLike = str | os.PathLike | bytes | BinaryIO | Image.Image
 
 
-def load_image(source: ImageLike, max_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageLike, max_pixels: int = MAX_DECODE_PIXELS, name: str | None = None
+) -> Image.Image:
     """Decode ``source`` into an 8-bit RGB image, respecting EXIF orientation.
 
-    Transparent images are composited onto white; 16-bit and CMYK images are
+    A URI is read through pyarrow.fs by the calling process (a worker reads its own
+    inputs); bytes or a binary file object are decoded as they are, named ``name`` in
+    errors. Transparent images are composited onto white; 16-bit and CMYK images are
     converted with their full range rather than clipped.
     """
     if isinstance(source, Image.Image):
         return _to_rgb(source, "<in-memory image>")
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _decode(io.BytesIO(source), name or "<image bytes>", max_pixels)
+    if hasattr(source, "read"):
+        return _decode(source, name or str(getattr(source, "name", "<image stream>")), max_pixels)
+    if is_uri(source):
+        try:
+            data = read_bytes(str(source))
+        except (InputNotFoundError, ValueError) as exc:
+            raise ImageInputError(str(exc)) from None
+        return _decode(io.BytesIO(data), name or str(source), max_pixels)
     path = Path(source)
     if not path.exists():
         raise ImageInputError(f"{path}: file not found; check the path")
     if not path.is_file():
         raise ImageInputError(f"{path}: not a file; give an image file (PNG, JPEG, ...)")
+    return _decode(path, name or str(path), max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """The decoding behind ``load_image``: every problem becomes an ``ImageInputError``."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageInputError(
-                        f"{path}: {width}x{height} pixels is over the safe decoding limit of "
+                        f"{name}: {width}x{height} pixels is over the safe decoding limit of "
                         f"{max_pixels} pixels; downscale the image first"
                     )
                 if width == 0 or height == 0:
-                    raise ImageInputError(f"{path}: image has zero size; replace the file")
+                    raise ImageInputError(f"{name}: image has zero size; replace the file")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_rgb(img, str(path))
+                return _to_rgb(img, name)
         except ImageInputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageInputError(
-                f"{path}: image is too large to decode safely; downscale the image first"
+                f"{name}: image is too large to decode safely; downscale the image first"
             ) from None
         except Image.UnidentifiedImageError:
             raise ImageInputError(
-                f"{path}: not a readable image; give a PNG, JPEG, WebP, TIFF or BMP file"
+                f"{name}: not a readable image; give a PNG, JPEG, WebP, TIFF or BMP file"
             ) from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageInputError(
-                f"{path}: image is damaged or truncated ({exc}); re-export the file"
+                f"{name}: image is damaged or truncated ({exc}); re-export the file"
             ) from None
 
 

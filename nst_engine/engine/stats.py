@@ -35,6 +35,12 @@ class SynthesisStats:
     width: int = stat("output width in pixels")
     pixels: int = stat("height × width (estimated from the content's aspect ratio for failed items)")
     iterations: int = stat("iterations run")
+    resumed_from_iteration: int = stat(
+        "iteration a checkpoint of an earlier attempt resumed from (0: started afresh); "
+        "the per-iteration lists hold the whole run",
+        kw_only=True,
+        default=0,
+    )
     loss_evaluations: int = stat("loss evaluations (>= iterations + 1 with L-BFGS)")
     stop_reason: str = stat("iterations, converged, no_progress, diverged or cancelled")
     final_content_loss: float = stat("content loss of the output")
@@ -62,7 +68,7 @@ class SynthesisStats:
     )
     targets_seconds: float = stat("content and style target extraction")
     setup_seconds: float = stat("weights_load_seconds + targets_seconds")
-    synthesis_seconds: float = stat("optimisation time")
+    synthesis_seconds: float = stat("optimisation time of this attempt")
     engine_seconds: float = stat("engine time for the item: image decode, set-up and synthesis")
     device: str = stat("torch device, e.g. cuda:0 or cpu")
     device_type: str = stat("cuda or cpu")
@@ -111,8 +117,10 @@ def synthesis_stats(
     device: torch.device,
     memory: PeakMemory,
     weights_source: str,
+    resumed_from_iteration: int = 0,
 ) -> SynthesisStats:
-    """The statistics record of one finished optimisation."""
+    """The statistics record of one finished optimisation (``trace`` holds the records of
+    every attempt, those before ``resumed_from_iteration`` restored from a checkpoint)."""
     records = trace.records
     total, content, style, tv = trace.final
     return SynthesisStats(
@@ -120,6 +128,7 @@ def synthesis_stats(
         width=width,
         pixels=height * width,
         iterations=trace.iterations,
+        resumed_from_iteration=resumed_from_iteration,
         loss_evaluations=trace.evaluations,
         stop_reason=trace.stop_reason,
         final_content_loss=content,

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import torch
 
+from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.device import precision, resolve_device
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, save_png
-from nst_engine.engine.optimize import IterationCallback, IterationRecord, optimize
+from nst_engine.engine.optimize import IterationCallback, IterationRecord, Run, drive, start_run
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.result import SynthesisResult, png_metadata
 from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
 from nst_engine.engine.weights import VGGWeights
 
-__all__ = ["Stylizer", "SynthesisResult", "resolve_device"]
+__all__ = ["CheckpointPolicy", "Stylizer", "SynthesisResult", "resolve_device"]
 
 
 class Stylizer:
@@ -60,21 +61,40 @@ class Stylizer:
         snapshot_every: int = 0,
         snapshot_path: Callable[[int], Path] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        checkpoint: CheckpointPolicy | None = None,
     ) -> SynthesisResult:
-        """Run one synthesis; ``content``/``styles`` are paths or PIL images."""
+        """Run one synthesis; ``content``/``styles`` are paths or PIL images.
+
+        With ``checkpoint``, a checkpoint of the same work (same parameters, inputs,
+        weights) is resumed from, and the run saves itself as the policy says, so a
+        synthesis lost with its worker continues on the next attempt instead of starting
+        over; the statistics then hold the whole run (records of the earlier attempts
+        first) and ``resumed_from_iteration``. The result equals an uninterrupted run's.
+        """
         config.validate()
         _check_style_count(len(styles), config)
         started = time.perf_counter()
         content_img = load_image(content)
         style_imgs = [load_image(s) for s in styles]
+        content_id = content_id or image_digest(content_img)
+        style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
         with precision(self.device, config.precision), PeakMemory(self.device) as memory:
             targets_start = time.perf_counter()
             problem = Problem.build(content_img, style_imgs, config, self.cache)
             targets_seconds = time.perf_counter() - targets_start
             image = problem.initial_image()
+            run = start_run(problem.objective, image, config.optimizer_settings())
             hook = _iteration_hook(problem, on_iteration, snapshot_every, snapshot_path)
+            resumed_from = 0
+            if checkpoint is not None:
+                work = fingerprint(
+                    config, self.weights.digest, content_id, style_ids, problem.height, problem.width
+                )
+                keeper = Checkpointer(checkpoint, work)
+                resumed_from = keeper.restore(run)
+                hook = _checkpointing(hook, keeper, run)
             synthesis_start = time.perf_counter()
-            trace = optimize(problem.objective, image, config.optimizer_settings(), hook, should_stop)
+            trace = drive(run, hook, should_stop)
             synthesis_seconds = time.perf_counter() - synthesis_start
             output = problem.finish(image)
 
@@ -93,14 +113,9 @@ class Stylizer:
             device=self.device,
             memory=memory,
             weights_source=self.weights.source,
+            resumed_from_iteration=resumed_from,
         )
-        metadata = png_metadata(
-            config,
-            self.weights,
-            content_id or image_digest(content_img),
-            style_ids or [image_digest(s) for s in style_imgs],
-            stats,
-        )
+        metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
         return SynthesisResult(output, stats, metadata)
 
 
@@ -131,3 +146,14 @@ def _iteration_hook(
             save_png(problem.finish(image), snapshot_path(done))
 
     return hook
+
+
+def _checkpointing(hook: IterationCallback, keeper: Checkpointer, run: Run) -> IterationCallback:
+    """``hook``, then a checkpoint of ``run`` when one is due: after the iteration's
+    other work, so a checkpoint never holds a state the caller has not seen."""
+
+    def checkpointing(record: IterationRecord, image: torch.Tensor) -> None:
+        hook(record, image)
+        keeper.after_iteration(run)
+
+    return checkpointing

@@ -25,7 +25,9 @@ class WeightsSpec:
     source: str = "embedded"  # embedded | torchvision | random[:seed] | path to a state dict
     preprocessing: str | None = None  # for a path: torchvision (default) or caffe
     normalize: bool = False  # the paper's optional mean-activation normalization
-    calibration: tuple[str, ...] = ()  # images for the normalization; default: shipped samples
+    # images for the normalization (paths or s3://, gs://, file:// URIs, read by each worker
+    # itself through load_image); default: the shipped samples
+    calibration: tuple[str, ...] = ()
     calibration_size: int = 256
     allow_download: bool = False
 

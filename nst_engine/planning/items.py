@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from nst_engine.engine.config import INITS, SynthesisConfig
-from nst_engine.engine.images import MAX_DECODE_PIXELS
 from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.planning.fingerprints import ImageIndex
 from nst_engine.planning.manifest import Manifest, ManifestError
 from nst_engine.planning.paths import UnsafePathError, safe_relative
 
@@ -47,50 +45,27 @@ class WorkItem:
         return f"{Path(self.content_path).name} × {self.style_name} @ {self.size}"
 
 
-class FileHasher:
-    """sha256 of file contents, cached by (path, size, mtime) for one planning pass."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, int, int], str] = {}
-
-    def __call__(self, path: str) -> str:
-        stat = Path(path).stat()
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if key not in self._cache:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._cache[key] = digest.hexdigest()
-        return self._cache[key]
-
-
-def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
-    """(problem or None, (width, height)) from the header and a structural check."""
-    p = Path(path)
-    if not p.is_file():
-        return f"{path}: image file not found", (0, 0)
-    try:
-        with Image.open(p) as img:
-            size = img.size
-            if size[0] * size[1] > MAX_DECODE_PIXELS:
-                return f"{path}: {size[0]}x{size[1]} pixels is over the safe decoding limit", size
-            img.verify()
-        return None, size
-    except Exception as exc:  # PIL raises many types for damaged files
-        return f"{path}: not a readable image ({type(exc).__name__}: {exc})", (0, 0)
-
-
-def weights_identity(spec: WeightsSpec, hasher: FileHasher) -> dict[str, Any]:
-    """What about the weights changes the output: file contents, not file names."""
+def weights_identity(spec: WeightsSpec, index: ImageIndex, where: str = "weights") -> dict[str, Any]:
+    """What about the weights changes the output: file contents, not file names. A
+    calibration image that cannot be read is a ``ManifestError`` naming it."""
     source = spec.source
     if source not in ("embedded", "torchvision") and not source.startswith("random"):
-        source = f"sha256:{hasher(source)}"
+        facts = index.file(source)
+        if facts.problem:
+            raise ManifestError([f"{where}: source: {facts.problem}"])
+        source = f"sha256:{facts.sha256}"
+    calibration = []
+    if spec.normalize:
+        for location in spec.calibration:
+            facts = index.image(location)
+            if facts.problem:
+                raise ManifestError([f"{where}: calibration: {facts.problem}"])
+            calibration.append(facts.sha256)
     return {
         "source": source,
         "preprocessing": spec.preprocessing,
         "normalize": spec.normalize,
-        "calibration": [hasher(p) for p in spec.calibration] if spec.normalize else [],
+        "calibration": calibration,
         "calibration_size": spec.calibration_size if spec.normalize else None,
     }
 
@@ -132,33 +107,60 @@ def output_relative_path(layout: str, item: dict[str, Any]) -> str:
     return safe_relative(rendered)
 
 
-def expand(manifest: Manifest, skip_bad_inputs: bool = False) -> list[WorkItem]:
+def _init_location(init: str) -> str | None:
+    """The image an ``init`` parameter names, or None for noise/content/style."""
+    return None if init in INITS else init
+
+
+def expand(
+    manifest: Manifest,
+    skip_bad_inputs: bool = False,
+    index: ImageIndex | None = None,
+    write_cache: bool = True,
+) -> list[WorkItem]:
     """Deterministic list of work items (manifest order). Bad images raise a
-    ``ManifestError`` listing all of them, unless ``skip_bad_inputs`` marks those items."""
-    hasher = FileHasher()
-    checked: dict[str, tuple[str | None, tuple[int, int]]] = {}
-    weights = weights_identity(manifest.weights, hasher)
+    ``ManifestError`` listing all of them, unless ``skip_bad_inputs`` marks those items.
+
+    Every input is read once, in parallel, for its hash and a header check, unless the
+    hash cache in the output root (``manifest.output``) already knows it at its current
+    size and modification time; the cache is written back at the end (unless
+    ``write_cache`` is False: a dry run that must not touch the output root). ``index``
+    (for tests and callers that want its read counts) defaults to one on that cache."""
+    if index is None:
+        index = ImageIndex(manifest.output, manifest.stamps, write=write_cache)
+    images = [p for spec in manifest.items for p in (spec.content, *spec.style.images)]
+    images += [p for spec in manifest.items if (p := _init_location(spec.config.init))]
+    if manifest.weights.normalize:
+        images += list(manifest.weights.calibration)
+    index.prepare(images=images)
+    try:
+        return _expand(manifest, index, skip_bad_inputs)
+    finally:
+        index.save()  # what was learnt stays learnt, even when the manifest has bad inputs
+
+
+def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> list[WorkItem]:
+    weights = weights_identity(manifest.weights, index, f"{manifest.source}: weights")
     items: list[WorkItem] = []
     problems: list[str] = []
     seen_outputs: dict[str, str] = {}
     for spec in manifest.items:
-        paths = (spec.content, *spec.style.images)
-        for path in paths:
-            if path not in checked:
-                checked[path] = check_image(path)
-        errors = [checked[p][0] for p in paths if checked[p][0]]
+        init = _init_location(spec.config.init)
+        paths = (spec.content, *spec.style.images, *((init,) if init else ()))
+        facts = {p: index.image(p) for p in paths}
+        errors = list(dict.fromkeys(f.problem for f in facts.values() if f.problem))
         if errors:
             problems += [f"{spec.where}: {e}" for e in errors]
             content_hash = "missing"
             style_hashes = tuple("missing" for _ in spec.style.images)
         else:
-            content_hash = hasher(spec.content)
-            style_hashes = tuple(hasher(p) for p in spec.style.images)
-        init = spec.config.init
-        init_hash = hasher(init) if init not in INITS and Path(init).is_file() else None
+            content_hash = facts[spec.content].sha256 or "missing"
+            style_hashes = tuple(facts[p].sha256 or "missing" for p in spec.style.images)
+        init_hash = facts[init].sha256 if init and not errors else None
         ident = item_id(content_hash, style_hashes, spec.style.weights, spec.config, weights, init_hash)
         if errors:  # distinct ids for distinct broken inputs, stable across runs
-            ident = hashlib.sha256(f"{ident}|{'|'.join(paths)}".encode()).hexdigest()[:ID_LENGTH]
+            inputs = (spec.content, *spec.style.images)
+            ident = hashlib.sha256(f"{ident}|{'|'.join(inputs)}".encode()).hexdigest()[:ID_LENGTH]
         try:
             output = output_relative_path(
                 manifest.layout,
@@ -174,7 +176,7 @@ def expand(manifest: Manifest, skip_bad_inputs: bool = False) -> list[WorkItem]:
                 ]
             )
         seen_outputs[output] = ident
-        width, height = checked[spec.content][1]
+        width, height = facts[spec.content].width, facts[spec.content].height
         scale = spec.size / max(width, height, 1)
         items.append(
             WorkItem(

@@ -2,8 +2,8 @@
 
 Three forms, one result (a ``Manifest`` of ``ItemSpec``s):
 
-* YAML or JSON: contents (paths, folders, globs) × styles × sizes, with parameter
-  defaults and per-match overrides;
+* YAML or JSON: contents (paths, folders, globs, or ``s3://``/``gs://``/``file://`` URIs,
+  prefixes and globs) × styles × sizes, with parameter defaults and per-match overrides;
 * a table (CSV or Parquet), one row per item, for manifests generated from datasets.
 
 Everything is checked before anything renders, and every problem is reported at once
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import glob
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,10 +24,11 @@ import yaml
 
 from nst_engine.engine.config import INITS, SynthesisConfig, coerce
 from nst_engine.engine.errors import ConfigError, NSTError, one_line
+from nst_engine.engine.uris import is_uri
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.planning.sources import Listing, Stamp, list_images, locate
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_LAYOUT = "{style}/{size}/{content}.png"
 LAYOUT_FIELDS = ("style", "size", "content", "content_name", "id")
 TOP_LEVEL_KEYS = {"name", "output", "layout", "contents", "styles", "sizes", "params", "weights", "overrides"}
@@ -50,7 +50,7 @@ class ManifestError(NSTError):
 @dataclass(frozen=True)
 class StyleSpec:
     name: str
-    images: tuple[str, ...]  # absolute paths
+    images: tuple[str, ...]  # absolute paths or URIs
     weights: tuple[float, ...]
 
 
@@ -58,8 +58,8 @@ class StyleSpec:
 class ItemSpec:
     """One content × style × size before hashing; ``where`` locates it in the manifest."""
 
-    content: str  # absolute path
-    content_rel: str  # path relative to its folder/glob base, for the output layout
+    content: str  # absolute path or URI
+    content_rel: str  # path relative to its folder/prefix/glob base, for the output layout
     style: StyleSpec
     size: int
     config: SynthesisConfig
@@ -74,6 +74,9 @@ class Manifest:
     layout: str
     weights: WeightsSpec
     items: list[ItemSpec] = field(default_factory=list)
+    #: sizes and modification times learnt while listing folders and globs, so planning
+    #: needs no metadata request of its own for those files
+    stamps: dict[str, Stamp] = field(default_factory=dict)
 
 
 class _Problems:
@@ -183,10 +186,10 @@ def _params(raw: Any, path: tuple, problems: _Problems) -> dict[str, Any]:
 
 
 def _resolve_init(params: dict[str, Any], base: Path) -> dict[str, Any]:
-    """An init image path is relative to the manifest."""
+    """An init image path is relative to the manifest; a URI stays as it is."""
     init = params.get("init")
     if init and init not in INITS:
-        return {**params, "init": str((base / init).resolve())}
+        return {**params, "init": locate(init, base)}
     return params
 
 
@@ -230,61 +233,55 @@ def _sizes(raw: Any, problems: _Problems) -> list[int]:
     return sizes
 
 
-def _expand_contents(raw: Any, base: Path, problems: _Problems) -> list[tuple[str, str, tuple]]:
-    """(absolute path, path relative to its base, manifest path) for every content image."""
+def _listing(entry: str, base: Path, path: tuple, problems: _Problems, stamps: dict[str, Stamp]) -> Listing:
+    """The images of a file, folder/prefix or glob entry; an empty folder or glob is a problem."""
+    listing = list_images(entry, base)
+    if listing.problem:
+        problems.add(path, listing.problem)
+    elif listing.kind == "glob" and not listing.found:
+        problems.add(path, f"glob {entry!r} matches no image files")
+    elif listing.kind == "folder" and not listing.found:
+        problems.add(path, f"folder {entry!r} holds no image files")
+    stamps.update((f.location, f.stamp) for f in listing.found if f.stamp is not None)
+    return listing
+
+
+def _expand_contents(
+    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]
+) -> list[tuple[str, str, tuple]]:
+    """(absolute path or URI, path relative to its base, manifest path) for every content image.
+    A missing file is kept: it is reported per item later, so --skip-bad-inputs can skip it."""
     if not isinstance(raw, list) or not raw:
-        problems.add(("contents",), "give a list of content images: files, folders or globs")
+        problems.add(("contents",), "give a list of content images: files, folders, globs or URIs")
         return []
     found: list[tuple[str, str, tuple]] = []
     for i, entry in enumerate(raw):
         path = ("contents", i)
         if not isinstance(entry, str) or not entry:
-            problems.add(path, f"expected a path, folder or glob, got {entry!r}")
+            problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
             continue
-        pattern = base / entry if not Path(entry).is_absolute() else Path(entry)
-        if any(ch in entry for ch in "*?["):
-            root = _glob_root(pattern)
-            matches = sorted(Path(m) for m in glob.glob(str(pattern), recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
-            if not files:
-                problems.add(path, f"glob {entry!r} matches no image files")
-            found += [(str(f.resolve()), f.relative_to(root).as_posix(), path) for f in files]
-        elif pattern.is_dir():
-            files = sorted(
-                f for f in pattern.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not files:
-                problems.add(path, f"folder {entry!r} holds no image files")
-            found += [(str(f.resolve()), f.relative_to(pattern).as_posix(), path) for f in files]
-        else:
-            # a missing file is reported per item later, so --skip-bad-inputs can skip it
-            found.append((str(pattern.resolve()), pattern.name, path))
+        found += [(f.location, f.relative, path) for f in _listing(entry, base, path, problems, stamps).found]
     return found
-
-
-def _glob_root(pattern: Path) -> Path:
-    parts = []
-    for part in pattern.parts:
-        if any(ch in part for ch in "*?["):
-            break
-        parts.append(part)
-    return Path(*parts)
 
 
 def _style_name(paths: Iterable[str]) -> str:
     return "+".join(Path(p).stem for p in paths)
 
 
-def _expand_styles(raw: Any, base: Path, problems: _Problems) -> list[tuple[StyleSpec, tuple]]:
+def _expand_styles(
+    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]
+) -> list[tuple[StyleSpec, tuple]]:
     if not isinstance(raw, list) or not raw:
         problems.add(("styles",), "give a list of style images (a path, or {name, images: [{path, weight}]})")
         return []
     styles = []
     for i, entry in enumerate(raw):
         path = ("styles", i)
-        if isinstance(entry, str):
-            resolved = str((base / entry).resolve())
-            styles.append((StyleSpec(Path(entry).stem, (resolved,), (1.0,)), path))
+        if isinstance(entry, str):  # a file, or a folder/prefix/glob of styles, one per image
+            listing = _listing(entry, base, path, problems, stamps)
+            for f in listing.found:
+                name = Path(entry).stem if listing.kind == "file" else f.relative.rsplit(".", 1)[0]
+                styles.append((StyleSpec(name, (f.location,), (1.0,)), path))
             continue
         if not isinstance(entry, dict):
             problems.add(path, "expected a path or a mapping with 'images'")
@@ -313,7 +310,7 @@ def _expand_styles(raw: Any, base: Path, problems: _Problems) -> list[tuple[Styl
                     (*ipath, "weight"), f"expected a non-negative number, got {image.get('weight')!r}"
                 )
                 continue
-            paths.append(str((base / image["path"]).resolve()))
+            paths.append(locate(image["path"], base))
             weights.append(weight)
         if paths and sum(weights) <= 0:
             problems.add(path, "style blend weights must have a positive sum")
@@ -329,7 +326,7 @@ def _expand_styles(raw: Any, base: Path, problems: _Problems) -> list[tuple[Styl
     return styles
 
 
-def _weights(raw: Any, base: Path, problems: _Problems) -> WeightsSpec:
+def _weights(raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]) -> WeightsSpec:
     if raw is None:
         return WeightsSpec()
     if isinstance(raw, str):
@@ -343,13 +340,26 @@ def _weights(raw: Any, base: Path, problems: _Problems) -> WeightsSpec:
         return WeightsSpec()
     values = dict(raw)
     source = str(values.get("source", "embedded"))
-    if source not in ("embedded", "torchvision") and not source.startswith("random"):
+    if is_uri(source):
+        problems.add(("weights", "source"), "a weights file must be a local path on every node, not a URI")
+    elif source not in ("embedded", "torchvision") and not source.startswith("random"):
         source = str((base / source).resolve())
         if not Path(source).is_file():
             problems.add(("weights", "source"), f"weights file {source} not found")
     values["source"] = source
     if "calibration" in values:
-        values["calibration"] = tuple(str((base / p).resolve()) for p in values["calibration"] or ())
+        entries = values["calibration"] or []
+        if isinstance(entries, str) or not isinstance(entries, list):
+            problems.add(("weights", "calibration"), "expected a list of images, folders, globs or URIs")
+            entries = []
+        calibration: list[str] = []
+        for i, entry in enumerate(entries):
+            path = ("weights", "calibration", i)
+            if not isinstance(entry, str) or not entry:
+                problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
+                continue
+            calibration += [f.location for f in _listing(entry, base, path, problems, stamps).found]
+        values["calibration"] = tuple(calibration)
     return WeightsSpec(**values)
 
 
@@ -394,9 +404,10 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
     if isinstance(output, str) and "://" not in output:
         output = str((base / output).resolve())
     layout = _check_layout(data.get("layout", DEFAULT_LAYOUT), problems)
-    weights = _weights(data.get("weights"), base, problems)
-    contents = _expand_contents(data.get("contents"), base, problems)
-    styles = _expand_styles(data.get("styles"), base, problems)
+    stamps: dict[str, Stamp] = {}
+    weights = _weights(data.get("weights"), base, problems, stamps)
+    contents = _expand_contents(data.get("contents"), base, problems, stamps)
+    styles = _expand_styles(data.get("styles"), base, problems, stamps)
     sizes = _sizes(data.get("sizes"), problems)
     defaults = _params(data.get("params"), ("params",), problems)
     size_paths = {size: ("sizes", data["sizes"].index(size)) for size in sizes}
@@ -441,7 +452,9 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
             _config(size, [(("params",), defaults), (("overrides", j, "params"), extra)], base, problems)
     if problems.items:
         raise ManifestError(problems.items)
-    return Manifest(name=name, source=source, output=output, layout=layout, weights=weights, items=items)
+    return Manifest(
+        name=name, source=source, output=output, layout=layout, weights=weights, items=items, stamps=stamps
+    )
 
 
 def _load_table(source: Path) -> Manifest:
@@ -530,15 +543,16 @@ def _load_table(source: Path) -> Manifest:
         except ConfigError as exc:
             add(exc.field or "parameters", exc.message)
             continue
-        resolved = tuple(str((base / p).resolve()) for p in style_paths)
+        resolved = tuple(locate(p, base) for p in style_paths)
         style = StyleSpec(str(row.get("style_name") or _style_name(resolved)), resolved, weights)
-        content_path = (base / content).resolve()
-        # outputs mirror the table's relative paths; paths leaving its folder keep their file name
+        # outputs mirror the table's relative paths; paths leaving its folder and URIs keep their name
         relative = Path(content)
         content_rel = (
-            relative.name if relative.is_absolute() or ".." in relative.parts else relative.as_posix()
+            relative.name
+            if is_uri(content) or relative.is_absolute() or ".." in relative.parts
+            else relative.as_posix()
         )
-        items.append(ItemSpec(str(content_path), content_rel, style, size, config, f"{source}: {label}"))
+        items.append(ItemSpec(locate(content, base), content_rel, style, size, config, f"{source}: {label}"))
     if problems.items:
         raise ManifestError(problems.items)
     return Manifest(

@@ -1,33 +1,74 @@
 """The result table: one Parquet row per item attempt, and the one way to read it.
 
-Rows are written as they complete, each batch as its own small part file under
-``results.parts/`` (so a crash loses no completed row), and compacted into
-``results.parquet`` at the end of a run. Both are plain Parquet: pyarrow, pandas and
-DuckDB read ``results.parquet`` directly (and ``results.parts/`` as a dataset).
+Writing scales with the run, not with its items:
+
+* **Buffered appends.** A run's store keeps rows in memory and writes them as one part
+  file under ``results.parts/`` every ``flush_rows`` rows or once its oldest row is
+  ``flush_seconds`` old, and when the run ends (also on an error or Ctrl-C). A part file
+  is written atomically (temporary sibling, then rename).
+* **Tiered compaction.** Parts carry a level in their name (``L0-…`` as flushed). When a
+  level holds ``compact_at`` files, exactly those are merged into one file of the next
+  level, streamed batch by batch (never the whole table in memory), so a 100k-item run
+  keeps at most ``compact_at`` files per level and rewrites each row only a few times.
+  At the end of a run every part and the old ``results.parquet`` are merged (streamed)
+  into a new ``results.parquet``.
+* **Crash safety.** A merged file names its sources in its Parquet metadata
+  (``nst:merged``); readers ignore a part that a newer file already holds, so a crash
+  between a merge and the deletion of its sources counts no row twice. Rows still in the
+  buffer when the driver is killed are not lost for finished items: the worker writes
+  the image (with ``nst:item_id`` in its PNG text) before it returns the row, and the
+  next run finds an image with the item's id but no ok row and records it as ok from
+  the image's metadata (``check_done``) instead of rendering it again.
+
+All files are plain Parquet: pyarrow, pandas and DuckDB read ``results.parquet``
+directly (and ``results.parts/`` as a dataset).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import posixpath
+import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from PIL import Image
 
 from nst_engine.engine.errors import NSTError, one_line
-from nst_engine.results.schema import SCHEMA, columns, to_table
+from nst_engine.engine.files import TMP_PREFIX
+from nst_engine.planning.items import WorkItem
+from nst_engine.results.schema import SCHEMA, columns, make_row, to_table
 from nst_engine.results.storage import OutputRoot
 
 RESULTS_FILE = "results.parquet"
 PARTS_DIR = "results.parts"
 #: What makes a Parquet file an nst result table (older tables may lack newer columns).
 IDENTITY_COLUMNS = ("item_id", "status")
+#: PNG text key under which a worker stores the item id of the image it wrote.
+ITEM_ID_KEY = "nst:item_id"
+#: Parquet metadata key of a merged file: the names of the files merged into it.
+MERGED_KEY = b"nst:merged"
+
+#: A run's buffer: one part file per this many rows ...
+FLUSH_ROWS = 1000
+#: ... or once the oldest buffered row is this old (seconds), whichever comes first.
+FLUSH_SECONDS = 10.0
+#: Files of one level merged into one file of the next level.
+COMPACT_AT = 64
+#: Rows per row group of a merged file (bounds a merge's memory, good for readers).
+ROW_GROUP_ROWS = 10_000
+
+_LEVEL = re.compile(r"^L(\d+)-")
 
 
 class ResultsError(NSTError):
@@ -63,10 +104,9 @@ def read_results(
         files = _result_files(root, location if isinstance(location, str) else root.uri)
     except (OSError, ValueError, pa.ArrowException) as exc:  # unknown scheme, unreachable store
         raise ResultsError(f"{location}: cannot read results there ({one_line(exc)})") from None
+    files = _unmerged(root, files)
     if not files:
         return SCHEMA.empty_table().select(names)
-    for path in files:
-        _check_identity(root, path)
     try:
         dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=root.filesystem)
         return dataset.to_table(columns=names, filter=where)
@@ -88,55 +128,269 @@ def _result_files(root: OutputRoot, location: str) -> list[str]:
     return [root.full_path(f) for f in files + root.list_files(PARTS_DIR, ".parquet")]
 
 
-def _check_identity(root: OutputRoot, path: str) -> None:
-    """A file without the identity columns is not a result table: say so rather than
-    reading it as rows of nulls."""
+def _unmerged(root: OutputRoot, paths: list[str]) -> list[str]:
+    """``paths`` checked as result tables, less the parts that a merged file among them
+    already holds (left behind by a crash between a merge and its deletions)."""
+    merged: set[str] = set()
+    for path in paths:
+        merged |= _merged_sources(root, path)
+    return [p for p in paths if posixpath.basename(p) not in merged]
+
+
+def _merged_sources(root: OutputRoot, path: str) -> set[str]:
+    """Names of the files merged into ``path``; raises when ``path`` is no result table
+    (say so rather than reading it as rows of nulls)."""
     shown = root.display_full(path)
     try:
-        names = pq.read_schema(path, filesystem=root.filesystem).names
+        schema = pq.read_schema(path, filesystem=root.filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ResultsError(f"{shown}: not a Parquet file ({one_line(exc)})") from None
-    missing = [c for c in IDENTITY_COLUMNS if c not in names]
+    missing = [c for c in IDENTITY_COLUMNS if c not in schema.names]
     if missing:
         raise ResultsError(f"{shown}: not an nst results table: missing columns {', '.join(missing)}")
+    raw = (schema.metadata or {}).get(MERGED_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _level(name: str) -> int:
+    """Compaction level of a part file (parts written before levels existed count as 0)."""
+    match = _LEVEL.match(posixpath.basename(name))
+    return int(match.group(1)) if match else 0
+
+
+def _part_name(level: int) -> str:
+    return f"{PARTS_DIR}/L{level}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+@contextlib.contextmanager
+def _atomic_stream(root: OutputRoot, relative: str) -> Iterator[pa.NativeFile]:
+    """An output stream whose file appears at ``relative`` only once it is complete: it is
+    written under a ``.nst-tmp-`` sibling (removed by the next run if the writer dies) and
+    renamed into place; on an error the temporary is deleted."""
+    fs = root.filesystem
+    target = root.full_path(relative)
+    folder = posixpath.dirname(target)
+    fs.create_dir(folder, recursive=True)
+    tmp = posixpath.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+    try:
+        with fs.open_output_stream(tmp) as stream:
+            yield stream
+        fs.move(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+
+
+def merge_files(root: OutputRoot, sources: Sequence[str], target: str) -> int:
+    """Stream the rows of ``sources`` (paths relative to ``root``) into one new file
+    ``target``, atomically, in row groups of ``ROW_GROUP_ROWS``; returns the rows written.
+
+    Memory stays at about a row group whatever the size of the sources. The target's
+    metadata names the sources that are parts, so that readers ignore any of them left
+    behind if the caller dies before deleting them."""
+    dataset = ds.dataset(
+        [root.full_path(s) for s in sources], schema=SCHEMA, format="parquet", filesystem=root.filesystem
+    )
+    parts = sorted(posixpath.basename(s) for s in sources if s.startswith(f"{PARTS_DIR}/"))
+    schema = SCHEMA.with_metadata({MERGED_KEY: json.dumps(parts).encode()})
+    rows = 0
+    with _atomic_stream(root, target) as stream, pq.ParquetWriter(stream, schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        for batch in dataset.to_batches(batch_size=ROW_GROUP_ROWS):
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending, SCHEMA), row_group_size=ROW_GROUP_ROWS)
+                rows += pending_rows
+                pending, pending_rows = [], 0
+        if pending_rows or rows == 0:  # an empty merge still writes a valid (empty) table
+            writer.write_table(pa.Table.from_batches(pending, SCHEMA), row_group_size=ROW_GROUP_ROWS)
+            rows += pending_rows
+    return rows
+
+
+@dataclass
+class DoneCheck:
+    """Which items are already done, from one read of two columns of the ok rows and one
+    listing of the output root (never a file check per item)."""
+
+    todo: list[WorkItem] = field(default_factory=list)
+    done: list[WorkItem] = field(default_factory=list)  # an ok row and the image exist
+    #: the image exists and carries the item's id, but no ok row does (the driver was
+    #: killed before its buffer was flushed): done, once ``rows`` are recorded
+    recovered: list[WorkItem] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # ok rows for ``recovered``
+
+
+def recovered_row(item: WorkItem, image: Image.Image, run_kind: str = "render") -> dict[str, Any]:
+    """The ok row of an item whose image survived but whose row was lost: the item
+    columns, attempt 0 (no attempt in this run) and what the image itself tells (size,
+    iterations, final losses from its PNG text); timing and worker columns stay null."""
+    row = make_row(item, "ok", 0, run_kind=run_kind)
+    width, height = image.size
+    row.update(height=height, width=width, pixels=height * width)
+    text = getattr(image, "text", {})
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        row.update(iterations=int(text["nst:iterations"]), loss_evaluations=int(text["nst:loss_evaluations"]))
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        losses = json.loads(text["nst:final_losses"])
+        row.update(
+            final_content_loss=float(losses["content"]),
+            final_style_loss=float(losses["style"]),
+            final_total_loss=float(losses["total"]),
+        )
+    return row
 
 
 class ResultStore:
-    """Appends rows as part files under an output root and compacts them."""
+    """Appends rows under an output root, compacts them, and says what is done.
 
-    def __init__(self, root: OutputRoot) -> None:
+    By default each ``append`` is written at once (what a small tool or a test wants);
+    a run passes ``flush_rows`` / ``flush_seconds`` (``FLUSH_ROWS``, ``FLUSH_SECONDS``)
+    to buffer, and must ``flush`` (or ``compact``) when it ends."""
+
+    def __init__(
+        self,
+        root: OutputRoot,
+        *,
+        flush_rows: int = 1,
+        flush_seconds: float = 0.0,
+        compact_at: int = COMPACT_AT,
+    ) -> None:
+        if flush_rows < 1 or compact_at < 2:
+            raise ValueError("flush_rows must be >= 1 and compact_at >= 2")
         self.root = root
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.compact_at = compact_at
+        self._buffer: list[dict[str, Any]] = []
+        self._oldest = 0.0  # time.monotonic() of the oldest buffered row
+        self._cleaned = False  # leftovers of a crashed merge removed (see _parts)
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows`` now, atomically, as one part file."""
+    # ------------------------------------------------------------------ writing
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer ``rows``; write the buffer when it holds ``flush_rows`` rows or its
+        oldest row is ``flush_seconds`` old (checked here, as rows arrive: a row that waits
+        longer is covered by recovery from its image, see the module's docstring)."""
+        rows = list(rows)
         if not rows:
             return
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer += rows
+        if len(self._buffer) >= self.flush_rows or time.monotonic() - self._oldest >= self.flush_seconds:
+            self.flush()
+
+    @property
+    def buffered(self) -> int:
+        """Rows appended but not yet written."""
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        """Write the buffered rows as one atomic part file, then merge a full level."""
+        if not self._buffer:
+            return
         buffer = io.BytesIO()
-        pq.write_table(to_table(rows), buffer)
-        name = f"{PARTS_DIR}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        self.root.write_bytes(name, buffer.getvalue())
+        pq.write_table(to_table(self._buffer), buffer, row_group_size=ROW_GROUP_ROWS)
+        self.root.write_bytes(_part_name(0), buffer.getvalue())
+        self._buffer = []
+        self.compact_levels()
+
+    def compact_levels(self) -> int:
+        """Merge each level that holds ``compact_at`` or more files into one file of the
+        next level (exactly the files merged are deleted); returns how many were merged."""
+        merged = 0
+        level = 0
+        while True:
+            parts = self._parts()
+            mine = [p for p in parts if _level(p) == level]
+            if len(mine) >= self.compact_at:
+                merged += self._merge(mine, _part_name(level + 1))
+            elif not any(_level(p) > level for p in parts):
+                return merged
+            level += 1
+
+    def compact(self) -> int:
+        """Flush, then merge every part and results.parquet into a new results.parquet
+        (streamed, atomic), then delete the merged parts; returns how many parts."""
+        self.flush()
+        parts = self._parts()
+        if not parts:
+            return 0
+        sources = ([RESULTS_FILE] if self.root.exists(RESULTS_FILE) else []) + parts
+        return self._merge(sources, RESULTS_FILE) - (1 if sources[0] == RESULTS_FILE else 0)
+
+    def _parts(self) -> list[str]:
+        """Part files. The first call of a store also deletes parts that a merged file
+        already holds (a crash between a merge and its deletions left them), so they are
+        never merged twice; later calls only list (this store deletes what it merges)."""
+        parts = self.root.list_files(PARTS_DIR, ".parquet")
+        if self._cleaned:
+            return parts
+        files = ([RESULTS_FILE] if self.root.exists(RESULTS_FILE) else []) + parts
+        merged: set[str] = set()
+        for name in files:
+            merged |= _merged_sources(self.root, self.root.full_path(name))
+        for name in parts:
+            if posixpath.basename(name) in merged:
+                self.root.delete(name)
+        self._cleaned = True
+        return [p for p in parts if posixpath.basename(p) not in merged]
+
+    def _merge(self, sources: list[str], target: str) -> int:
+        """Merge ``sources`` into ``target``, then delete the sources that are parts
+        (exactly those listed, even if more arrive meanwhile); returns len(sources)."""
+        merge_files(self.root, sources, target)
+        for name in sources:
+            if name != target:
+                self.root.delete(name)
+        return len(sources)
+
+    # ------------------------------------------------------------------ reading
 
     def completed(self) -> dict[str, str]:
         """item_id -> output path of every item with an ok row (three columns read)."""
         ok = read_results(self.root, ["item_id", "output_path"], where=pc.field("status") == "ok")
         return dict(zip(ok["item_id"].to_pylist(), ok["output_path"].to_pylist(), strict=True))
 
-    def compact(self) -> int:
-        """Merge parts into results.parquet (atomically), then delete the merged parts."""
-        parts = self.root.list_files(PARTS_DIR, ".parquet")
-        if not parts:
-            return 0
-        files = ([RESULTS_FILE] if self.root.exists(RESULTS_FILE) else []) + parts
-        # exactly the parts deleted below, even if more arrive meanwhile
-        dataset = ds.dataset(
-            [self.root.full_path(f) for f in files],
-            schema=SCHEMA,
-            format="parquet",
-            filesystem=self.root.filesystem,
-        )
-        buffer = io.BytesIO()
-        pq.write_table(dataset.to_table(), buffer)
-        self.root.write_bytes(RESULTS_FILE, buffer.getvalue())
-        for part in parts:
-            self.root.delete(part)
-        return len(parts)
+    def output_files(self) -> set[str]:
+        """Every file under the root (relative paths), from one recursive listing: the way
+        to ask "which outputs exist" for a whole run (one request per 1,000 files on object
+        storage, where one ``exists`` per item would be one request each)."""
+        base = posixpath.dirname(self.root.full_path(RESULTS_FILE))
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        infos = self.root.filesystem.get_file_info(selector)
+        return {posixpath.relpath(i.path, base) for i in infos if i.type == pafs.FileType.File}
+
+    def check_done(self, items: Sequence[WorkItem], run_kind: str = "render") -> DoneCheck:
+        """Split ``items`` into done (ok row + image), recovered (image with the item's id,
+        no ok row; ``rows`` holds the ok rows to record) and to do (everything else,
+        bad inputs included). Reads only the images that lack an ok row."""
+        ok = self.completed()
+        present = self.output_files()
+        check = DoneCheck()
+        for item in items:
+            if item.input_error or item.output_path not in present:
+                check.todo.append(item)
+            elif item.item_id in ok:
+                check.done.append(item)
+            elif (row := self._recover(item, run_kind)) is not None:
+                check.recovered.append(item)
+                check.rows.append(row)
+            else:
+                check.todo.append(item)
+        return check
+
+    def _recover(self, item: WorkItem, run_kind: str) -> dict[str, Any] | None:
+        """The ok row for ``item`` from its image when the image carries its id, else None
+        (another item's image at the same path, or a file that is no readable PNG)."""
+        try:
+            with Image.open(io.BytesIO(self.root.read_bytes(item.output_path))) as image:
+                if getattr(image, "text", {}).get(ITEM_ID_KEY) != item.item_id:
+                    return None
+                return recovered_row(item, image, run_kind)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None

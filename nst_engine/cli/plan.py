@@ -1,0 +1,133 @@
+"""``nst plan``: what ``nst render`` would do, without starting Ray; and the one-line plan
+``nst render`` prints before it starts (both through ``plan_render``)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from nst_engine.cli.app import app, err, fail
+from nst_engine.engine.errors import NSTError, one_line
+
+if TYPE_CHECKING:
+    from nst_engine.planning.items import WorkItem
+    from nst_engine.planning.manifest import Manifest
+    from nst_engine.reports.plan import RenderPlan
+
+#: Items of a list (bad inputs, styles) shown before "... and N more".
+SHOWN = 10
+
+
+def fit_locations(manifest: Manifest, requested: list[str] | None) -> list[str]:
+    """Where the fits come from: ``requested``, else the output root itself and the
+    default benchmark folder (``nst bench scaling``'s output), when they hold rows."""
+    from nst_engine.cli.bench import DEFAULT_RESULTS  # here: importing it registers bench's commands
+
+    if requested:
+        return requested
+    bench = posixpath.dirname(DEFAULT_RESULTS)
+    return list(dict.fromkeys([str(manifest.output), bench]))
+
+
+def plan_render(
+    source: Path, manifest: Manifest, items: list[WorkItem], force: bool, fits_from: list[str] | None
+) -> RenderPlan:
+    """The plan of rendering ``items`` (expanded from ``manifest``); a problem reading
+    the output root or the fits' results is one ``error:`` line and exit code 2."""
+    import pyarrow as pa
+
+    from nst_engine.reports.plan import load_fits, make_plan
+    from nst_engine.results.storage import OutputRoot
+    from nst_engine.results.store import ResultStore
+
+    try:
+        fits, used = load_fits(fit_locations(manifest, fits_from), required=bool(fits_from))
+        store = ResultStore(OutputRoot(str(manifest.output)))
+        return make_plan(str(source), items, store, force=force, fits=fits, fits_from=used)
+    except NSTError as exc:
+        raise fail(exc) from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise fail(f"{manifest.output}: cannot read the output root ({one_line(exc)})") from None
+
+
+def print_plan(plan: RenderPlan) -> None:
+    """The plan for people, on stderr like every command's report."""
+    from nst_engine.reports.plan import format_duration
+
+    styles = ", ".join(plan.styles[:SHOWN]) + (
+        f", ... ({len(plan.styles)})" if len(plan.styles) > SHOWN else ""
+    )
+    sizes = ", ".join(str(s) for s in plan.sizes)
+    err.print(f"[bold]plan[/] {escape(plan.manifest)} -> {escape(plan.output)}")
+    err.print(
+        f"  items        {plan.items:>8,}  ({len(plan.styles)} styles: {escape(styles)}; sizes {sizes})"
+    )
+    err.print(f"  done         {plan.done:>8,}")
+    if plan.recoverable:
+        err.print(
+            f"  recovered    {plan.recoverable:>8,}  (image written, row lost: recorded as ok, not rendered)"
+        )
+    err.print(f"  to render    {plan.to_render:>8,}")
+    err.print(f"  bad inputs   {len(plan.bad_inputs):>8,}")
+    for bad in plan.bad_inputs[:SHOWN]:
+        err.print(f"    {escape(bad.label)}: {escape(bad.error)}", soft_wrap=True)
+    if len(plan.bad_inputs) > SHOWN:
+        err.print(f"    ... and {len(plan.bad_inputs) - SHOWN} more (--json lists them all)")
+    if not plan.predictions:
+        err.print(
+            "  predicted time: no fits yet (run 'nst bench scaling', or pass --results-for-fits)",
+            soft_wrap=True,
+        )
+    elif plan.to_render:
+        err.print("  predicted synthesis time on one worker (set-up not included):")
+        for p in plan.predictions:
+            err.print(f"    {escape(p.device)} ({p.device_type}): {format_duration(p.seconds)}")
+        err.print(f"  (fits from {escape(', '.join(plan.fits_from))})")
+    for warning in plan.warnings():
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+@app.command()
+def plan(
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest: YAML, JSON, CSV or Parquet.", show_default=False)
+    ],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Plan as 'nst render --force': every item again.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")
+    ] = False,
+    results_for_fits: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Results whose scaling fits predict the time (a folder, results.parquet or URI); "
+            "repeat for several (default: the output root, and nst bench scaling's results when present)."
+        ),
+    ] = None,
+) -> None:
+    """Say what 'nst render' would do, without starting Ray.
+
+    Validates and expands MANIFEST and prints the items, styles and sizes, how many are
+    already done, to render and bad inputs, and the predicted time per device from earlier
+    runs' fits, with memory warnings. Writes no results.
+    """
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+
+    try:
+        loaded = load_manifest(manifest, output)
+        items = expand(loaded, skip_bad_inputs=True)  # counted here, not refused
+    except NSTError as exc:  # a manifest's problems, deliberately one per line
+        raise fail(exc) from None
+    result = plan_render(manifest, loaded, items, force, results_for_fits)
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        print_plan(result)

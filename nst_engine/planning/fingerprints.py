@@ -1,0 +1,263 @@
+"""Content hashes and header checks of every input image, read in parallel and cached.
+
+Item ids hash image *contents*, and planning checks that each image decodes, so every
+input must be read once. For 100k objects on S3 that is hours if done one after another
+on the driver, so:
+
+* each file is read once, by a thread pool, and hashed and checked from the same bytes;
+* the results are kept in ``.nst-cache/hashes.parquet`` in the output root, keyed by
+  (location, size, modification time), loaded once per plan and written atomically at
+  its end, so a nightly rerun over an unchanged dataset reads no image at all (a file
+  that changes gets a new size or modification time, and is read again).
+
+Only the planner reads here; workers read the bytes they render themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import posixpath
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from nst_engine.engine.files import write_atomic
+from nst_engine.engine.images import MAX_DECODE_PIXELS
+from nst_engine.engine.uris import resolve
+from nst_engine.planning.sources import Stamp, stamp_of
+
+log = logging.getLogger(__name__)
+
+#: Where the cache lives, relative to the output root.
+CACHE_FILE = ".nst-cache/hashes.parquet"
+#: Reads in flight at once: object stores answer each request slowly but many at a time.
+READ_THREADS = 16
+_SCHEMA = pa.schema(
+    [
+        ("location", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("kind", pa.string()),  # image (hashed and checked) or file (hashed only)
+        ("sha256", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("problem", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What planning needs of one input: its hash, its size in pixels, or why it is unusable."""
+
+    sha256: str | None
+    width: int = 0
+    height: int = 0
+    problem: str | None = None
+
+
+@dataclass
+class IndexStats:
+    """How much was read: ``reads`` 0 on a rerun over unchanged inputs."""
+
+    cached: int = 0  # inputs answered from the cache
+    reads: int = 0  # files read (and hashed)
+    bytes_read: int = 0
+
+
+def check_image(data: bytes, name: str) -> tuple[str | None, tuple[int, int]]:
+    """(problem or None, (width, height)) from the header and a structural check of ``data``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                size = img.size
+                if size[0] * size[1] > MAX_DECODE_PIXELS:
+                    return f"{name}: {size[0]}x{size[1]} pixels is over the safe decoding limit", size
+                img.verify()
+        return None, size
+    except Exception as exc:  # PIL raises many types for damaged files
+        return f"{name}: not a readable image ({type(exc).__name__}: {exc})", (0, 0)
+
+
+class ImageIndex:
+    """Hashes (and, for images, header checks) of inputs for one plan.
+
+    ``cache_root`` is the output root (a folder or URI) holding the persistent cache, or
+    None for none; ``stamps`` are sizes and modification times already known from listing
+    folders and globs, so those files need no metadata request of their own. With
+    ``write=False`` the cache is only read (for a dry run that must leave the root alone).
+    """
+
+    def __init__(
+        self,
+        cache_root: str | None = None,
+        stamps: dict[str, Stamp] | None = None,
+        threads: int = READ_THREADS,
+        write: bool = True,
+    ) -> None:
+        self.cache_root = cache_root
+        self.threads = threads
+        self.write = write
+        self.stats = IndexStats()
+        self._stamps: dict[str, Stamp | Facts] = dict(stamps or {})
+        self._stored: dict[tuple[str, int, int, str], Facts] = self._load()
+        self._facts: dict[tuple[str, str], Facts] = {}
+        self._dirty = False
+
+    # ------------------------------------------------------------------ persistent cache
+
+    def _cache_location(self) -> tuple[pafs.FileSystem, str] | None:
+        if self.cache_root is None:
+            return None
+        fs, base = resolve(self.cache_root)
+        return fs, posixpath.join(base, CACHE_FILE)
+
+    def _load(self) -> dict[tuple[str, int, int, str], Facts]:
+        where = self._cache_location()
+        if where is None:
+            return {}
+        fs, path = where
+        try:
+            with fs.open_input_file(path) as handle:
+                table = pq.read_table(handle, schema=_SCHEMA)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring the hash cache %s (%s)", path, _first_line(exc))
+            return {}
+        return {
+            (r["location"], r["size"], r["mtime_ns"], r["kind"]): Facts(
+                r["sha256"], r["width"], r["height"], r["problem"]
+            )
+            for r in table.to_pylist()
+        }
+
+    def save(self) -> None:
+        """Write the cache (atomically) if this plan learned anything. Entries of files
+        seen with another size or time this plan are dropped; others are kept, so plans
+        over different parts of one output root share the cache."""
+        where = self._cache_location()
+        if where is None or not self._dirty or not self.write:
+            return
+        current = {loc: stamp for loc, stamp in self._stamps.items() if isinstance(stamp, Stamp)}
+        rows = [
+            {
+                "location": loc,
+                "size": size,
+                "mtime_ns": mtime,
+                "kind": kind,
+                "sha256": f.sha256,
+                "width": f.width,
+                "height": f.height,
+                "problem": f.problem,
+            }
+            for (loc, size, mtime, kind), f in self._stored.items()
+            if loc not in current or current[loc] == Stamp(size, mtime)
+        ]
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), buffer)
+        fs, path = where
+        try:
+            write_atomic(path, buffer.getvalue(), fs)
+            self._dirty = False
+        except OSError as exc:  # the cache only saves time: planning goes on without it
+            log.warning("could not write the hash cache %s (%s)", path, _first_line(exc))
+
+    # ------------------------------------------------------------------ reading
+
+    def prepare(self, images: Iterable[str] = (), files: Iterable[str] = ()) -> None:
+        """Hash and check ``images`` and hash ``files`` (e.g. weights), in parallel: first
+        the stamps nobody listed, then the contents of whatever the cache does not know."""
+        wanted = [(loc, "image") for loc in dict.fromkeys(images)]
+        wanted += [(loc, "file") for loc in dict.fromkeys(files)]
+        wanted = [w for w in wanted if w not in self._facts]
+        unstamped = [loc for loc in dict.fromkeys(loc for loc, _ in wanted) if loc not in self._stamps]
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for loc, stamp in zip(unstamped, pool.map(self._stamp, unstamped), strict=True):
+                self._stamps[loc] = stamp
+            to_read = []
+            for loc, kind in wanted:
+                stamp = self._stamps[loc]
+                if isinstance(stamp, Facts):  # missing or not a file: nothing to read
+                    self._facts[(loc, kind)] = stamp
+                    continue
+                stored = self._stored.get((loc, stamp.size, stamp.mtime_ns, kind))
+                if stored is not None:
+                    self.stats.cached += 1
+                    self._facts[(loc, kind)] = stored
+                else:
+                    to_read.append((loc, kind))
+            for (loc, kind), (facts, size) in zip(to_read, pool.map(self._read, to_read), strict=True):
+                self._facts[(loc, kind)] = facts
+                self.stats.reads += 1
+                self.stats.bytes_read += size
+                stamp = self._stamps[loc]
+                if facts.sha256 is not None and isinstance(stamp, Stamp):
+                    self._stored[(loc, stamp.size, stamp.mtime_ns, kind)] = facts
+                    self._dirty = True
+
+    def _stamp(self, location: str) -> Stamp | Facts:
+        """The stamp of a file, or the Facts (a problem) of something that is not one."""
+        try:
+            fs, path = resolve(location)
+            info = fs.get_file_info(path)
+        except (OSError, ValueError) as exc:
+            return Facts(None, problem=f"{location}: cannot read ({_first_line(exc)})")
+        stamp = stamp_of(info)
+        if stamp is not None:
+            return stamp
+        if info.type == pafs.FileType.NotFound:
+            return Facts(None, problem=f"{location}: image file not found")
+        return Facts(None, problem=f"{location}: not a file; give an image file")
+
+    def _read(self, job: tuple[str, str]) -> tuple[Facts, int]:
+        """(facts, bytes read) of one file, read once: hashed, and for images checked."""
+        location, kind = job
+        digest = hashlib.sha256()
+        try:
+            fs, path = resolve(location)
+            with fs.open_input_file(path) as handle:
+                if kind == "file":  # possibly large (weights): streamed, never held whole
+                    size = 0
+                    while block := handle.read(1 << 22):
+                        digest.update(block)
+                        size += len(block)
+                    data = b""
+                else:
+                    data = handle.read()
+                    digest.update(data)
+                    size = len(data)
+        except (OSError, ValueError) as exc:
+            return Facts(None, problem=f"{location}: cannot read ({_first_line(exc)})"), 0
+        if kind == "file":
+            return Facts(digest.hexdigest()), size
+        problem, (width, height) = check_image(data, location)
+        return Facts(digest.hexdigest(), width, height, problem), size
+
+    # ------------------------------------------------------------------ answers
+
+    def image(self, location: str) -> Facts:
+        """Hash, size and problem of an image (read now if ``prepare`` did not)."""
+        if (location, "image") not in self._facts:
+            self.prepare(images=[location])
+        return self._facts[(location, "image")]
+
+    def file(self, location: str) -> Facts:
+        """Hash of any file (no image check)."""
+        if (location, "file") not in self._facts:
+            self.prepare(files=[location])
+        return self._facts[(location, "file")]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,170 @@
+"""What a render would do, before it starts: ``nst plan`` and the line ``nst render``
+prints first.
+
+The plan lives here, at the reports layer, because it puts together the three things
+below it: the work items (planning), what the output root already holds (the result
+store's ``check_done``, the same check a render makes) and the predicted time from
+earlier runs' scaling fits (``reports.scaling``). It starts no Ray and writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from nst_engine.planning.items import WorkItem
+from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
+from nst_engine.results.store import ResultsError, ResultStore, read_results
+
+
+@dataclass(frozen=True)
+class DevicePrediction:
+    """Predicted synthesis time of a plan's items to render on one worker of a device,
+    from that device's fit (set-up time not included, as in ``nst estimate``)."""
+
+    device: str  # device_name: the GPU or CPU model
+    device_type: str  # cuda or cpu
+    seconds: float
+    largest_square: int | None  # side of the largest square image that fits its memory
+    sizes_too_large: list[int]  # sizes with an item predicted not to fit in memory
+
+
+@dataclass(frozen=True)
+class BadInput:
+    item_id: str
+    label: str
+    error: str
+
+
+@dataclass
+class RenderPlan:
+    """Counts of a render to come: ``items`` = ``done`` + ``recoverable`` + ``to_render``
+    + ``len(bad_inputs)``."""
+
+    manifest: str
+    output: str
+    items: int
+    styles: list[str]
+    sizes: list[int]
+    done: int  # an ok row and the image exist
+    recoverable: int  # the image carries the item's id but its row was lost: recorded, not rendered
+    to_render: int
+    bad_inputs: list[BadInput] = field(default_factory=list)
+    predictions: list[DevicePrediction] = field(default_factory=list)
+    fits_from: list[str] = field(default_factory=list)  # the result tables the fits came from
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as one JSON object (``nst plan --json``)."""
+        return asdict(self)
+
+    def warnings(self) -> list[str]:
+        """One line per device and size predicted not to fit in memory."""
+        lines = []
+        for p in self.predictions:
+            if p.sizes_too_large:
+                sizes = ", ".join(str(s) for s in p.sizes_too_large)
+                fits = f"; largest square that fits: {p.largest_square}²" if p.largest_square else ""
+                lines.append(f"size {sizes} will not fit in the memory of {p.device}{fits}")
+        return lines
+
+    def one_line(self) -> str:
+        """The plan in one line, as ``nst render`` prints it before it starts."""
+        bad = len(self.bad_inputs)
+        text = (
+            f"plan: {self.items} items ({_count(len(self.styles), 'style')}, "
+            f"{_count(len(self.sizes), 'size')}): {self.done} done, "
+        )
+        if self.recoverable:
+            text += f"{self.recoverable} recovered from their images, "
+        text += f"{self.to_render} to render, {_count(bad, 'bad input')}"
+        if self.to_render and self.predictions:
+            text += "; predicted " + ", ".join(
+                f"{format_duration(p.seconds)} on one {p.device}" for p in self.predictions
+            )
+        for warning in self.warnings():
+            text += f"; {warning}"
+        return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min 5 s``, ``3 h 20 min``: a predicted time as people read it."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def load_fits(locations: Sequence[str], required: bool = False) -> tuple[list[DeviceFit], list[str]]:
+    """Device fits over the fit columns of every results location that has rows, and
+    the locations that had some. A location that cannot be read raises ``ResultsError``,
+    and so does one with no rows when the locations are ``required`` (asked for by name)."""
+    tables, used = [], []
+    for location in locations:
+        table = read_results(location, FIT_COLUMNS)
+        if required and not table.num_rows:
+            raise ResultsError(f"{location}: no results there; run 'nst bench scaling' (or nst render) first")
+        if table.num_rows:
+            tables.append(table)
+            used.append(location)
+    if not tables:
+        return [], []
+    return fit_devices(pa.concat_tables(tables)), used
+
+
+def predict(fit: DeviceFit, items: Sequence[WorkItem]) -> DevicePrediction:
+    """``fit``'s prediction for rendering ``items`` one after another on one worker."""
+    limit = fit.max_pixels()
+    too_large = sorted({i.size for i in items if limit is not None and i.pixels_estimate > limit})
+    return DevicePrediction(
+        device=fit.device,
+        device_type=fit.device_type,
+        seconds=sum(fit.predict_seconds(i.pixels_estimate, i.config.iterations) for i in items),
+        largest_square=fit.max_square_side(),
+        sizes_too_large=too_large,
+    )
+
+
+def make_plan(
+    manifest: str,
+    items: Sequence[WorkItem],
+    store: ResultStore,
+    *,
+    force: bool = False,
+    fits: Sequence[DeviceFit] = (),
+    fits_from: Sequence[str] = (),
+) -> RenderPlan:
+    """The plan of rendering ``items`` into ``store``'s output root: the same split into
+    done and to do that ``run_render`` makes (``ResultStore.check_done``), read-only."""
+    bad = [i for i in items if i.input_error]
+    good = [i for i in items if not i.input_error]
+    if force:
+        done, recoverable, todo = 0, 0, good
+    else:
+        check = store.check_done(good)
+        done, recoverable, todo = len(check.done), len(check.recovered), check.todo
+    return RenderPlan(
+        manifest=manifest,
+        output=store.root.uri,
+        items=len(items),
+        styles=sorted({i.style_name for i in items}),
+        sizes=sorted({i.size for i in items}),
+        done=done,
+        recoverable=recoverable,
+        to_render=len(todo),
+        bad_inputs=[BadInput(i.item_id, i.label, i.input_error or "") for i in bad],
+        predictions=[predict(fit, todo) for fit in fits],
+        fits_from=list(fits_from),
+    )

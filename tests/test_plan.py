@@ -1,0 +1,140 @@
+"""``nst plan``: what a render would do, from the manifest, the output root and earlier
+fits; no Ray. (``nst render`` prints the same plan's line: see test_render_local.)"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nst_engine.cli.main import app
+from nst_engine.cli.plan import plan_render
+from nst_engine.engine.images import encode_png
+from nst_engine.planning.items import WorkItem, expand
+from nst_engine.planning.manifest import load_manifest
+from nst_engine.reports.plan import format_duration
+from nst_engine.results.schema import make_row
+from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ITEM_ID_KEY, ResultStore, read_results
+from tests.ray_helpers import tiny_manifest
+from tests.test_results import fake_stats
+
+#: the fake device's time per iteration: 0.01 s + 1e-5 s per pixel
+A, B = 0.01, 1e-5
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
+    """A manifest of 3 contents × 1 style at 32 px plus a missing content; in its output
+    root one item done (row + image), one recoverable (image only), one to render, and
+    an earlier benchmark of a fake device elsewhere."""
+    manifest = tiny_manifest(tmp_path, contents=3, styles=1, extra_contents=("missing.png",))
+    items = expand(load_manifest(manifest), skip_bad_inputs=True)
+    by_name = {Path(i.content_path).name: i for i in items}
+    done, lost = by_name["c0.png"], by_name["c1.png"]
+    root = OutputRoot(str(tmp_path / "out"))
+    ResultStore(root).append([make_row(done, "ok", 1)])
+    for item in (done, lost):
+        png = encode_png(Image.new("RGB", (32, 27)), {ITEM_ID_KEY: item.item_id})
+        root.write_bytes(item.output_path, png)
+    bench = tmp_path / "bench"
+    rows = []
+    for side in (16, 32, 64):  # square sizes; memory 1 MB + 1 kB per pixel on a 2 MB device
+        pixels = side * side
+        stats = replace(
+            fake_stats(items[0]),
+            height=side,
+            width=side,
+            pixels=pixels,
+            iteration_seconds=[A + B * pixels] * 3,
+            device_name="Fake GPU",
+            device_type="cuda",
+            peak_memory_bytes=1_000_000 + 1000 * pixels,
+            device_memory_bytes=2_000_000,
+        )
+        rows.append(make_row(items[0], "ok", 1, stats=stats, run_kind="bench"))
+    ResultStore(OutputRoot(str(bench))).append(rows)
+    return manifest, items, bench
+
+
+def test_plan_json(setup, tmp_path: Path) -> None:
+    manifest, items, bench = setup
+    result = CliRunner().invoke(app, ["plan", str(manifest), "--json", "--results-for-fits", str(bench)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["manifest"] == str(manifest) and plan["output"] == str(tmp_path / "out")
+    assert (plan["items"], plan["done"], plan["recoverable"], plan["to_render"]) == (4, 1, 1, 1)
+    assert plan["styles"] == ["s0"] and plan["sizes"] == [32]
+    [bad] = plan["bad_inputs"]
+    assert "missing.png" in bad["label"] and "image file not found" in bad["error"]
+    [fake] = plan["predictions"]
+    todo = next(i for i in items if Path(i.content_path).name == "c2.png")
+    expected = todo.config.iterations * (A + B * todo.pixels_estimate)
+    assert (fake["device"], fake["device_type"]) == ("Fake GPU", "cuda")
+    assert fake["seconds"] == pytest.approx(expected, rel=0.05)
+    # 2 MB fits (2e6 - 1e6) / 1000 = 1000 pixels: a 32x27 item (864 px) fits
+    assert fake["largest_square"] == 31 and fake["sizes_too_large"] == []
+    assert plan["fits_from"] == [str(bench)]
+    assert read_results(tmp_path / "out").num_rows == 1  # planning writes nothing
+    assert not (tmp_path / "out" / "runs.parquet").exists()
+
+    forced = json.loads(CliRunner().invoke(app, ["plan", str(manifest), "--json", "--force"]).stdout)
+    assert (forced["done"], forced["to_render"], forced["predictions"]) == (0, 3, [])
+
+
+def test_plan_for_people_with_a_memory_warning(setup, tmp_path: Path) -> None:
+    _manifest, _items, bench = setup
+    big = tiny_manifest(tmp_path, contents=3, styles=1, sizes=(32, 64), extra_contents=("missing.png",))
+    result = CliRunner().invoke(app, ["plan", str(big), "--results-for-fits", str(bench)])
+    assert result.exit_code == 0, result.output
+    text = result.stderr
+    assert result.stdout == ""
+    for line in ("items", "done", "recovered", "to render", "bad inputs"):
+        assert line in text
+    assert "missing.png × s0 @ 32" in text and "image file not found" in text
+    assert "Fake GPU (cuda)" in text
+    assert "warning: size 64 will not fit in the memory of Fake GPU; largest square that fits: 31²" in text
+
+
+def test_plan_without_fits(setup) -> None:
+    manifest, _items, _bench = setup
+    result = CliRunner().invoke(app, ["plan", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "no fits yet" in result.stderr
+
+
+def test_the_line_nst_render_prints_first(setup) -> None:
+    """``nst render`` prints this line (``plan_render(...).one_line()``) before it connects to Ray."""
+    manifest, items, bench = setup
+    line = plan_render(manifest, load_manifest(manifest), items, False, [str(bench)]).one_line()
+    assert line.startswith(
+        "plan: 4 items (1 style, 1 size): 1 done, 1 recovered from their images, 1 to render, "
+        "1 bad input; predicted "
+    )
+    assert line.endswith(" s on one Fake GPU") and "\n" not in line
+
+
+def test_an_invalid_manifest_is_exit_code_2(tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path)
+    manifest.write_text(manifest.read_text().replace("sizes:", "sizez:"))
+    result = CliRunner().invoke(app, ["plan", str(manifest), "--json"])
+    assert result.exit_code == 2
+    assert result.stdout == "" and "sizez" in result.stderr and "Traceback" not in result.output
+    missing = CliRunner().invoke(app, ["plan", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "manifest file not found" in missing.stderr
+    manifest = tiny_manifest(tmp_path)
+    (tmp_path / "damaged.parquet").write_bytes(b"not parquet")
+    for fits, why in (("nowhere", "nowhere: no results there"), ("damaged.parquet", "not a Parquet file")):
+        bad = CliRunner().invoke(app, ["plan", str(manifest), "--results-for-fits", str(tmp_path / fits)])
+        assert bad.exit_code == 2, bad.output
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], bad.stderr
+
+
+def test_durations_read_as_people_say_them() -> None:
+    shown = [format_duration(s) for s in (4.25, 42, 725, 12_000)]
+    assert shown == ["4.2 s", "42 s", "12 min 5 s", "3 h 20 min"]
