@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from nst_engine.distributed.jobs import entrypoint, is_job_file, load_job
+from nst_engine.engine.errors import NSTError
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_FILES = sorted(
@@ -243,3 +244,20 @@ def test_dockerfile_installs_with_constraints() -> None:
     assert "COPY manifests /data/manifests" in text
     ignored = (REPO / "cluster" / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignored
+
+
+def test_job_file_worker_pool_and_checkpoint_keys(tmp_path: Path) -> None:
+    """A job file reaches every pool option of nst render; an unknown workers key is named."""
+    manifest = REPO / "manifests" / "demo.yaml"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"manifest: {manifest}\nworkers: {{count: '0:4', start_timeout: 30, gpus: true}}\n"
+        "checkpoint_every: 120\n"
+    )
+    args = load_job(job).render_args
+    assert args[args.index("--workers") + 1] == "0:4"
+    assert args[args.index("--worker-start-timeout") + 1] == "30"
+    assert args[args.index("--checkpoint-every") + 1] == "120" and "--gpus" in args
+    job.write_text(f"manifest: {manifest}\nworkers: {{cuont: 2}}\n")
+    with pytest.raises(NSTError, match=r"workers\.cuont: unknown field; use count"):
+        load_job(job)

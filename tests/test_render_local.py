@@ -129,3 +129,16 @@ def test_cli_render_prints_summary_and_fails_on_failed_items(tmp_path: Path) -> 
     assert "render summary" in proc.stderr and "Traceback" not in proc.stderr
     assert "failed: missing.png" in proc.stderr
     assert len(assert_outputs_whole(tmp_path / "cli-out")) == 1
+
+    # the one-line plan comes first; a rerun with nothing left to render starts no Ray
+    assert "plan: " in proc.stderr
+    again = subprocess.run(
+        [*base, "--skip-bad-inputs", "--output", str(tmp_path / "cli-out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert again.returncode == 1, again.stderr  # the bad input is still a failed item
+    said = " ".join(again.stderr.split())  # rich wraps long lines
+    assert "no workers (nothing to render)" in said and "Traceback" not in said

@@ -180,7 +180,8 @@ def render(
         items = expand(plan, skip_bad_inputs=skip_bad_inputs)
     except NSTError as exc:  # a manifest's problems, deliberately one per line
         raise fail(exc) from None
-    err.print(escape(plan_render(manifest, plan, items, force, None).one_line()), soft_wrap=True)
+    render_plan = plan_render(manifest, plan, items, force, None)
+    err.print(escape(render_plan.one_line()), soft_wrap=True)
     root = OutputRoot(plan.output)
     options = PoolOptions(
         use_gpus=gpus,
@@ -194,7 +195,8 @@ def render(
         checkpoint_every=checkpoint_seconds,
     )
     try:
-        where = connect(address)
+        # nothing to render (a rerun of a finished manifest): the run is recorded without Ray
+        where = connect(address) if render_plan.to_render else "no workers (nothing to render)"
     except NSTError as exc:
         raise fail(exc) from None
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")

@@ -17,7 +17,24 @@ import yaml
 
 from nst_engine.engine.errors import NSTError
 
-JOB_KEYS = {"manifest", "address", "output", "retries", "workers", "skip_bad_inputs", "force"}
+JOB_KEYS = {
+    "manifest",
+    "address",
+    "output",
+    "retries",
+    "workers",
+    "skip_bad_inputs",
+    "force",
+    "checkpoint_every",
+}
+#: ``workers:`` keys of a job file -> ``nst render`` options (values passed as given).
+WORKER_OPTIONS = {
+    "count": "--workers",  # N or MIN:MAX
+    "start_timeout": "--worker-start-timeout",
+    "cpu_actors": "--cpu-actors",
+    "threads_per_actor": "--threads-per-actor",
+    "max_in_flight": "--max-in-flight",
+}
 
 
 @dataclass
@@ -58,9 +75,14 @@ def load_job(path: Path) -> JobSpec:
         if key in retries:
             args += [f"--{key.replace('_', '-')}", str(int(retries[key]))]
     workers: dict[str, Any] = data.get("workers") or {}
-    for key in ("cpu_actors", "threads_per_actor", "max_in_flight"):
+    for key in set(workers) - set(WORKER_OPTIONS) - {"gpus"}:
+        known = ", ".join([*sorted(WORKER_OPTIONS), "gpus"])
+        problems.append(f"{path}: workers.{key}: unknown field; use {known}")
+    for key, option in WORKER_OPTIONS.items():
         if key in workers:
-            args += [f"--{key.replace('_', '-')}", str(int(workers[key]))]
+            args += [option, str(workers[key])]  # nst render checks the value before anything starts
+    if "checkpoint_every" in data:
+        args += ["--checkpoint-every", str(data["checkpoint_every"])]
     if "gpus" in workers:
         args.append("--gpus" if workers["gpus"] else "--no-gpus")
     if data.get("skip_bad_inputs"):

@@ -24,6 +24,7 @@ from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
 from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
+from nst_engine.results.store import ITEM_ID_KEY
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board (the live view's period)
 OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
@@ -137,7 +138,7 @@ class RenderWorker:
                 on_iteration=on_iteration,
                 checkpoint=checkpoint.policy,
             )
-            metadata = {**result.metadata, "nst:item_id": item.item_id}
+            metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
             checkpoint.discard()  # only once the image is in place
             stats = result.stats.with_warmup(warmup)

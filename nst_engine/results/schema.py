@@ -52,10 +52,10 @@ RUN_COLUMNS = (
     Column("attempt", _i64, "1 for the first attempt of an item in this run"),
 )
 ITEM_COLUMNS = (
-    Column("content_path", _str, "content image path"),
+    Column("content_path", _str, "content image path or URI"),
     Column("content_hash", _str, "sha256 of the content file"),
     Column("style_name", _str, "style name from the manifest"),
-    Column("style_paths", pa.list_(_str), "style image paths"),
+    Column("style_paths", pa.list_(_str), "style image paths or URIs"),
     Column("style_hashes", pa.list_(_str), "sha256 of each style file"),
     Column("style_weights", pa.list_(_f64), "blend weight of each style image"),
     Column("output_path", _str, "where the image is written, relative to the output root"),

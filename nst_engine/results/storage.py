@@ -7,30 +7,22 @@ reader never sees half a file, and a killed writer leaves only a ``.nst-tmp-`` f
 from __future__ import annotations
 
 import contextlib
-import functools
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from nst_engine.engine import uris
 from nst_engine.engine.files import TMP_PREFIX, write_atomic
 from nst_engine.planning.paths import safe_relative
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) of a root; a local path resolves against today's folder."""
-    if "://" in uri:
-        return _remote_filesystem(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-
-
-@functools.lru_cache(maxsize=64)
-def _remote_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Made once per process: building an S3 or GCS filesystem reads credentials and
-    configuration, too slow to repeat for every file of a root."""
-    fs, base = pafs.FileSystem.from_uri(uri)
-    return fs, base.rstrip("/")
+    """(filesystem, base path) of a root, through the one resolver of locations (remote
+    filesystems are made once per process there)."""
+    fs, base = uris.resolve(uri)
+    return fs, base.rstrip("/") or "/"
 
 
 @dataclass(frozen=True)
@@ -45,7 +37,7 @@ class OutputRoot:
 
     def display_full(self, path: str) -> str:
         """A full path on this root's filesystem as the user would write it."""
-        return f"{self.uri.split('://', 1)[0]}://{path}" if "://" in self.uri else path
+        return uris.display(self.uri, path)
 
     @property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
