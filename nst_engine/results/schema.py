@@ -47,7 +47,12 @@ RUN_COLUMNS = (
     Column("item_id", _str, "content-addressed id of the work (image contents + output-changing parameters)"),
     Column("manifest_name", _str, "name of the manifest"),
     Column("run_kind", _str, "render, or bench for scaling runs"),
-    Column("status", _str, "ok, failed, skipped (already done) or retried (attempt lost, item retried)"),
+    Column(
+        "status",
+        _str,
+        "ok, failed or retried (attempt lost, item retried); tables from before runs.parquet "
+        "also hold skipped rows",
+    ),
     Column("error", _str, "why the attempt failed, else null"),
     Column("attempt", _i64, "1 for the first attempt of an item in this run"),
 )
