@@ -75,16 +75,17 @@ def result_files(out: Path) -> int:
     return sum(1 for p in out.rglob("*.parquet") if any(n in p.relative_to(out).parts[0] for n in names))
 
 
-def measure(count: int, iterations: int) -> dict[str, float]:
+def measure(count: int, iterations: int, render_args: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_dataset(Path(tmp), count)
         manifest = str(write_manifest(folder, iterations))
         out = folder / "out"
         plan_cold, _ = timed([*NST, "plan", manifest, "--json"])
         plan_warm, _ = timed([*NST, "plan", manifest, "--json"])
-        first, _ = timed([*NST, "render", manifest, "--quiet"])
-        rerun1, _ = timed([*NST, "render", manifest, "--quiet"])
-        rerun2, _ = timed([*NST, "render", manifest, "--quiet"])
+        render = [*NST, "render", manifest, "--quiet", *render_args]
+        first, _ = timed(render)
+        rerun1, _ = timed(render)
+        rerun2, _ = timed(render)
         rows = read_results(str(out), ["item_id"]).num_rows
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # MiB (Linux: KiB)
         return {
@@ -104,15 +105,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", default="1000,10000", help="comma-separated N")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument(
+        "--threads-per-actor", type=int, help="passed to nst render (default: its own, min(cores, 4))"
+    )
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores; 32 px, {args.iterations} iterations, random network")
+    render_args = ["--threads-per-actor", str(args.threads_per_actor)] if args.threads_per_actor else []
+    print(f"{os.cpu_count()} cores; 32 px, {args.iterations} iterations, random network; {render_args}")
     print(
         "| N | plan (cold) s | plan (cached) s | first run s | items/s | rerun s | rows after 3 runs "
         "| result files | peak RSS of the largest child MiB |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in (int(n) for n in args.items.split(",")):
-        m = measure(count, args.iterations)
+        m = measure(count, args.iterations, render_args)
         print(
             f"| {count:,} | {m['plan_cold_s']:.1f} | {m['plan_warm_s']:.1f} | {m['first_run_s']:.1f} "
             f"| {m['items_per_s']:.0f} | {m['rerun_s']:.1f} | {m['rows_after_3_runs']:,} "

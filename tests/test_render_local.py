@@ -141,4 +141,4 @@ def test_cli_render_prints_summary_and_fails_on_failed_items(tmp_path: Path) -> 
     )
     assert again.returncode == 1, again.stderr  # the bad input is still a failed item
     said = " ".join(again.stderr.split())  # rich wraps long lines
-    assert "no workers (nothing to render)" in said and "Traceback" not in said
+    assert "no cluster (nothing to render)" in said and "Traceback" not in said

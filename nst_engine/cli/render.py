@@ -196,7 +196,7 @@ def render(
     )
     try:
         # nothing to render (a rerun of a finished manifest): the run is recorded without Ray
-        where = connect(address) if render_plan.to_render else "no workers (nothing to render)"
+        where = connect(address) if render_plan.to_render else "no cluster (nothing to render)"
     except NSTError as exc:
         raise fail(exc) from None
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
