@@ -93,6 +93,9 @@ def test_uris_resolve_to_pyarrow_paths(s3: S3Server, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="environment") as refused:  # credentials: never in a manifest
         resolve(f"s3://{s3.bucket}/k?access_key=AKIA&secret_key=s")
     assert "AKIA" not in str(refused.value)
+    with pytest.raises(ValueError, match="environment") as refused:  # user:secret@bucket too
+        resolve(f"s3://AKIA:SECRETKEY@{s3.bucket}/k.png")
+    assert "SECRETKEY" not in str(refused.value) and "AKIA" not in str(refused.value)
     odd = s3.put("photos/a b%20#1.png", b"bytes")  # listed names read back as themselves
     (found,) = list_images(f"s3://{s3.bucket}/photos/", tmp_path).found
     assert found.location == odd and read_bytes(found.location) == b"bytes"

@@ -138,3 +138,11 @@ def test_an_invalid_manifest_is_exit_code_2(tmp_path: Path) -> None:
 def test_durations_read_as_people_say_them() -> None:
     shown = [format_duration(s) for s in (4.25, 42, 725, 12_000)]
     assert shown == ["4.2 s", "42 s", "12 min 5 s", "3 h 20 min"]
+
+
+def test_plan_with_an_unusable_output_root_is_one_line(tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path, contents=1, styles=1)
+    done = CliRunner().invoke(app, ["plan", str(manifest), "-o", "foo://bucket/out"])
+    assert done.exit_code == 2, done.output
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: foo://bucket/out: cannot use the output root")

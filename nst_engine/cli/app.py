@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +16,10 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True, emoji=False, highlight=False)
+
+#: What reading or writing an output root or input location raises besides ``NSTError``: an
+#: unusable URI (``ValueError``), storage that refuses (``OSError``), pyarrow's own errors.
+STORAGE_ERRORS = (OSError, ValueError, pa.ArrowException)
 
 #: The CLI's flags for fields that are not spelled ``--field-name``.
 FLAG_NAMES = {"source": "--weights", "preprocessing": "--weights-preprocessing"}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.app import STORAGE_ERRORS, app, err, fail
 from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
@@ -34,12 +34,31 @@ def fit_locations(manifest: Manifest, requested: list[str] | None) -> list[str]:
     return list(dict.fromkeys([str(manifest.output), bench]))
 
 
+def load_and_expand(
+    manifest: Path, output: str | None, skip_bad_inputs: bool
+) -> tuple[Manifest, list[WorkItem]]:
+    """The manifest and its work items, as ``nst plan`` and ``nst render`` both need them;
+    every problem (the manifest's, one per line; the output root's hash cache) exits 2."""
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+
+    try:
+        loaded = load_manifest(manifest, output)
+    except NSTError as exc:
+        raise fail(exc) from None
+    try:
+        return loaded, expand(loaded, skip_bad_inputs=skip_bad_inputs)
+    except NSTError as exc:  # bad inputs, deliberately one per line
+        raise fail(exc) from None
+    except STORAGE_ERRORS as exc:  # the hash cache in the output root: a bad URI, no access
+        raise fail(f"{loaded.output}: cannot use the output root ({one_line(exc)})") from None
+
+
 def plan_render(
     source: Path, manifest: Manifest, items: list[WorkItem], force: bool, fits_from: list[str] | None
 ) -> RenderPlan:
     """The plan of rendering ``items`` (expanded from ``manifest``); a problem reading
     the output root or the fits' results is one ``error:`` line and exit code 2."""
-    import pyarrow as pa
 
     from nst_engine.reports.plan import load_fits, make_plan
     from nst_engine.results.storage import OutputRoot
@@ -51,7 +70,7 @@ def plan_render(
         return make_plan(str(source), items, store, force=force, fits=fits, fits_from=used)
     except NSTError as exc:
         raise fail(exc) from None
-    except (OSError, ValueError, pa.ArrowException) as exc:
+    except STORAGE_ERRORS as exc:
         raise fail(f"{manifest.output}: cannot read the output root ({one_line(exc)})") from None
 
 
@@ -118,14 +137,7 @@ def plan(
     already done, to render and bad inputs, and the predicted time per device from earlier
     runs' fits, with memory warnings. Writes no results.
     """
-    from nst_engine.planning.items import expand
-    from nst_engine.planning.manifest import load_manifest
-
-    try:
-        loaded = load_manifest(manifest, output)
-        items = expand(loaded, skip_bad_inputs=True)  # counted here, not refused
-    except NSTError as exc:  # a manifest's problems, deliberately one per line
-        raise fail(exc) from None
+    loaded, items = load_and_expand(manifest, output, skip_bad_inputs=True)  # counted, not refused
     result = plan_render(manifest, loaded, items, force, results_for_fits)
     if as_json:
         typer.echo(json.dumps(result.to_json()))

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.app import STORAGE_ERRORS, app, err, fail
 from nst_engine.distributed.options import (
     MAX_DEFAULT_THREADS,
     WORKERS_FORMS,
@@ -27,7 +27,7 @@ from nst_engine.distributed.options import (
     parse_checkpoint_every,
     parse_workers,
 )
-from nst_engine.engine.errors import NSTError
+from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
@@ -159,11 +159,9 @@ def render(
     Items already rendered (ok row and image present) are skipped; the exit code is 1
     when any item failed.
     """
-    from nst_engine.cli.plan import plan_render
+    from nst_engine.cli.plan import load_and_expand, plan_render
     from nst_engine.distributed.runtime import connect, disconnect
     from nst_engine.distributed.scheduler import run_render
-    from nst_engine.planning.items import expand
-    from nst_engine.planning.manifest import load_manifest
     from nst_engine.results.storage import OutputRoot
     from nst_engine.results.store import RESULTS_FILE
 
@@ -175,11 +173,7 @@ def render(
         worker_range = parse_workers(workers) if workers is not None else None
     except ValueError as exc:
         raise fail(exc) from None
-    try:
-        plan = load_manifest(manifest, output)
-        items = expand(plan, skip_bad_inputs=skip_bad_inputs)
-    except NSTError as exc:  # a manifest's problems, deliberately one per line
-        raise fail(exc) from None
+    plan, items = load_and_expand(manifest, output, skip_bad_inputs)
     render_plan = plan_render(manifest, plan, items, force, None)
     err.print(escape(render_plan.one_line()), soft_wrap=True)
     root = OutputRoot(plan.output)
@@ -210,6 +204,8 @@ def render(
                 view.update(_final(summary))
     except NSTError as exc:  # e.g. no worker could start (WorkerStartError)
         raise fail(exc) from None
+    except STORAGE_ERRORS as exc:  # the output root cannot be written (rows, runs, images)
+        raise fail(f"{plan.output}: cannot write the results ({one_line(exc)})") from None
     finally:
         disconnect()
     print_summary(summary, root.display(RESULTS_FILE))

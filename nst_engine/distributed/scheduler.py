@@ -636,28 +636,29 @@ def run_render(
         remove_checkpoints(root, [i.item_id for i in todo])
     summary.skipped = len(check.done) + len(check.recovered)
     runs = RunLog(root)
-    record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
+    record, state = None, "interrupted"
     try:
+        record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
         _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress)
         store.compact()
         state = "finished"
-    except BaseException:
-        state = "interrupted"
-        raise
     finally:
-        store.flush()  # on an error or Ctrl-C too: no row received is lost
-        summary.wall_seconds = time.time() - started
-        runs.finish(
-            record,
-            state,
-            rendered=summary.rendered,
-            skipped=summary.skipped,
-            recovered=len(check.recovered),
-            failed=len(summary.failed),
-            retried=summary.retried,
-            workers=summary.workers,
-            wall_seconds=summary.wall_seconds,
-        )
+        try:
+            store.flush()  # on an error or Ctrl-C too: no row received is lost
+        finally:  # and the run is recorded as it ended, even if that flush failed
+            summary.wall_seconds = time.time() - started
+            if record is not None:
+                runs.finish(
+                    record,
+                    state,
+                    rendered=summary.rendered,
+                    skipped=summary.skipped,
+                    recovered=len(check.recovered),
+                    failed=len(summary.failed),
+                    retried=summary.retried,
+                    workers=summary.workers,
+                    wall_seconds=summary.wall_seconds,
+                )
     return summary
 
 

@@ -55,7 +55,9 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), Path(location).expanduser().resolve().as_posix()
     scheme, _, rest = location.partition("://")
     scheme = scheme.lower()
-    if _SECRET_OPTIONS.search(rest):  # refused without echoing the URI, which holds a secret
+    # refused without echoing the URI, which holds a secret: options pyarrow takes as
+    # credentials, or user:secret@ before the bucket
+    if _SECRET_OPTIONS.search(rest) or "@" in rest.partition("/")[0]:
         raise ValueError(
             f"a {scheme}:// URI with credentials in it; give credentials in the environment "
             "(AWS_ACCESS_KEY_ID, ...), never in a manifest"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import posixpath
 import re
 import time
@@ -50,6 +51,7 @@ from nst_engine.planning.items import WorkItem
 from nst_engine.results.schema import SCHEMA, columns, make_row, to_table
 from nst_engine.results.storage import OutputRoot
 
+log = logging.getLogger(__name__)
 RESULTS_FILE = "results.parquet"
 PARTS_DIR = "results.parts"
 #: What makes a Parquet file an nst result table (older tables may lack newer columns).
@@ -282,7 +284,13 @@ class ResultStore:
             self._oldest = time.monotonic()
         self._buffer += rows
         if len(self._buffer) >= self.flush_rows or time.monotonic() - self._oldest >= self.flush_seconds:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:  # a storage hiccup mid-run: keep the rows, try again later
+                log.warning(
+                    "results: could not write %d buffered rows yet (%s)", len(self._buffer), one_line(exc)
+                )
+                self._oldest = time.monotonic()
 
     @property
     def buffered(self) -> int:
@@ -297,7 +305,10 @@ class ResultStore:
         pq.write_table(to_table(self._buffer), buffer, row_group_size=ROW_GROUP_ROWS)
         self.root.write_bytes(_part_name(0), buffer.getvalue())
         self._buffer = []
-        self.compact_levels()
+        try:
+            self.compact_levels()
+        except OSError as exc:  # the rows are written; merging is only an optimisation
+            log.warning("results: incremental compaction failed (%s); the next run merges", one_line(exc))
 
     def compact_levels(self) -> int:
         """Merge each level that holds ``compact_at`` or more files into one file of the
@@ -375,7 +386,7 @@ class ResultStore:
         for item in items:
             if item.input_error or item.output_path not in present:
                 check.todo.append(item)
-            elif item.item_id in ok:
+            elif ok.get(item.item_id) == item.output_path:  # a changed layout: check the image
                 check.done.append(item)
             elif (row := self._recover(item, run_kind)) is not None:
                 check.recovered.append(item)
