@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import pyarrow as pa
 import typer
 from rich.console import Console
@@ -16,6 +19,14 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True, emoji=False, highlight=False)
+
+#: The manifest argument and output-root option of every command that takes a manifest.
+ManifestArgument = Annotated[
+    Path, typer.Argument(help="Manifest: YAML, JSON, CSV or Parquet.", show_default=False)
+]
+OutputOption = Annotated[
+    str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
+]
 
 #: What reading or writing an output root or input location raises besides ``NSTError``: an
 #: unusable URI (``ValueError``), storage that refuses (``OSError``), pyarrow's own errors.

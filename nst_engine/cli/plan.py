@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from nst_engine.cli.app import STORAGE_ERRORS, app, err, fail
+from nst_engine.cli.app import STORAGE_ERRORS, ManifestArgument, OutputOption, app, err, fail
 from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
@@ -113,12 +113,8 @@ def print_plan(plan: RenderPlan) -> None:
 
 @app.command()
 def plan(
-    manifest: Annotated[
-        Path, typer.Argument(help="Manifest: YAML, JSON, CSV or Parquet.", show_default=False)
-    ],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
-    ] = None,
+    manifest: ManifestArgument,
+    output: OutputOption = None,
     force: Annotated[bool, typer.Option(help="Plan as 'nst render --force': every item again.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the plan as one JSON object on stdout.")

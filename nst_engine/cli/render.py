@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nst_engine.cli.app import STORAGE_ERRORS, app, err, fail
+from nst_engine.cli.app import STORAGE_ERRORS, ManifestArgument, OutputOption, app, err, fail
 from nst_engine.distributed.options import (
     MAX_DEFAULT_THREADS,
     WORKERS_FORMS,
@@ -91,12 +90,8 @@ def print_summary(summary: RunSummary, results: str) -> None:
 
 @app.command()
 def render(
-    manifest: Annotated[
-        Path, typer.Argument(help="Manifest: YAML, JSON, CSV or Parquet.", show_default=False)
-    ],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
-    ] = None,
+    manifest: ManifestArgument,
+    output: OutputOption = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: embedded).")
     ] = None,
@@ -197,10 +192,18 @@ def render(
     view = RenderView(len(items))
     try:
         if quiet:
-            summary = run_render(items, plan.weights, root, options, force=force)
+            summary = run_render(items, plan.weights, root, options, force=force, done=render_plan.check)
         else:
             with Live(view, console=err, refresh_per_second=4):
-                summary = run_render(items, plan.weights, root, options, force=force, on_progress=view.update)
+                summary = run_render(
+                    items,
+                    plan.weights,
+                    root,
+                    options,
+                    force=force,
+                    on_progress=view.update,
+                    done=render_plan.check,
+                )
                 view.update(_final(summary))
     except NSTError as exc:  # e.g. no worker could start (WorkerStartError)
         raise fail(exc) from None

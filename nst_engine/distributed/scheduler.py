@@ -146,14 +146,21 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
     return PoolShape(min(low, high), high, resources, device, threads)
 
 
-def skip_done(items: list[WorkItem], store: ResultStore, force: bool, run_kind: str = "render") -> DoneCheck:
+def skip_done(
+    items: list[WorkItem],
+    store: ResultStore,
+    force: bool,
+    run_kind: str = "render",
+    check: DoneCheck | None = None,
+) -> DoneCheck:
     """Which items are already done (``ResultStore.check_done``: one read of the ok rows,
-    one listing of the output root); items whose image survived a killed driver without
-    its row are recorded as ok now rather than rendered again. Nothing is recorded for
-    items already done: the run's record counts them."""
+    one listing of the output root, or ``check`` when the caller's plan made it already);
+    items whose image survived a killed driver without its row are recorded as ok now
+    rather than rendered again. Nothing is recorded for items already done: the run's
+    record counts them."""
     if force:
         return DoneCheck(todo=list(items))
-    check = store.check_done(items, run_kind)
+    check = check or store.check_done(items, run_kind)
     store.append(check.rows)
     return check
 
@@ -623,14 +630,16 @@ def run_render(
     force: bool = False,
     run_kind: str = "render",
     on_progress: Callable[[Progress], None] | None = None,
+    done: DoneCheck | None = None,
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
-    (buffered, see ``results.store``) and the run itself to its runs table."""
+    (buffered, see ``results.store``) and the run itself to its runs table. ``done`` is
+    the plan's split of ``items`` into done and to do, if the caller made one."""
     started = time.time()
     store = ResultStore(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS)
     root.remove_stale_temporaries()
     summary = RunSummary(total=len(items))
-    check = skip_done(items, store, force, run_kind)
+    check = skip_done(items, store, force, run_kind, done)
     todo = check.todo
     if force:  # redone from the start, not from an earlier run's checkpoint
         remove_checkpoints(root, [i.item_id for i in todo])

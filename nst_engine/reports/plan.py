@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from nst_engine.planning.items import WorkItem
 from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
-from nst_engine.results.store import ResultsError, ResultStore, read_results
+from nst_engine.results.store import DoneCheck, ResultsError, ResultStore, read_results
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,14 @@ class RenderPlan:
     bad_inputs: list[BadInput] = field(default_factory=list)
     predictions: list[DevicePrediction] = field(default_factory=list)
     fits_from: list[str] = field(default_factory=list)  # the result tables the fits came from
+    #: the split behind the counts, handed to ``run_render`` so a render checks only once
+    check: DoneCheck | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as one JSON object (``nst plan --json``)."""
-        return asdict(self)
+        """The plan as one JSON object (``nst plan --json``); the check's item lists stay out."""
+        data = asdict(replace(self, check=None))
+        del data["check"]
+        return data
 
     def warnings(self) -> list[str]:
         """One line per device and size predicted not to fit in memory."""
@@ -149,22 +153,20 @@ def make_plan(
     """The plan of rendering ``items`` into ``store``'s output root: the same split into
     done and to do that ``run_render`` makes (``ResultStore.check_done``), read-only."""
     bad = [i for i in items if i.input_error]
-    good = [i for i in items if not i.input_error]
-    if force:
-        done, recoverable, todo = 0, 0, good
-    else:
-        check = store.check_done(good)
-        done, recoverable, todo = len(check.done), len(check.recovered), check.todo
+    # bad inputs land in ``todo`` without any I/O; ``nst render`` reuses this check
+    check = DoneCheck(todo=list(items)) if force else store.check_done(items)
+    todo = [i for i in check.todo if not i.input_error]
     return RenderPlan(
         manifest=manifest,
         output=store.root.uri,
         items=len(items),
         styles=sorted({i.style_name for i in items}),
         sizes=sorted({i.size for i in items}),
-        done=done,
-        recoverable=recoverable,
+        done=len(check.done),
+        recoverable=len(check.recovered),
         to_render=len(todo),
         bad_inputs=[BadInput(i.item_id, i.label, i.input_error or "") for i in bad],
         predictions=[predict(fit, todo) for fit in fits],
         fits_from=list(fits_from),
+        check=check,
     )
