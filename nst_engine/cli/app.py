@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -55,3 +56,31 @@ def fail(problem: str | BaseException, code: int = 2) -> typer.Exit:
     """Print ``error: ...`` (no markup, no emoji codes) and return the exit to raise."""
     err.print(f"[bold red]error:[/] {escape(message(problem))}", soft_wrap=True)
     return typer.Exit(code)
+
+
+#: The last stopping signal this process received (SIGINT unless a handler saw SIGTERM).
+_received = {"signal": signal.SIGINT}
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop a command the way Ctrl-C does (a ``KeyboardInterrupt`` in the main
+    thread: rows flushed, a summary, how to go on) instead of killing it at once or, once
+    Ray's core is loaded, running its handler's C++ stack dump; call again after
+    ``ray.init``. The signal is remembered because Ray's calls re-raise whatever
+    interrupts them as a plain ``KeyboardInterrupt``."""
+
+    def terminate(signum: int, _frame: object) -> None:
+        _received["signal"] = signal.Signals(signum)
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def stopped_by() -> str:
+    """How a stopped command says why."""
+    return "terminated (SIGTERM)" if _received["signal"] == signal.SIGTERM else "interrupted (Ctrl-C)"
+
+
+def exit_code() -> int:
+    """128 + the signal's number, as shells report a command a signal stopped: 130, 143."""
+    return 128 + _received["signal"]

@@ -77,6 +77,7 @@ def _print_fits(locations: list[str], size: int | None = None, iterations: int |
 
 @bench_app.command("scaling")
 def scaling(
+    ctx: typer.Context,
     sizes: Annotated[
         str, typer.Option(help="Comma-separated sizes (longer side, px).")
     ] = "128,256,384,512,768,1024",
@@ -96,9 +97,13 @@ def scaling(
     content: Annotated[Path | None, typer.Option(help="Content image (default: shipped Tübingen).")] = None,
     style: Annotated[Path | None, typer.Option(help="Style image (default: shipped Starry Night).")] = None,
     weights: Annotated[str, typer.Option(help="VGG-19 weights (as for nst stylize).")] = "embedded",
+    wait: Annotated[
+        bool, typer.Option(help="When another run writes to the output root, wait for it to end.")
+    ] = False,
 ) -> None:
     """The same synthesis at each size on every device type of the cluster; prints the fitted
     exponent k per device (the paper predicts k ≈ 1) and writes rows to OUTPUT/results.parquet."""
+    from nst_engine.cli.render import take_lease
     from nst_engine.distributed.bench import device_slots, run_scaling
     from nst_engine.distributed.runtime import connect, disconnect
     from nst_engine.engine.weights_spec import sample_images
@@ -134,6 +139,8 @@ def scaling(
         items = expand(plan)
     except NSTError as exc:  # a manifest's problems, deliberately one per line
         raise fail(exc) from None
+    root = OutputRoot(plan.output)
+    lease = take_lease(ctx, root, "nst bench scaling", None, wait)  # its rows and compaction share the root
     try:
         where = connect(address)
     except NSTError as exc:
@@ -158,11 +165,12 @@ def scaling(
                     f"  {slot.label}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}"
                 )
 
-        root = OutputRoot(plan.output)
         run_scaling(items, plan.weights, root, slots, warmup, on_row)
     finally:
         disconnect()
     err.print(f"results: {escape(root.display(RESULTS_FILE))}")
+    if lease.lost:  # taken over mid-run (the heartbeat warned then)
+        raise fail(lease.lost)
     _print_fits([root.uri])
 
 

@@ -30,10 +30,14 @@ def submit(
     ] = None,
     submission_id: Annotated[str | None, typer.Option(help="Job id to use (default: Ray picks one).")] = None,
 ) -> None:
-    """Submit a render to a Ray cluster as a Ray Job and print the job id."""
+    """Submit a render to a Ray cluster as a Ray Job and print the job id.
+
+    The job file and the manifest are checked first, with the same planning pass as
+    'nst plan' and 'nst render' (every image checked): a job that would be
+    refused on the cluster is refused here, before the cluster is contacted."""
+    from nst_engine.cli.plan import load_and_expand
     from nst_engine.distributed.jobs import JobSpec, is_job_file, load_job
     from nst_engine.distributed.jobs import submit as submit_job
-    from nst_engine.planning.manifest import load_manifest
 
     if not manifest_or_job.is_file():
         raise fail(f"{manifest_or_job}: file not found")
@@ -42,9 +46,12 @@ def submit(
             job = load_job(manifest_or_job)
         else:
             job = JobSpec(str(manifest_or_job.resolve()))
-        if output:
-            job.output = output if "://" in output else str(Path(output).resolve())
-        load_manifest(job.manifest, job.output)  # refuse an invalid manifest before submitting
+    except NSTError as exc:
+        raise fail(exc) from None
+    if output:
+        job.output = output if "://" in output else str(Path(output).resolve())
+    load_and_expand(Path(job.manifest), job.output, job.skip_bad_inputs)  # exits 2 on any problem
+    try:
         job_id = submit_job(_address(address or job.address), job, submission_id)
     except NSTError as exc:
         raise fail(exc) from None

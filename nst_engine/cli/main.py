@@ -11,7 +11,7 @@ from nst_engine.cli import plan  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
 from nst_engine.cli import report  # noqa: F401
 from nst_engine.cli import bench  # noqa: F401
-from nst_engine.cli.app import app, fail
+from nst_engine.cli.app import app, exit_code, fail, stop_on_sigterm, stopped_by
 
 __all__ = ["app", "main"]
 
@@ -21,10 +21,11 @@ def main() -> None:
     choices) is one ``error:`` line with exit code 2 like every other error, rather than
     click's boxed usage text. (typer bundles its own click and exposes only
     ``TyperException`` publicly, so the kinds are told apart by name.)"""
+    stop_on_sigterm()
     try:
         code = app(prog_name="nst", standalone_mode=False)
-    except (typer.Abort, KeyboardInterrupt):
-        code = fail("interrupted", 130).exit_code
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C or SIGTERM (click wraps them in Abort)
+        code = fail(stopped_by(), exit_code()).exit_code
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nst`: the help text
             exc.show()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import shlex
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -18,7 +21,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nst_engine.cli.app import STORAGE_ERRORS, ManifestArgument, OutputOption, app, err, fail
+from nst_engine.cli.app import (
+    STORAGE_ERRORS,
+    ManifestArgument,
+    OutputOption,
+    app,
+    err,
+    exit_code,
+    fail,
+    stop_on_sigterm,
+    stopped_by,
+)
 from nst_engine.distributed.options import (
     MAX_DEFAULT_THREADS,
     WORKERS_FORMS,
@@ -30,6 +43,8 @@ from nst_engine.engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
+    from nst_engine.results.lease import Lease
+    from nst_engine.results.storage import OutputRoot
 
 
 class RenderView:
@@ -88,8 +103,28 @@ def print_summary(summary: RunSummary, results: str) -> None:
     err.print(f"results: {escape(results)}")
 
 
+def take_lease(ctx: typer.Context, root: OutputRoot, command: str, manifest: str | None, wait: bool) -> Lease:
+    """The output root's lease for this command, held until the command ends (any way:
+    ``ctx.with_resource``); a root another run holds is one ``error:`` line naming it and
+    exit 2, or with ``wait`` a line saying whom we wait for, then the wait."""
+    from nst_engine.results.lease import Lease
+
+    def warn(line: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+
+    lease = Lease(root, command, manifest, warn=warn)
+    try:
+        lease.acquire(wait=wait, on_wait=lambda line: err.print(escape(line), soft_wrap=True))
+    except NSTError as exc:  # LeaseHeldError: the holder, and what to do
+        raise fail(exc) from None
+    except STORAGE_ERRORS as exc:
+        raise fail(f"{root.uri}: cannot take the output root's lease ({one_line(exc)})") from None
+    return ctx.with_resource(lease)
+
+
 @app.command()
 def render(
+    ctx: typer.Context,
     manifest: ManifestArgument,
     output: OutputOption = None,
     address: Annotated[
@@ -147,12 +182,27 @@ def render(
             "(auto: every 60 s for syntheses predicted to take over 3 minutes; 0: off).",
         ),
     ] = "auto",
+    verify_outputs: Annotated[
+        bool,
+        typer.Option(
+            "--verify-outputs",
+            help="Read every done image and render again those that do not decode, are not their "
+            "item's or differ from their checksum (default: trusted when the size matches the row).",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="When another run writes to the output root, wait for it to end and then render "
+            "what it left (default: stop at once, exit code 2)."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")] = False,
 ) -> None:
     """Render every item of MANIFEST and write images plus results.parquet.
 
-    Items already rendered (ok row and image present) are skipped; the exit code is 1
-    when any item failed.
+    Items already rendered (ok row and its image, verified by size or with
+    --verify-outputs by reading it) are skipped; the exit code is 1 when any item failed.
     """
     from nst_engine.cli.plan import load_and_expand, plan_render
     from nst_engine.distributed.runtime import connect, disconnect
@@ -169,7 +219,7 @@ def render(
     except ValueError as exc:
         raise fail(exc) from None
     plan, items = load_and_expand(manifest, output, skip_bad_inputs)
-    render_plan = plan_render(manifest, plan, items, force, None)
+    render_plan = plan_render(manifest, plan, items, force, None, verify_outputs)
     err.print(escape(render_plan.one_line()), soft_wrap=True)
     root = OutputRoot(plan.output)
     options = PoolOptions(
@@ -183,27 +233,34 @@ def render(
         max_worker_failures=max_worker_failures,
         checkpoint_every=checkpoint_seconds,
     )
+    lease = take_lease(ctx, root, "nst render", str(manifest), wait)  # before Ray, before any item
+    if lease.waited:  # planned while another run rendered: what it finished is done now
+        render_plan = plan_render(manifest, plan, items, force, None, verify_outputs)
+        err.print(escape(render_plan.one_line()), soft_wrap=True)
     try:
         # nothing to render (a rerun of a finished manifest): the run is recorded without Ray
         where = connect(address) if render_plan.to_render else "no cluster (nothing to render)"
     except NSTError as exc:
         raise fail(exc) from None
+    stop_on_sigterm()  # again: ray.init installed its own handler, which dumps a C++ stack
     err.print(f"{len(items)} items from {escape(str(manifest))} -> {escape(plan.output)} on {where}")
     view = RenderView(len(items))
+    render_all = functools.partial(
+        run_render,
+        items,
+        plan.weights,
+        root,
+        options,
+        force=force,
+        done=render_plan.check,
+        still_ours=lease.check,
+    )
     try:
         if quiet:
-            summary = run_render(items, plan.weights, root, options, force=force, done=render_plan.check)
+            summary = render_all()
         else:
             with Live(view, console=err, refresh_per_second=4):
-                summary = run_render(
-                    items,
-                    plan.weights,
-                    root,
-                    options,
-                    force=force,
-                    on_progress=view.update,
-                    done=render_plan.check,
-                )
+                summary = render_all(on_progress=view.update)
                 view.update(_final(summary))
     except NSTError as exc:  # e.g. no worker could start (WorkerStartError)
         raise fail(exc) from None
@@ -212,8 +269,25 @@ def render(
     finally:
         disconnect()
     print_summary(summary, root.display(RESULTS_FILE))
+    if lease.lost:  # taken over mid-run (the heartbeat warned then): its writes raced another run's
+        raise fail(lease.lost)
+    if summary.interrupted is not None:
+        print_resume(summary)
+        raise typer.Exit(exit_code())
     if summary.failed:
         raise typer.Exit(1)
+
+
+def print_resume(summary: RunSummary) -> None:
+    """What a stopped run finished and how to go on (the rows of finished items are
+    written; a rerun skips them)."""
+    finished = summary.rendered + summary.skipped + len(summary.failed)
+    err.print(
+        f"{stopped_by()}: {finished} of {summary.total} items finished, "
+        f"{summary.total - finished} to go; to render the rest, run again: "
+        f"{escape(shlex.join(['nst', *sys.argv[1:]]))}",
+        soft_wrap=True,
+    )
 
 
 def _final(summary: RunSummary) -> Progress:

@@ -14,19 +14,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nst_engine.cli.app import app, err, fail
 from nst_engine.cli.options import config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
-from nst_engine.engine.files import write_atomic
+from nst_engine.engine.files import probe_writable, write_atomic
 from nst_engine.engine.optimize import IterationRecord
 from nst_engine.engine.weights_spec import WeightsSpec
 
 
 def _check_writable(path: Path, option: str) -> None:
-    """Fail before a long synthesis, not after it, when a result cannot be written."""
+    """Fail before a long synthesis, not after it, when a result cannot be written: the
+    folder is created and a file as long-named as the result's temporary one written,
+    renamed and deleted there (creating the folder alone passes a read-only one)."""
     if path.is_dir():
         raise fail(f"{option} {path}: is a directory; give a file name")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"{option} {path}: cannot create folder {path.parent} ({exc.strerror or exc})") from None
+        probe_writable(str(path.parent), name=f"{option} {path}: folder {path.parent}", like=path.name)
+    except NSTError as exc:
+        raise fail(exc) from None
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """Ray Jobs: the same render, submitted to a cluster's head and run there.
 
 A job file (YAML) names a manifest, a cluster address, an output and a retry policy;
-reruns are idempotent because finished items are recognised by their ids.
+reruns are idempotent because finished items are recognised by their ids. A job file is
+checked like a manifest, every problem at once, before anything is submitted: each value
+must be one its ``nst render`` option takes, else the job would fail on the cluster.
 """
 
 from __future__ import annotations
@@ -15,26 +17,73 @@ from typing import Any
 
 import yaml
 
-from nst_engine.engine.errors import NSTError
+from nst_engine.distributed.options import parse_checkpoint_every, parse_workers
+from nst_engine.engine.errors import NSTError, one_line
 
-JOB_KEYS = {
-    "manifest",
-    "address",
-    "output",
-    "retries",
-    "workers",
-    "skip_bad_inputs",
-    "force",
-    "checkpoint_every",
+
+@dataclass(frozen=True)
+class RenderOption:
+    """A job-file field passed to ``nst render`` as ``flag TEXT`` (the value as written), and
+    the values that option takes: its own parser, or a number >= its ``min=``."""
+
+    flag: str
+    parse: Callable[[str], object] | None = None  # raises ValueError with a message for people
+    minimum: int = 1
+    whole: bool = True  # a whole number (the option is an int) or any number (a float)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value``, or None when ``nst render`` takes it."""
+        text = str(value)  # a bool becomes "True", which no option takes
+        if self.parse is not None:
+            try:
+                self.parse(text)
+            except ValueError as exc:  # parse_workers names its flag; the caller names the field
+                return str(exc).removeprefix(f"{self.flag}: ")
+            return None
+        try:
+            number: float = int(text) if self.whole else float(text)
+        except ValueError:
+            number = float("nan")
+        if not number >= self.minimum:  # NaN included
+            return f"expected a {'whole number' if self.whole else 'number'} >= {self.minimum}, got {value!r}"
+        return None
+
+
+#: ``retries:`` and ``workers:`` fields of a job file -> the ``nst render`` options they
+#: become; the minimums are ``nst render``'s ``min=`` (tests/test_job_files.py compares them).
+RETRY_OPTIONS = {
+    "max_attempts": RenderOption("--max-attempts"),
+    "max_worker_failures": RenderOption("--max-worker-failures"),
 }
-#: ``workers:`` keys of a job file -> ``nst render`` options (values passed as given).
 WORKER_OPTIONS = {
-    "count": "--workers",  # N or MIN:MAX
-    "start_timeout": "--worker-start-timeout",
-    "cpu_actors": "--cpu-actors",
-    "threads_per_actor": "--threads-per-actor",
-    "max_in_flight": "--max-in-flight",
+    "count": RenderOption("--workers", parse=parse_workers),  # N or MIN:MAX
+    "start_timeout": RenderOption("--worker-start-timeout", whole=False),
+    "cpu_actors": RenderOption("--cpu-actors"),
+    "threads_per_actor": RenderOption("--threads-per-actor"),
+    "max_in_flight": RenderOption("--max-in-flight"),
 }
+CHECKPOINT_EVERY = RenderOption("--checkpoint-every", parse=parse_checkpoint_every)
+#: true/false fields -> the ``nst render`` flags for true and for false (None: nothing).
+SWITCHES: dict[str, tuple[str, str | None]] = {
+    "skip_bad_inputs": ("--skip-bad-inputs", None),
+    "force": ("--force", None),
+}
+WORKER_SWITCHES: dict[str, tuple[str, str | None]] = {"gpus": ("--gpus", "--no-gpus")}
+JOB_KEYS = ("manifest", "address", "output", "retries", "workers", "checkpoint_every", *SWITCHES)
+#: What a mapping field looks like, for its problem line.
+MAPPING_EXAMPLES = {
+    "retries": "{max_attempts: 3, max_worker_failures: 3}",
+    "workers": "{count: 2, max_in_flight: 2}",
+}
+
+
+class JobFileError(NSTError):
+    """All problems of one job file; ``str()`` lists one per line, as ``ManifestError`` does."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{len(problems)} {noun} in the job file:\n" + "\n".join(problems))
 
 
 @dataclass
@@ -43,6 +92,7 @@ class JobSpec:
     address: str | None = None
     output: str | None = None
     render_args: list[str] = field(default_factory=list)
+    skip_bad_inputs: bool = False  # as in render_args: nst submit plans the manifest with it
 
 
 def is_job_file(path: Path) -> bool:
@@ -56,45 +106,108 @@ def is_job_file(path: Path) -> bool:
     return isinstance(data, dict) and "manifest" in data
 
 
+class _Problems:
+    """Collects ``job file: dotted.field: what to do`` lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.items.append(f"{self.path}: {field}: {message}")
+
+
 def load_job(path: Path) -> JobSpec:
+    """Read and check a job file; ``JobFileError`` lists every problem. A field left empty
+    (``count:``) is the option's default."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise NSTError(f"{path}: not a readable job file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not data.get("manifest"):
-        raise NSTError(f"{path}: a job file is a mapping with at least 'manifest: PATH'")
-    problems = [
-        f"{path}: {key}: unknown field; use {', '.join(sorted(JOB_KEYS))}" for key in set(data) - JOB_KEYS
-    ]
-    manifest = (path.parent / str(data["manifest"])).resolve()
+        raise JobFileError([f"{path}: not a readable job file ({one_line(exc)})"]) from None
+    if not isinstance(data, dict):
+        raise JobFileError([f"{path}: a job file is a mapping with at least 'manifest: PATH'"])
+    problems = _Problems(path)
+    for key in sorted(set(map(str, data)) - set(JOB_KEYS)):
+        problems.add(key, f"unknown field; use {', '.join(sorted(JOB_KEYS))}")
+    manifest = _manifest(data.get("manifest"), path, problems)
+    address = _text(
+        "address", data.get("address"), "a Ray dashboard address, e.g. http://HEAD:8265", problems
+    )
+    output = _text("output", data.get("output"), "a folder or URI", problems)
+    args = _section("retries", data.get("retries"), RETRY_OPTIONS, {}, problems)
+    args += _section("workers", data.get("workers"), WORKER_OPTIONS, WORKER_SWITCHES, problems)
+    args += _option("checkpoint_every", data.get("checkpoint_every"), CHECKPOINT_EVERY, problems)
+    for key, flags in SWITCHES.items():
+        args += _switch(key, data.get(key), flags, problems)
+    if problems.items:
+        raise JobFileError(problems.items)
+    if output and "://" not in output:
+        output = str((path.parent / output).resolve())
+    return JobSpec(str(manifest), address, output, args, "--skip-bad-inputs" in args)
+
+
+def _manifest(value: Any, path: Path, problems: _Problems) -> Path | None:
+    """The job's manifest, relative to the job file; it must be there."""
+    if not isinstance(value, str) or not value:
+        problems.add("manifest", f"expected the path of a manifest (relative to the job file), got {value!r}")
+        return None
+    manifest = (path.parent / value).resolve()
     if not manifest.is_file():
-        problems.append(f"{path}: manifest: {manifest} not found")
+        problems.add("manifest", f"{manifest} not found; check the path (relative to the job file)")
+    return manifest
+
+
+def _text(key: str, value: Any, expected: str, problems: _Problems) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        problems.add(key, f"expected {expected}, got {value!r}")
+        return None
+    return value
+
+
+def _section(
+    key: str,
+    value: Any,
+    options: dict[str, RenderOption],
+    switches: dict[str, tuple[str, str | None]],
+    problems: _Problems,
+) -> list[str]:
+    """The ``nst render`` arguments of the ``retries:`` or ``workers:`` mapping."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a mapping such as {MAPPING_EXAMPLES[key]}, got {value!r}")
+        return []
+    known = sorted([*options, *switches])
+    for name in sorted(set(map(str, value)) - set(known)):
+        problems.add(f"{key}.{name}", f"unknown field; use {', '.join(known)}")
     args: list[str] = []
-    retries: dict[str, Any] = data.get("retries") or {}
-    for key in ("max_attempts", "max_worker_failures"):
-        if key in retries:
-            args += [f"--{key.replace('_', '-')}", str(int(retries[key]))]
-    workers: dict[str, Any] = data.get("workers") or {}
-    for key in set(workers) - set(WORKER_OPTIONS) - {"gpus"}:
-        known = ", ".join([*sorted(WORKER_OPTIONS), "gpus"])
-        problems.append(f"{path}: workers.{key}: unknown field; use {known}")
-    for key, option in WORKER_OPTIONS.items():
-        if key in workers:
-            args += [option, str(workers[key])]  # nst render checks the value before anything starts
-    if "checkpoint_every" in data:
-        args += ["--checkpoint-every", str(data["checkpoint_every"])]
-    if "gpus" in workers:
-        args.append("--gpus" if workers["gpus"] else "--no-gpus")
-    if data.get("skip_bad_inputs"):
-        args.append("--skip-bad-inputs")
-    if data.get("force"):
-        args.append("--force")
-    if problems:
-        raise NSTError("; ".join(problems))
-    output = data.get("output")
-    if output and "://" not in str(output):
-        output = str((path.parent / str(output)).resolve())
-    return JobSpec(str(manifest), data.get("address"), output, args)
+    for name, option in options.items():
+        args += _option(f"{key}.{name}", value.get(name), option, problems)
+    for name, flags in switches.items():
+        args += _switch(f"{key}.{name}", value.get(name), flags, problems)
+    return args
+
+
+def _option(field: str, value: Any, option: RenderOption, problems: _Problems) -> list[str]:
+    """``[flag, value]`` for a set field, ``[]`` for an empty one or a problem."""
+    if value is None:
+        return []
+    problem = option.problem(value)
+    if problem:
+        problems.add(field, problem)
+        return []
+    return [option.flag, str(value)]
+
+
+def _switch(field: str, value: Any, flags: tuple[str, str | None], problems: _Problems) -> list[str]:
+    """The flag for a true/false field: YAML's booleans only (a quoted "yes" is refused)."""
+    if value is None:
+        return []
+    if not isinstance(value, bool):
+        problems.add(field, f"expected true or false, got {value!r}")
+        return []
+    flag = flags[0] if value else flags[1]
+    return [flag] if flag else []
 
 
 def entrypoint(job: JobSpec) -> str:

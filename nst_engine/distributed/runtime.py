@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import socket
+import subprocess
+from pathlib import Path
 
 import ray
 
+from nst_engine.distributed import reaper
 from nst_engine.engine.errors import NSTError
 
 LOCALHOST = "127.0.0.1"
+#: Ray's switch for "a cluster of one machine on the loopback interface" (its default on
+#: macOS and Windows); read by Ray's processes at import, hence set in the environment.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: The watchdog of the embedded cluster (see ``reaper``), while one runs.
+_watchdog: subprocess.Popen | None = None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Start (``address`` None) or join a Ray cluster; returns a description.
 
-    The embedded cluster runs no dashboard and, as Ray 2.60 does for local clusters,
-    requires its token for every connection; workers see the project through the
-    installed package, nothing is shipped from the driver.
+    The embedded cluster runs no dashboard, listens on 127.0.0.1 only, requires its
+    token for every connection (as Ray 2.60 does for local clusters; the token file is
+    readable by its owner only) and dies with the driver, however the driver dies
+    (``reaper``); workers see the project through the installed package, nothing is
+    shipped from the driver.
     """
+    global _watchdog
     if ray.is_initialized():
         return "already connected"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -36,6 +49,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
             )
             raise NSTError(f"--address {address}: cannot connect to a Ray cluster ({first}){hint}") from None
         return f"Ray cluster at {address}"
+    _loopback_only()
+    _private_token_file()
+    _watchdog = reaper.start()
     ray.init(
         address="local",  # always a new embedded cluster, never one found in /tmp/ray
         num_cpus=num_cpus,
@@ -46,6 +62,40 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         configure_logging=True,
     )
     return "embedded local Ray (token-protected, no dashboard)"
+
+
+def _loopback_only() -> None:
+    """Make every port of the embedded cluster bind 127.0.0.1. Ray replaces a loopback
+    node address by the host's reachable one (``resolve_ip_for_localhost``), so its gRPC
+    servers, agents and metrics exporter would listen on every interface; its
+    single-machine mode keeps them on loopback. The flag is read at import, by this
+    process (already importing Ray: hence the private constant, left alone if it moves)
+    and by the processes Ray starts (the environment)."""
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    with contextlib.suppress(ImportError, AttributeError):
+        import ray._private.ray_constants as ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _private_token_file() -> None:
+    """Ray writes a new cluster's token to ``~/.ray/auth_token`` with the umask's mode
+    (world-readable under the usual 022), and anyone who reads it may run code on the
+    cluster. Create it first, owner-only, or tighten one this user owns."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    except OSError:  # an unwritable home: Ray reports its own error
+        return
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))  # what Ray itself generates: 256 random bits
 
 
 def _check_reachable(address: str) -> None:
@@ -81,5 +131,9 @@ def autoscaler_max_resources() -> dict[str, float] | None:
 
 
 def disconnect() -> None:
+    """Leave the cluster; an embedded one is stopped, and its watchdog with it."""
+    global _watchdog
     if ray.is_initialized():
         ray.shutdown()
+    reaper.stop(_watchdog)
+    _watchdog = None

@@ -63,6 +63,8 @@ class RunSummary:
     released: int = 0  # idle workers released while others still worked (their nodes may go)
     cancelled: int = 0  # worker requests withdrawn before a node took them
     wall_seconds: float = 0.0
+    #: set when the run was stopped (Ctrl-C, or SIGTERM as the CLI raises it) before its end
+    interrupted: KeyboardInterrupt | None = None
 
 
 @dataclass
@@ -156,8 +158,10 @@ def skip_done(
     """Which items are already done (``ResultStore.check_done``: one read of the ok rows,
     one listing of the output root, or ``check`` when the caller's plan made it already);
     items whose image survived a killed driver without its row are recorded as ok now
-    rather than rendered again. Nothing is recorded for items already done: the run's
-    record counts them."""
+    rather than rendered again, and so are images verified for rows from before
+    ``output_bytes`` (once). Nothing else is recorded for items already done: the run's
+    record counts them; items whose image failed verification are in ``todo``, with
+    ``redo`` saying why (the scheduler puts it on their rows)."""
     if force:
         return DoneCheck(todo=list(items))
     check = check or store.check_done(items, run_kind)
@@ -320,6 +324,7 @@ class Scheduler:
         on_progress: Callable[[Progress], None] | None = None,
         on_row: Callable[[Lane, dict[str, Any]], None] | None = None,
         worker_class: type = RenderWorker,
+        redo_reasons: dict[str, str] | None = None,
     ) -> None:
         self.weights = weights
         self.root = root
@@ -332,6 +337,7 @@ class Scheduler:
         self.on_progress = on_progress
         self.on_row = on_row
         self.worker_class = worker_class  # RenderWorker's constructor, ready() and render()
+        self.redo_reasons = redo_reasons or {}  # item_id -> why its ok row was not trusted
         self.lanes: list[Lane] = []
         self.workers: dict[int, _Worker] = {}  # every worker started, retired ones included
         self._keys = itertools.count()
@@ -498,6 +504,7 @@ class Scheduler:
     def tick(self) -> None:
         """Time-driven checks: each lane's pool resized (``balance``), lanes with no
         worker that could start, and the progress callback."""
+        self.store.guard()  # the output root is still this run's (its lease)
         now = time.time()
         for lane in self.lanes:
             self.balance(lane)
@@ -581,6 +588,10 @@ class Scheduler:
                 ray.kill(self.board)
 
     def _record(self, lane: Lane, row: dict[str, Any]) -> None:
+        """Append ``row``, with why its item is done again when it had an ok row (every
+        attempt's row passes here, from a worker or made by the scheduler)."""
+        if (reason := self.redo_reasons.get(row["item_id"])) is not None:
+            row["redo_reason"] = reason
         self.store.append([row])
         if self.on_row is not None:
             self.on_row(lane, row)
@@ -631,12 +642,17 @@ def run_render(
     run_kind: str = "render",
     on_progress: Callable[[Progress], None] | None = None,
     done: DoneCheck | None = None,
+    still_ours: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
     (buffered, see ``results.store``) and the run itself to its runs table. ``done`` is
-    the plan's split of ``items`` into done and to do, if the caller made one."""
+    the plan's split of ``items`` into done and to do, if the caller made one.
+    ``still_ours`` (the output root's lease check) raises once this run may no longer
+    write there: checked before every write of results and once per scheduler tick, so
+    the run stops (its unwritten rows are rebuilt from the images by the next run).
+    Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set."""
     started = time.time()
-    store = ResultStore(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS)
+    store = ResultStore(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours)
     root.remove_stale_temporaries()
     summary = RunSummary(total=len(items))
     check = skip_done(items, store, force, run_kind, done)
@@ -648,9 +664,11 @@ def run_render(
     record, state = None, "interrupted"
     try:
         record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
-        _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress)
+        _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo)
         store.compact()
         state = "finished"
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: rows flushed below, then the summary
+        summary.interrupted = stop
     finally:
         try:
             store.flush()  # on an error or Ctrl-C too: no row received is lost
@@ -681,8 +699,10 @@ def _render_todo(
     run_kind: str,
     started: float,
     on_progress: Callable[[Progress], None] | None,
+    redo_reasons: dict[str, str],
 ) -> None:
-    """``run_render``'s work: record bad inputs as failed, render the rest."""
+    """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
+    items done again carry their ``redo_reasons``)."""
     bad = [i for i in todo if i.input_error]
     store.append([make_row(i, "failed", 1, error=i.input_error, run_kind=run_kind) for i in bad])
     summary.failed += [(i, i.input_error or "") for i in bad]
@@ -697,6 +717,7 @@ def _render_todo(
             run_kind=run_kind,
             started=started,
             on_progress=on_progress,
+            redo_reasons=redo_reasons,
         )
         shape = pool_shape(options, len(todo))
         scheduler.add_lane(

@@ -8,6 +8,7 @@ input or running out of memory at that resolution.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import socket
 import time
 from dataclasses import replace
@@ -102,7 +103,8 @@ class RenderWorker:
     def render(
         self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0
     ) -> tuple[dict, bool]:
-        """(result row, retryable). The image is written before the row is returned.
+        """(result row, retryable). The image is written before the row is returned, and
+        the row records its size and checksum (``output_bytes``, ``output_sha256``).
         ``warmup`` iterations are left out of the row's per-iteration statistics."""
         started, start_clock = _utcnow(), time.perf_counter()
         extra = {
@@ -139,9 +141,12 @@ class RenderWorker:
                 checkpoint=checkpoint.policy,
             )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
-            self.root.write_bytes(item.output_path, encode_png(result.image, metadata))
+            png = encode_png(result.image, metadata)
+            self.root.write_bytes(item.output_path, png)
             checkpoint.discard()  # only once the image is in place
             stats = result.stats.with_warmup(warmup)
+            # what a rerun verifies the image by (results.store: check_done), from these bytes
+            extra.update(output_bytes=len(png), output_sha256=hashlib.sha256(png).hexdigest())
         except NSTError as exc:  # bad input: another attempt would fail the same way
             error = one_line(exc)
         except Exception as exc:

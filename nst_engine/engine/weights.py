@@ -115,12 +115,7 @@ def load_torchvision(allow_download: bool = False) -> VGGWeights:
     """torchvision's IMAGENET1K_V1 weights, from the hub cache or (if allowed) the network."""
     path = torchvision_cache_path()
     if not path.is_file():
-        if not allow_download:
-            raise WeightsError(
-                f"torchvision VGG-19 weights are not cached at {path}; "
-                "allow the download to fetch them, or use the embedded weights",
-                field="allow_download",
-            )
+        _check_torchvision_available(path, allow_download)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(TORCHVISION_URL, str(path), hash_prefix="dcbb9e9d")
@@ -132,6 +127,15 @@ def load_torchvision(allow_download: bool = False) -> VGGWeights:
     weights = load_state_dict_file(path, TORCHVISION)
     weights.source = f"torchvision: VGG19_Weights.IMAGENET1K_V1 from {path}"
     return weights
+
+
+def _check_torchvision_available(path: Path, allow_download: bool) -> None:
+    if not path.is_file() and not allow_download:
+        raise WeightsError(
+            f"torchvision VGG-19 weights are not cached at {path}; "
+            "allow the download to fetch them, or use the embedded weights",
+            field="allow_download",
+        )
 
 
 def load_state_dict_file(path: str | os.PathLike, preprocessing: Preprocessing = TORCHVISION) -> VGGWeights:
@@ -172,29 +176,61 @@ def random_weights(widths: Sequence[int] = (4, 8, 8, 16, 16), seed: int = 0) -> 
     return VGGWeights(convs, TORCHVISION, source=f"random: widths {list(widths)} seed {seed}")
 
 
+def is_builtin(spec: str) -> bool:
+    """True for the sources that are not a file the user gives: embedded, torchvision, random."""
+    return spec in ("embedded", "torchvision") or spec == "random" or spec.startswith("random:")
+
+
 def load_weights(spec: str, preprocessing: str | None = None, allow_download: bool = False) -> VGGWeights:
     """Resolve a weights source: ``embedded``, ``torchvision``, ``random[:seed]`` or a file path."""
-    if preprocessing is not None and (spec in ("embedded", "torchvision") or spec.startswith("random")):
-        raise WeightsError(
-            f"applies to weight files only, not to the {spec!r} weights", field="preprocessing"
-        )
+    prep = _preprocessing(spec, preprocessing)
     if spec == "embedded":
         return load_embedded()
     if spec == "torchvision":
         return load_torchvision(allow_download=allow_download)
-    if spec == "random" or spec.startswith("random:"):
-        seed = spec.partition(":")[2] or "0"
-        if not seed.isdigit():
-            raise WeightsError(f"{spec}: the seed after 'random:' must be a whole number", field="source")
-        return random_weights(seed=int(seed))
-    prep = TORCHVISION
-    if preprocessing is not None:
-        if preprocessing not in PREPROCESSINGS:
-            raise WeightsError(
-                f"must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}", field="preprocessing"
-            )
-        prep = PREPROCESSINGS[preprocessing]
+    if is_builtin(spec):
+        return random_weights(seed=_random_seed(spec))
     return load_state_dict_file(spec, prep)
+
+
+def check_source(spec: str, preprocessing: str | None = None, allow_download: bool = False) -> Path | None:
+    """What ``load_weights`` would refuse without reading a large file, raising the same
+    ``WeightsError``: a preprocessing, the embedded package, the torchvision cache (unless
+    a download is allowed), a random seed. Returns the user's file, which only a full
+    ``load_state_dict_file`` checks (a planner does it once and remembers the outcome),
+    or None for a built-in source."""
+    _preprocessing(spec, preprocessing)
+    if spec == "embedded":
+        embedded_weights_path()
+    elif spec == "torchvision":
+        _check_torchvision_available(torchvision_cache_path(), allow_download)
+    elif is_builtin(spec):
+        _random_seed(spec)
+    else:
+        return Path(spec)
+    return None
+
+
+def _preprocessing(spec: str, preprocessing: str | None) -> Preprocessing:
+    """The preprocessing of a file source (default torchvision's); refused for a built-in one."""
+    if preprocessing is None:
+        return TORCHVISION
+    if is_builtin(spec):
+        raise WeightsError(
+            f"applies to weight files only, not to the {spec!r} weights", field="preprocessing"
+        )
+    if preprocessing not in PREPROCESSINGS:
+        raise WeightsError(
+            f"must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}", field="preprocessing"
+        )
+    return PREPROCESSINGS[preprocessing]
+
+
+def _random_seed(spec: str) -> int:
+    seed = spec.partition(":")[2] or "0"
+    if not seed.isdigit():
+        raise WeightsError(f"{spec}: the seed after 'random:' must be a whole number", field="source")
+    return int(seed)
 
 
 def _torch_load(path: Path) -> object:

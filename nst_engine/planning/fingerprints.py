@@ -1,10 +1,13 @@
-"""Content hashes and header checks of every input image, read in parallel and cached.
+"""Content hashes and full checks of every input, read in parallel and cached.
 
 Item ids hash image *contents*, and planning checks that each image decodes, so every
 input must be read once. For 100k objects on S3 that is hours if done one after another
 on the driver, so:
 
-* each file is read once, by a thread pool, and hashed and checked from the same bytes;
+* each file is read once, by a thread pool, and hashed and checked from the same bytes:
+  an image is decoded in full, as a worker will decode it (a header check passes a
+  truncated JPEG that fails at render); a weights file is loaded as a worker will load
+  it (a wrong shape or a refused pickle would otherwise fail in every worker);
 * the results are kept in ``.nst-cache/hashes.parquet`` in the output root, keyed by
   (location, size, modification time), loaded once per plan and written atomically at
   its end, so a nightly rerun over an unchanged dataset reads no image at all (a file
@@ -18,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import posixpath
-import warnings
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,11 +31,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image
 
+from nst_engine.engine.errors import NSTError, WeightsError
 from nst_engine.engine.files import write_atomic
-from nst_engine.engine.images import MAX_DECODE_PIXELS
+from nst_engine.engine.images import MAX_DECODE_PIXELS, load_image
 from nst_engine.engine.uris import resolve
+from nst_engine.engine.weights import load_state_dict_file
 from nst_engine.planning.sources import Stamp, stamp_of
 
 log = logging.getLogger(__name__)
@@ -40,12 +45,22 @@ log = logging.getLogger(__name__)
 CACHE_FILE = ".nst-cache/hashes.parquet"
 #: Reads in flight at once: object stores answer each request slowly but many at a time.
 READ_THREADS = 16
+#: Images decoded at once: decoding is CPU work (Pillow releases the GIL) and holds the
+#: whole bitmap (up to 192 MB at the 64 MP limit), so more than the cores only costs memory.
+_DECODING = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+#: What a cache row's facts were checked by. The kind is part of the key, so a row made by
+#: another check is never trusted: rows of the older "image" kind were made by a header
+#: check (PIL's verify(), which passes a truncated JPEG) and rows of the older "file" kind
+#: hashed weights without loading them; both are read again once, and dropped.
+IMAGE = "image-decoded"  # hashed and decoded in full, as load_image decodes for a worker
+WEIGHTS = "weights-loaded"  # hashed and loaded (weights_only), shapes checked, as a worker loads it
+KINDS = (IMAGE, WEIGHTS)
 _SCHEMA = pa.schema(
     [
         ("location", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
-        ("kind", pa.string()),  # image (hashed and checked) or file (hashed only)
+        ("kind", pa.string()),  # one of KINDS: which check made the row
         ("sha256", pa.string()),
         ("width", pa.int64()),
         ("height", pa.int64()),
@@ -69,27 +84,39 @@ class IndexStats:
     """How much was read: ``reads`` 0 on a rerun over unchanged inputs."""
 
     cached: int = 0  # inputs answered from the cache
-    reads: int = 0  # files read (and hashed)
+    reads: int = 0  # files read (hashed, and decoded or loaded)
     bytes_read: int = 0
 
 
 def check_image(data: bytes, name: str) -> tuple[str | None, tuple[int, int]]:
-    """(problem or None, (width, height)) from the header and a structural check of ``data``."""
+    """(problem or None, (width, height)) of ``data`` decoded in full by the engine's own
+    ``load_image``, the decoder a worker uses, so planning accepts exactly what renders:
+    every pixel, the decompression-bomb limit and the conversion to RGB included."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                size = img.size
-                if size[0] * size[1] > MAX_DECODE_PIXELS:
-                    return f"{name}: {size[0]}x{size[1]} pixels is over the safe decoding limit", size
-                img.verify()
-        return None, size
-    except Exception as exc:  # PIL raises many types for damaged files
+        with _DECODING:
+            img = load_image(data, max_pixels=MAX_DECODE_PIXELS, name=name)
+        return None, img.size
+    except NSTError as exc:  # ImageInputError: one line naming the file and what to do
+        return str(exc), (0, 0)
+    except Exception as exc:  # Pillow raises many other types for damaged files
         return f"{name}: not a readable image ({type(exc).__name__}: {exc})", (0, 0)
 
 
+def check_weights(path: str) -> str | None:
+    """The problem of a weights file as a worker would meet it, or None: loaded by the
+    engine's own loader (``torch.load(weights_only=True)``: nothing is unpickled), with
+    its key and shape checks."""
+    try:
+        load_state_dict_file(path)
+    except WeightsError as exc:  # one line naming the file and what to do
+        return exc.message
+    except Exception as exc:  # e.g. a tensor no float() takes: a worker would fail the same way
+        return f"{path}: not usable as VGG-19 weights ({type(exc).__name__}: {_first_line(exc)})"
+    return None
+
+
 class ImageIndex:
-    """Hashes (and, for images, header checks) of inputs for one plan.
+    """Hashes and checks (images decoded, weights loaded) of inputs for one plan.
 
     ``cache_root`` is the output root (a folder or URI) holding the persistent cache, or
     None for none; ``stamps`` are sizes and modification times already known from listing
@@ -139,6 +166,7 @@ class ImageIndex:
                 r["sha256"], r["width"], r["height"], r["problem"]
             )
             for r in table.to_pylist()
+            if r["kind"] in KINDS  # rows of an older, weaker check: neither trusted nor kept
         }
 
     def save(self) -> None:
@@ -174,11 +202,12 @@ class ImageIndex:
 
     # ------------------------------------------------------------------ reading
 
-    def prepare(self, images: Iterable[str] = (), files: Iterable[str] = ()) -> None:
-        """Hash and check ``images`` and hash ``files`` (e.g. weights), in parallel: first
-        the stamps nobody listed, then the contents of whatever the cache does not know."""
-        wanted = [(loc, "image") for loc in dict.fromkeys(images)]
-        wanted += [(loc, "file") for loc in dict.fromkeys(files)]
+    def prepare(self, images: Iterable[str] = (), weights: Iterable[str] = ()) -> None:
+        """Hash and decode ``images`` and hash and load ``weights`` files, in parallel:
+        first the stamps nobody listed, then the contents of whatever the cache does not
+        know."""
+        wanted = [(loc, IMAGE) for loc in dict.fromkeys(images)]
+        wanted += [(loc, WEIGHTS) for loc in dict.fromkeys(weights)]
         wanted = [w for w in wanted if w not in self._facts]
         unstamped = [loc for loc in dict.fromkeys(loc for loc, _ in wanted) if loc not in self._stamps]
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
@@ -220,13 +249,14 @@ class ImageIndex:
         return Facts(None, problem=f"{location}: not a file; give an image file")
 
     def _read(self, job: tuple[str, str]) -> tuple[Facts, int]:
-        """(facts, bytes read) of one file, read once: hashed, and for images checked."""
+        """(facts, bytes read) of one file: hashed, and an image decoded from the same
+        bytes; a weights file is hashed as a stream, then loaded from its path."""
         location, kind = job
         digest = hashlib.sha256()
         try:
             fs, path = resolve(location)
             with fs.open_input_file(path) as handle:
-                if kind == "file":  # possibly large (weights): streamed, never held whole
+                if kind == WEIGHTS:  # possibly large (550 MB): streamed, never held whole
                     size = 0
                     while block := handle.read(1 << 22):
                         digest.update(block)
@@ -238,8 +268,8 @@ class ImageIndex:
                     size = len(data)
         except (OSError, ValueError) as exc:
             return Facts(None, problem=f"{location}: cannot read ({_first_line(exc)})"), 0
-        if kind == "file":
-            return Facts(digest.hexdigest()), size
+        if kind == WEIGHTS:  # local only (a manifest refuses URIs for weights)
+            return Facts(digest.hexdigest(), problem=check_weights(path)), size
         problem, (width, height) = check_image(data, location)
         return Facts(digest.hexdigest(), width, height, problem), size
 
@@ -247,15 +277,15 @@ class ImageIndex:
 
     def image(self, location: str) -> Facts:
         """Hash, size and problem of an image (read now if ``prepare`` did not)."""
-        if (location, "image") not in self._facts:
+        if (location, IMAGE) not in self._facts:
             self.prepare(images=[location])
-        return self._facts[(location, "image")]
+        return self._facts[(location, IMAGE)]
 
-    def file(self, location: str) -> Facts:
-        """Hash of any file (no image check)."""
-        if (location, "file") not in self._facts:
-            self.prepare(files=[location])
-        return self._facts[(location, "file")]
+    def weights(self, location: str) -> Facts:
+        """Hash and problem of a weights file (read and loaded now if ``prepare`` did not)."""
+        if (location, WEIGHTS) not in self._facts:
+            self.prepare(weights=[location])
+        return self._facts[(location, WEIGHTS)]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from nst_engine.engine.config import INITS, SynthesisConfig
+from nst_engine.engine.errors import WeightsError
+from nst_engine.engine.weights import check_source
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.fingerprints import ImageIndex
 from nst_engine.planning.manifest import Manifest, ManifestError
 from nst_engine.planning.paths import UnsafePathError, safe_relative
 
 ID_LENGTH = 20
+#: What to do about bad inputs, shown after them (not one of the problems).
+SKIP_HINT = "(use --skip-bad-inputs to record these items as failed and render the rest)"
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,26 @@ class WorkItem:
         return f"{Path(self.content_path).name} × {self.style_name} @ {self.size}"
 
 
+def weights_file(spec: WeightsSpec, where: str = "weights") -> str | None:
+    """The weights file a worker will load, or None for a built-in source, after the checks
+    that need no loading (see ``check_source``); a problem is a ``ManifestError`` naming
+    the field, found here rather than in every worker after Ray has started."""
+    try:
+        path = check_source(spec.source, spec.preprocessing, spec.allow_download)
+    except WeightsError as exc:
+        raise ManifestError([f"{where}: {exc.field or 'source'}: {exc.message}"]) from None
+    return str(path) if path is not None else None
+
+
 def weights_identity(spec: WeightsSpec, index: ImageIndex, where: str = "weights") -> dict[str, Any]:
-    """What about the weights changes the output: file contents, not file names. A
-    calibration image that cannot be read is a ``ManifestError`` naming it."""
+    """What about the weights changes the output: file contents, not file names. Weights
+    a worker could not load (a wrong shape, a pickle ``weights_only`` refuses) and a
+    calibration image that cannot be read are a ``ManifestError`` naming the field. A
+    weights file is loaded once, by ``index``, and the outcome kept in its cache."""
     source = spec.source
-    if source not in ("embedded", "torchvision") and not source.startswith("random"):
-        facts = index.file(source)
+    path = weights_file(spec, where)
+    if path is not None:
+        facts = index.weights(path)
         if facts.problem:
             raise ManifestError([f"{where}: source: {facts.problem}"])
         source = f"sha256:{facts.sha256}"
@@ -119,20 +137,26 @@ def expand(
     write_cache: bool = True,
 ) -> list[WorkItem]:
     """Deterministic list of work items (manifest order). Bad images raise a
-    ``ManifestError`` listing all of them, unless ``skip_bad_inputs`` marks those items.
+    ``ManifestError`` listing all of them, unless ``skip_bad_inputs`` marks those items;
+    weights a worker could not load raise it always.
 
-    Every input is read once, in parallel, for its hash and a header check, unless the
-    hash cache in the output root (``manifest.output``) already knows it at its current
-    size and modification time; the cache is written back at the end (unless
-    ``write_cache`` is False: a dry run that must not touch the output root). ``index``
-    (for tests and callers that want its read counts) defaults to one on that cache."""
+    Every input is read once, in parallel, for its hash and a full decode (a weights
+    file: its hash and a load), unless the hash cache in the output root
+    (``manifest.output``) already knows it at its current size and modification time;
+    the cache is written back at the end (unless ``write_cache`` is False: a dry run that
+    must not touch the output root). ``index`` (for tests and callers that want its read
+    counts) defaults to one on that cache."""
     if index is None:
         index = ImageIndex(manifest.output, manifest.stamps, write=write_cache)
     images = [p for spec in manifest.items for p in (spec.content, *spec.style.images)]
     images += [p for spec in manifest.items if (p := _init_location(spec.config.init))]
     if manifest.weights.normalize:
         images += list(manifest.weights.calibration)
-    index.prepare(images=images)
+    try:
+        weights = weights_file(manifest.weights, f"{manifest.source}: weights")
+    except ManifestError:  # reported by _expand, with the bad inputs
+        weights = None
+    index.prepare(images=images, weights=[weights] if weights else [])  # loaded while images decode
     try:
         return _expand(manifest, index, skip_bad_inputs)
     finally:
@@ -140,7 +164,11 @@ def expand(
 
 
 def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> list[WorkItem]:
-    weights = weights_identity(manifest.weights, index, f"{manifest.source}: weights")
+    try:
+        weights = weights_identity(manifest.weights, index, f"{manifest.source}: weights")
+        refused: list[str] = []
+    except ManifestError as exc:  # fatal even with --skip-bad-inputs; listed with the bad inputs
+        weights, refused = {}, exc.problems
     items: list[WorkItem] = []
     problems: list[str] = []
     seen_outputs: dict[str, str] = {}
@@ -195,10 +223,9 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
                 input_error="; ".join(errors) if errors else None,
             )
         )
-    if problems and not skip_bad_inputs:
-        raise ManifestError(
-            [*problems, "(use --skip-bad-inputs to record these items as failed and render the rest)"]
-        )
+    bad_inputs = problems if not skip_bad_inputs else []
+    if refused or bad_inputs:
+        raise ManifestError([*refused, *bad_inputs], hint=SKIP_HINT if bad_inputs else None)
     return dedupe(items)
 
 

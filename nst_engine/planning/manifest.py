@@ -27,11 +27,29 @@ from nst_engine.engine.errors import ConfigError, NSTError, one_line
 from nst_engine.engine.uris import is_uri
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.paths import UnsafePathError, safe_relative
-from nst_engine.planning.sources import Listing, Stamp, list_images, locate
+from nst_engine.planning.sources import (
+    DEFAULT_MAX_IMAGES,
+    MAX_IMAGES_KEY,
+    Listing,
+    Stamp,
+    list_images,
+    locate,
+)
 
 DEFAULT_LAYOUT = "{style}/{size}/{content}.png"
 LAYOUT_FIELDS = ("style", "size", "content", "content_name", "id")
-TOP_LEVEL_KEYS = {"name", "output", "layout", "contents", "styles", "sizes", "params", "weights", "overrides"}
+TOP_LEVEL_KEYS = {
+    "name",
+    "output",
+    "layout",
+    "contents",
+    "styles",
+    "sizes",
+    "params",
+    "weights",
+    "overrides",
+    MAX_IMAGES_KEY,
+}
 #: Engine parameters a manifest may set (everything but the size, which is a manifest axis).
 PARAM_FIELDS = {f.name: f for f in fields(SynthesisConfig) if f.name != "size"}
 WEIGHTS_FIELDS = {f.name for f in fields(WeightsSpec)}
@@ -39,12 +57,15 @@ TABLE_COLUMNS = {"content", "style", "style_weights", "style_name", "size"}
 
 
 class ManifestError(NSTError):
-    """All problems of one manifest; ``str()`` lists one per line."""
+    """All problems of one manifest; ``str()`` lists one per line, then ``hint`` (what
+    to do about them all), which is not counted as a problem."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], hint: str | None = None) -> None:
         self.problems = problems
+        self.hint = hint
         noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{len(problems)} {noun} in the manifest:\n" + "\n".join(problems))
+        lines = [*problems, *([hint] if hint else [])]
+        super().__init__(f"{len(problems)} {noun} in the manifest:\n" + "\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -233,9 +254,22 @@ def _sizes(raw: Any, problems: _Problems) -> list[int]:
     return sizes
 
 
-def _listing(entry: str, base: Path, path: tuple, problems: _Problems, stamps: dict[str, Stamp]) -> Listing:
-    """The images of a file, folder/prefix or glob entry; an empty folder or glob is a problem."""
-    listing = list_images(entry, base)
+def _max_images(raw: Any, problems: _Problems) -> int:
+    """The top-level limit on the images one folder or glob entry may expand to."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        problems.add(
+            (MAX_IMAGES_KEY,), f"expected a whole number >= 1 (default {DEFAULT_MAX_IMAGES:,}), got {raw!r}"
+        )
+        return DEFAULT_MAX_IMAGES
+    return raw
+
+
+def _listing(
+    entry: str, base: Path, path: tuple, problems: _Problems, stamps: dict[str, Stamp], max_images: int
+) -> Listing:
+    """The images of a file, folder/prefix or glob entry; an empty folder or glob, or one
+    past ``max_images``, is a problem."""
+    listing = list_images(entry, base, max_images)
     if listing.problem:
         problems.add(path, listing.problem)
     elif listing.kind == "glob" and not listing.found:
@@ -247,7 +281,7 @@ def _listing(entry: str, base: Path, path: tuple, problems: _Problems, stamps: d
 
 
 def _expand_contents(
-    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]
+    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> list[tuple[str, str, tuple]]:
     """(absolute path or URI, path relative to its base, manifest path) for every content image.
     A missing file is kept: it is reported per item later, so --skip-bad-inputs can skip it."""
@@ -260,7 +294,8 @@ def _expand_contents(
         if not isinstance(entry, str) or not entry:
             problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
             continue
-        found += [(f.location, f.relative, path) for f in _listing(entry, base, path, problems, stamps).found]
+        listing = _listing(entry, base, path, problems, stamps, max_images)
+        found += [(f.location, f.relative, path) for f in listing.found]
     return found
 
 
@@ -269,7 +304,7 @@ def _style_name(paths: Iterable[str]) -> str:
 
 
 def _expand_styles(
-    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]
+    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> list[tuple[StyleSpec, tuple]]:
     if not isinstance(raw, list) or not raw:
         problems.add(("styles",), "give a list of style images (a path, or {name, images: [{path, weight}]})")
@@ -278,7 +313,7 @@ def _expand_styles(
     for i, entry in enumerate(raw):
         path = ("styles", i)
         if isinstance(entry, str):  # a file, or a folder/prefix/glob of styles, one per image
-            listing = _listing(entry, base, path, problems, stamps)
+            listing = _listing(entry, base, path, problems, stamps, max_images)
             for f in listing.found:
                 name = Path(entry).stem if listing.kind == "file" else f.relative.rsplit(".", 1)[0]
                 styles.append((StyleSpec(name, (f.location,), (1.0,)), path))
@@ -326,7 +361,9 @@ def _expand_styles(
     return styles
 
 
-def _weights(raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]) -> WeightsSpec:
+def _weights(
+    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
+) -> WeightsSpec:
     if raw is None:
         return WeightsSpec()
     if isinstance(raw, str):
@@ -358,7 +395,9 @@ def _weights(raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp]
             if not isinstance(entry, str) or not entry:
                 problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
                 continue
-            calibration += [f.location for f in _listing(entry, base, path, problems, stamps).found]
+            calibration += [
+                f.location for f in _listing(entry, base, path, problems, stamps, max_images).found
+            ]
         values["calibration"] = tuple(calibration)
     return WeightsSpec(**values)
 
@@ -405,9 +444,10 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
         output = str((base / output).resolve())
     layout = _check_layout(data.get("layout", DEFAULT_LAYOUT), problems)
     stamps: dict[str, Stamp] = {}
-    weights = _weights(data.get("weights"), base, problems, stamps)
-    contents = _expand_contents(data.get("contents"), base, problems, stamps)
-    styles = _expand_styles(data.get("styles"), base, problems, stamps)
+    max_images = _max_images(data.get(MAX_IMAGES_KEY, DEFAULT_MAX_IMAGES), problems)
+    weights = _weights(data.get("weights"), base, problems, stamps, max_images)
+    contents = _expand_contents(data.get("contents"), base, problems, stamps, max_images)
+    styles = _expand_styles(data.get("styles"), base, problems, stamps, max_images)
     sizes = _sizes(data.get("sizes"), problems)
     defaults = _params(data.get("params"), ("params",), problems)
     size_paths = {size: ("sizes", data["sizes"].index(size)) for size in sizes}

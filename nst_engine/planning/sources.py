@@ -5,16 +5,24 @@ A manifest entry is a local path (relative to the manifest's folder), or a URI s
 ``gs://bucket/style.jpg`` (a file). Folders and globs are listed here, once, with one
 recursive listing each (a LIST request per 1000 objects on S3), and the size and
 modification time that listing returns are kept, so planning need not ask for them
-again object by object. Local and remote entries go through the same code, so a glob
-means the same on a laptop and on a bucket.
+again object by object. A glob means the same on a laptop and on a bucket; only the
+listing differs: object stores are listed by pyarrow, local folders by ``_walk_local``,
+which never follows a symlinked folder twice (pyarrow's recursive listing follows every
+one, so a folder linking to itself made a ``**`` glob list about 2^40 paths).
+
+An entry that expands to more than ``max_images`` images is a problem, not a listing:
+a glob that runs away (``/**``) stops as soon as it passes the limit.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR as stat_is_dir
 
 import pyarrow.fs as pafs
 
@@ -22,6 +30,14 @@ from nst_engine.engine.uris import display, is_uri, resolve
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 GLOB_CHARS = "*?["
+#: The manifest's top-level key for the most images one folder or glob entry may expand to,
+#: and its default: a manifest of a million images fits in one entry.
+MAX_IMAGES_KEY = "max_images_per_entry"
+DEFAULT_MAX_IMAGES = 1_000_000
+
+
+class TooManyImagesError(Exception):
+    """A listing passed its limit; raised as soon as it does, so the walk stops there."""
 
 
 @dataclass(frozen=True)
@@ -78,43 +94,158 @@ def _is_image(path: str) -> bool:
     return posixpath.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
-def list_images(entry: str, base: Path) -> Listing:
+def list_images(entry: str, base: Path, max_images: int = DEFAULT_MAX_IMAGES) -> Listing:
     """The images ``entry`` names, sorted; never raises for a missing file (planning reports
     that per item, so ``--skip-bad-inputs`` can skip it), but a folder or glob with no
-    images, or a filesystem that cannot be listed, is a ``problem``."""
+    images or more than ``max_images``, or a filesystem that cannot be listed, is a ``problem``."""
     location = locate(entry, base)
     kind = "glob" if is_glob(entry) else "file"
     try:
         if kind == "glob":
             root, pattern = _split_glob(location)
-            return Listing("glob", tuple(_list(root, pattern, recursive="/" in pattern or "**" in pattern)))
+            return Listing("glob", tuple(_list(root, pattern, max_images)))
         fs, path = resolve(location)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory or (
             info.type == pafs.FileType.NotFound and location.endswith("/")
         ):
-            return Listing("folder", tuple(_list(location, None, recursive=True)))
+            kind = "folder"
+            return Listing(kind, tuple(_list(location, None, max_images)))
         name = posixpath.basename(path.rstrip("/")) or path
         return Listing("file", (Found(location, name, stamp_of(info)),))
+    except TooManyImagesError:
+        return Listing(kind, (), _too_many(kind, entry, max_images))
     except (OSError, ValueError) as exc:  # bad URI, no permission, unreachable endpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Listing(kind, (), f"cannot list {entry!r} ({first})")
 
 
-def _list(root: str, pattern: str | None, recursive: bool) -> list[Found]:
-    """Image files under ``root``, optionally matching the glob ``pattern`` (relative to it)."""
+def _too_many(kind: str, entry: str, max_images: int) -> str:
+    """The one line for an entry past the limit: which entry, the limit, what to do."""
+    what = "matches" if kind == "glob" else "holds"
+    narrower = "narrow the pattern" if kind == "glob" else "list its subfolders or a glob instead"
+    return (
+        f"{kind} {entry!r} {what} more than {max_images:,} images (the limit per entry); "
+        f"{narrower}, or raise the limit with '{MAX_IMAGES_KEY}: N' at the top of the manifest"
+    )
+
+
+def _list(root: str, pattern: str | None, max_images: int) -> list[Found]:
+    """Image files under ``root`` (recursively), optionally matching the glob ``pattern``
+    (relative to it); ``TooManyImagesError`` as soon as more than ``max_images`` match."""
     fs, root_path = resolve(root)
     regex = glob_regex(pattern) if pattern is not None else None
-    infos = fs.get_file_info(pafs.FileSelector(root_path, recursive=recursive, allow_not_found=True))
+    depth = None if pattern is None or "**" in pattern else pattern.count("/")
+    if isinstance(fs, pafs.LocalFileSystem):
+        files = _walk_local(root_path, depth)
+    else:
+        files = _walk_store(fs, root_path, depth)
     found = []
-    for info in infos:
-        if info.type != pafs.FileType.File or not _is_image(info.path):
+    for relative, stamp in files:
+        if not _is_image(relative) or (regex is not None and not regex.fullmatch(relative)):
             continue
-        relative = posixpath.relpath(info.path, root_path)
-        if regex is not None and not regex.fullmatch(relative):
+        try:
+            found.append(Found(display(root, _join(root_path, relative)), relative, stamp()))
+        except FileNotFoundError:  # removed since its folder was read
             continue
-        found.append(Found(display(root, info.path), relative, stamp_of(info)))
+        if len(found) > max_images:
+            raise TooManyImagesError
     return sorted(found, key=lambda f: _sort_key(f.relative))
+
+
+def _join(root_path: str, relative: str) -> str:
+    return f"{root_path.rstrip('/')}/{relative}"
+
+
+#: A file found by a walk: its path relative to the walk's root, and how to get its stamp
+#: (deferred, so that only the files a glob keeps cost a ``stat`` on a local disk).
+Walked = tuple[str, Callable[[], Stamp | None]]
+
+
+def _walk_store(fs: pafs.FileSystem, root_path: str, depth: int | None) -> Iterator[Walked]:
+    """Every file under ``root_path`` on an object store: one recursive listing (a LIST request
+    per 1000 objects on S3), which has nothing to loop over (no symlinks there)."""
+    selector = pafs.FileSelector(root_path, recursive=depth != 0, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            stamp = stamp_of(info)
+            yield posixpath.relpath(info.path, root_path), lambda stamp=stamp: stamp
+
+
+def _walk_local(root_path: str, depth: int | None = None) -> Iterator[Walked]:
+    """Every file under the local folder ``root_path``, down to ``depth`` folders below it
+    (None: all), each symlinked folder followed only the first time its target is seen.
+
+    Hand-written because pyarrow's recursive listing has no loop protection: it follows
+    every symlinked folder, so ``a/loop -> ..`` lists ``a/loop/a/loop/...`` until the path is
+    too long, and two such links make about 2^40 paths. Real folders are walked first and
+    the symlinked ones after them, in path order, so an image inside the tree keeps its
+    real path and an image reached only through a link (a dataset linked in) is listed once,
+    under the first link to it. Folders are told apart by (device, inode), which also ends
+    loops made with bind mounts. A missing root lists nothing, as pyarrow's listing does."""
+    try:
+        root_stat = os.stat(root_path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not os.path.isdir(root_path):
+        raise NotADirectoryError(f"{root_path}: not a folder")
+    seen = {(root_stat.st_dev, root_stat.st_ino)}
+    links: list[tuple[str, tuple[int, int]]] = []  # symlinked folders, followed after the real ones
+    yield from _walk_real(root_path, "", depth, seen, links)
+    while links:
+        pending, links = sorted(links, key=lambda link: _sort_key(link[0])), []
+        for relative, key in pending:
+            if key in seen:
+                continue
+            seen.add(key)
+            yield from _walk_real(_join(root_path, relative), relative + "/", depth, seen, links)
+
+
+def _walk_real(
+    folder: str,
+    prefix: str,
+    depth: int | None,
+    seen: set[tuple[int, int]],
+    links: list[tuple[str, tuple[int, int]]],
+) -> Iterator[Walked]:
+    """The files under ``folder`` through real (not symlinked) folders not seen before;
+    symlinked folders go to ``links`` for ``_walk_local`` to follow later. ``prefix`` is
+    ``folder`` relative to the walk's root, with a trailing slash (or empty)."""
+    stack = [(folder, prefix)]
+    while stack:
+        path, relative = stack.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = relative + entry.name
+                if entry.is_file():  # follows a symlinked file, as pyarrow's listing does
+                    yield name, lambda entry=entry: _stamp(entry)
+                elif depth is not None and name.count("/") >= depth:
+                    continue
+                elif entry.is_symlink():
+                    target = _folder_key(entry, follow=True)
+                    if target is not None:  # a folder; a broken link is nothing
+                        links.append((name, target))
+                elif entry.is_dir():
+                    key = _folder_key(entry, follow=False)
+                    if key is not None and key not in seen:
+                        seen.add(key)
+                        stack.append((entry.path, name + "/"))
+
+
+def _stamp(entry: os.DirEntry[str]) -> Stamp:
+    """The size and modification time of a file (of its target, for a symlink), as
+    pyarrow's ``FileInfo`` gives them, so the hash cache's keys do not change."""
+    info = entry.stat()
+    return Stamp(int(info.st_size), int(info.st_mtime_ns))
+
+
+def _folder_key(entry: os.DirEntry[str], follow: bool) -> tuple[int, int] | None:
+    """(device, inode) of a folder (of its target when ``follow``); None for anything else."""
+    try:
+        info = entry.stat(follow_symlinks=follow)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat_is_dir(info.st_mode) else None
 
 
 def _split_glob(location: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ earlier runs' scaling fits (``reports.scaling``). It starts no Ray and writes no
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from nst_engine.planning.items import WorkItem
 from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
-from nst_engine.results.store import DoneCheck, ResultsError, ResultStore, read_results
+from nst_engine.results.store import DoneCheck, ResultsError, ResultStore, read_results, reason_kind
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,20 @@ class BadInput:
 @dataclass
 class RenderPlan:
     """Counts of a render to come: ``items`` = ``done`` + ``recoverable`` + ``to_render``
-    + ``len(bad_inputs)``."""
+    + ``len(bad_inputs)``; ``redo`` of ``to_render`` had an ok row whose image is missing
+    or failed verification (the rest are new)."""
 
     manifest: str
     output: str
     items: int
     styles: list[str]
     sizes: list[int]
-    done: int  # an ok row and the image exist
+    done: int  # an ok row and its verified image exist
     recoverable: int  # the image carries the item's id but its row was lost: recorded, not rendered
     to_render: int
+    redo: int = 0
+    redo_reasons: dict[str, int] = field(default_factory=dict)  # reason (no details) -> items
+    verified: bool = False  # every done image was read (--verify-outputs), not trusted by size
     bad_inputs: list[BadInput] = field(default_factory=list)
     predictions: list[DevicePrediction] = field(default_factory=list)
     fits_from: list[str] = field(default_factory=list)  # the result tables the fits came from
@@ -84,7 +89,10 @@ class RenderPlan:
         )
         if self.recoverable:
             text += f"{self.recoverable} recovered from their images, "
-        text += f"{self.to_render} to render, {_count(bad, 'bad input')}"
+        text += f"{self.to_render} to render"
+        if self.redo:
+            text += f" ({self.redo_text()})"
+        text += f", {_count(bad, 'bad input')}"
         if self.to_render and self.predictions:
             text += "; predicted " + ", ".join(
                 f"{format_duration(p.seconds)} on one {p.device}" for p in self.predictions
@@ -92,6 +100,11 @@ class RenderPlan:
         for warning in self.warnings():
             text += f"; {warning}"
         return text
+
+    def redo_text(self) -> str:
+        """``3 redo: 2 image is 0 bytes, 1 image missing``."""
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.redo_reasons.items())
+        return f"{self.redo} redo: {reasons}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -149,12 +162,15 @@ def make_plan(
     force: bool = False,
     fits: Sequence[DeviceFit] = (),
     fits_from: Sequence[str] = (),
+    verify: bool = False,
 ) -> RenderPlan:
     """The plan of rendering ``items`` into ``store``'s output root: the same split into
-    done and to do that ``run_render`` makes (``ResultStore.check_done``), read-only."""
+    done and to do that ``run_render`` makes (``ResultStore.check_done``; ``verify``
+    reads every done image rather than trusting its size), read-only."""
     bad = [i for i in items if i.input_error]
     # bad inputs land in ``todo`` without any I/O; ``nst render`` reuses this check
-    check = DoneCheck(todo=list(items)) if force else store.check_done(items)
+    check = DoneCheck(todo=list(items)) if force else store.check_done(items, verify=verify)
+    kinds = Counter(reason_kind(r) for r in check.redo.values())
     todo = [i for i in check.todo if not i.input_error]
     return RenderPlan(
         manifest=manifest,
@@ -165,6 +181,9 @@ def make_plan(
         done=len(check.done),
         recoverable=len(check.recovered),
         to_render=len(todo),
+        redo=len(check.redo),
+        redo_reasons=dict(kinds.most_common()),
+        verified=verify and not force,
         bad_inputs=[BadInput(i.item_id, i.label, i.input_error or "") for i in bad],
         predictions=[predict(fit, todo) for fit in fits],
         fits_from=list(fits_from),

@@ -54,6 +54,12 @@ RUN_COLUMNS = (
         "also hold skipped rows",
     ),
     Column("error", _str, "why the attempt failed, else null"),
+    Column(
+        "redo_reason",
+        _str,
+        "why an item with an ok row was rendered again: its image was missing or failed "
+        "verification (e.g. image is 0 bytes, image does not decode); null for a first render",
+    ),
     Column("attempt", _i64, "1 for the first attempt of an item in this run"),
 )
 ITEM_COLUMNS = (
@@ -77,6 +83,13 @@ ITEM_COLUMNS = (
 ATTEMPT_COLUMNS = (
     Column("queue_wait_seconds", _f64, "from the run's start until a worker took the item"),
     Column("total_seconds", _f64, "worker time for the attempt: engine_seconds plus writing the image"),
+    Column(
+        "output_bytes",
+        _i64,
+        "size of the PNG written (ok rows; attempt 0: of the image found); a rerun trusts an "
+        "image whose listed size equals it",
+    ),
+    Column("output_sha256", _str, "sha256 of the PNG bytes written, checked when the image is read"),
     Column("node_id", _str, "Ray node id"),
     Column("actor_id", _str, "Ray actor id"),
     Column("hostname", _str, "worker host name"),

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from nst_engine.engine import uris
-from nst_engine.engine.files import TMP_PREFIX, write_atomic
+from nst_engine.engine.files import TMP_PREFIX, probe_writable, write_atomic
 from nst_engine.planning.paths import safe_relative
+
+#: How the temporary files of a write probe end (``OutputRoot.probe_writable``) ...
+PROBE_SUFFIX = "-probe"
+#: ... and how long one is left alone by another run's clean-up (a probe takes milliseconds).
+PROBE_GRACE_SECONDS = 600.0
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -67,6 +73,14 @@ class OutputRoot:
         fs, _ = self._fs_and_base
         return write_atomic(self.full_path(relative), data, fs)
 
+    def probe_writable(self) -> None:
+        """Create the root and write, rename and delete a probe object in it, as every
+        result write does, so a root that cannot take results fails before any work
+        starts. Raises ``NotWritableError`` (one line: the root, the step, what to do), or
+        ``ValueError`` for a URI no filesystem takes (its message never echoes a secret)."""
+        fs, base = self._fs_and_base
+        probe_writable(base, fs, name=self.uri, like=PROBE_SUFFIX.lstrip("-"))
+
     def read_bytes(self, relative: str) -> bytes:
         fs, _ = self._fs_and_base
         with fs.open_input_stream(self.full_path(relative)) as stream:
@@ -89,13 +103,19 @@ class OutputRoot:
             fs.delete_file(self.full_path(relative))
 
     def remove_stale_temporaries(self) -> int:
-        """Delete ``.nst-tmp-`` files a killed run left behind; returns how many."""
+        """Delete ``.nst-tmp-`` files a killed run left behind; returns how many. The run
+        calling this holds the root's lease, but a concurrent ``nst plan`` or a second
+        ``nst render`` still planning (neither holds it) may be probing the root right
+        now: probes younger than ``PROBE_GRACE_SECONDS`` are left to their owners."""
         fs, base = self._fs_and_base
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        recent = time.time() - PROBE_GRACE_SECONDS
         stale = [
             i.path
             for i in infos
-            if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith(TMP_PREFIX)
+            if i.type == pafs.FileType.File
+            and posixpath.basename(i.path).startswith(TMP_PREFIX)
+            and not (i.path.endswith(PROBE_SUFFIX) and i.mtime is not None and i.mtime.timestamp() > recent)
         ]
         for path in stale:
             fs.delete_file(path)
