@@ -220,6 +220,22 @@ def test_good_values_pass_as_written(tmp_path: Path, workers: dict) -> None:
     assert args[args.index("--checkpoint-every") + 1] == "0"
 
 
+def test_numbers_are_yaml_1_2s(tmp_path: Path) -> None:
+    """YAML 1.1 reads an unquoted ``2:4`` as 124 (base 60) and ``0x10`` as 16: a worker
+    range or a count typed that way must reach nst render as written, or be refused."""
+    manifest = write_manifest(tmp_path / "m")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"manifest: {manifest}\nworkers: {{count: 2:4}}\nretries: {{max_attempts: 3}}\nwait: true\n"
+    )
+    args = load_job(job).render_args
+    assert args[args.index("--workers") + 1] == "2:4" and args[args.index("--max-attempts") + 1] == "3"
+    assert "--wait" in args
+    job.write_text(f"manifest: {manifest}\nretries: {{max_attempts: 0x10}}\n")
+    with pytest.raises(JobFileError, match=r"retries\.max_attempts"):
+        load_job(job)
+
+
 def test_empty_fields_are_the_defaults(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m")
     job = tmp_path / "job.yaml"

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.app import app, err, fail, stop_on_sigterm
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS
 from nst_engine.engine.errors import NSTError, one_line
 
@@ -143,6 +143,7 @@ def scaling(
     lease = take_lease(ctx, root, "nst bench scaling", None, wait)  # its rows and compaction share the root
     try:
         where = connect(address)
+        stop_on_sigterm()  # ray.init installed its own handler, which dumps a C++ stack
     except NSTError as exc:
         raise fail(exc) from None
     try:

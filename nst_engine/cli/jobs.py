@@ -29,13 +29,22 @@ def submit(
         str | None, typer.Option("--output", "-o", help="Output root seen from the cluster.")
     ] = None,
     submission_id: Annotated[str | None, typer.Option(help="Job id to use (default: Ray picks one).")] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Check the manifest's images, weights and output root from here first, as "
+            "'nst plan' does (--no-check: when only the cluster sees them; the job checks them there)."
+        ),
+    ] = True,
 ) -> None:
     """Submit a render to a Ray cluster as a Ray Job and print the job id.
 
-    The job file and the manifest are checked first, with the same planning pass as
-    'nst plan' and 'nst render' (every image checked): a job that would be
-    refused on the cluster is refused here, before the cluster is contacted."""
-    from nst_engine.cli.plan import load_and_expand
+    The job file is checked, then the manifest with the same planning pass as 'nst plan'
+    and 'nst render' (every image decoded, the weights loaded, the output root probed),
+    from this machine: with shared storage (s3://, a shared folder) a bad job is refused
+    here, before the cluster is contacted; with --no-check only the job file and the
+    manifest's own fields are, and the render checks the rest on the cluster."""
+    from nst_engine.cli.plan import load_and_expand, load_checked_manifest
     from nst_engine.distributed.jobs import JobSpec, is_job_file, load_job
     from nst_engine.distributed.jobs import submit as submit_job
 
@@ -50,7 +59,10 @@ def submit(
         raise fail(exc) from None
     if output:
         job.output = output if "://" in output else str(Path(output).resolve())
-    load_and_expand(Path(job.manifest), job.output, job.skip_bad_inputs)  # exits 2 on any problem
+    if check:
+        load_and_expand(Path(job.manifest), job.output, job.skip_bad_inputs)  # exits 2 on any problem
+    else:
+        load_checked_manifest(Path(job.manifest), job.output)
     try:
         job_id = submit_job(_address(address or job.address), job, submission_id)
     except NSTError as exc:

@@ -48,6 +48,16 @@ def check_output_root(output: str) -> None:
         raise fail(f"output root: {one_line(exc)}") from None
 
 
+def load_checked_manifest(manifest: Path, output: str | None) -> Manifest:
+    """The manifest with its own fields checked (no image read); a problem exits 2."""
+    from nst_engine.planning.manifest import load_manifest
+
+    try:
+        return load_manifest(manifest, output)
+    except NSTError as exc:
+        raise fail(exc) from None
+
+
 def load_and_expand(
     manifest: Path, output: str | None, skip_bad_inputs: bool
 ) -> tuple[Manifest, list[WorkItem]]:
@@ -56,12 +66,8 @@ def load_and_expand(
     every image (decoded in full) and the weights (loaded). Every problem exits 2 before
     Ray starts: the manifest's one per line, the output root's in one line."""
     from nst_engine.planning.items import expand
-    from nst_engine.planning.manifest import load_manifest
 
-    try:
-        loaded = load_manifest(manifest, output)
-    except NSTError as exc:
-        raise fail(exc) from None
+    loaded = load_checked_manifest(manifest, output)
     check_output_root(str(loaded.output))  # first: cheap, and the hash cache is written there
     try:
         return loaded, expand(loaded, skip_bad_inputs=skip_bad_inputs)
@@ -171,7 +177,8 @@ def plan(
 
     Validates and expands MANIFEST and prints the items, styles and sizes, how many are
     already done, to render and bad inputs, and the predicted time per device from earlier
-    runs' fits, with memory warnings. Writes no results.
+    runs' fits, with memory warnings. Writes no results: only its hash cache, and a probe
+    file it deletes at once (the output root must take what render writes).
     """
     loaded, items = load_and_expand(manifest, output, skip_bad_inputs=True)  # counted, not refused
     result = plan_render(manifest, loaded, items, force, results_for_fits, verify_outputs)

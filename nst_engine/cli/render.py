@@ -219,9 +219,11 @@ def render(
     except ValueError as exc:
         raise fail(exc) from None
     plan, items = load_and_expand(manifest, output, skip_bad_inputs)
+    root = OutputRoot(plan.output)
+    # the lease before the done check: what another run finishes is then in the rows read
+    lease = take_lease(ctx, root, "nst render", str(manifest), wait)  # before Ray, before any item
     render_plan = plan_render(manifest, plan, items, force, None, verify_outputs)
     err.print(escape(render_plan.one_line()), soft_wrap=True)
-    root = OutputRoot(plan.output)
     options = PoolOptions(
         use_gpus=gpus,
         workers=worker_range,
@@ -233,10 +235,6 @@ def render(
         max_worker_failures=max_worker_failures,
         checkpoint_every=checkpoint_seconds,
     )
-    lease = take_lease(ctx, root, "nst render", str(manifest), wait)  # before Ray, before any item
-    if lease.waited:  # planned while another run rendered: what it finished is done now
-        render_plan = plan_render(manifest, plan, items, force, None, verify_outputs)
-        err.print(escape(render_plan.one_line()), soft_wrap=True)
     try:
         # nothing to render (a rerun of a finished manifest): the run is recorded without Ray
         where = connect(address) if render_plan.to_render else "no cluster (nothing to render)"

@@ -8,6 +8,7 @@ must be one its ``nst render`` option takes, else the job would fail on the clus
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -67,6 +68,8 @@ CHECKPOINT_EVERY = RenderOption("--checkpoint-every", parse=parse_checkpoint_eve
 SWITCHES: dict[str, tuple[str, str | None]] = {
     "skip_bad_inputs": ("--skip-bad-inputs", None),
     "force": ("--force", None),
+    "wait": ("--wait", None),  # a nightly job that finds the root busy waits for it
+    "verify_outputs": ("--verify-outputs", None),
 }
 WORKER_SWITCHES: dict[str, tuple[str, str | None]] = {"gpus": ("--gpus", "--no-gpus")}
 JOB_KEYS = ("manifest", "address", "output", "retries", "workers", "checkpoint_every", *SWITCHES)
@@ -75,6 +78,19 @@ MAPPING_EXAMPLES = {
     "retries": "{max_attempts: 3, max_worker_failures: 3}",
     "workers": "{count: 2, max_in_flight: 2}",
 }
+
+
+class JobLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's integers: PyYAML follows YAML 1.1, where ``count: 2:4`` is 124
+    (base 60) and ``0x10`` is 16, so a worker range typed without quotes would silently
+    become another number. Here only plain decimal digits are integers; the rest is text."""
+
+
+JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+JobLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
 
 
 class JobFileError(NSTError):
@@ -121,7 +137,7 @@ def load_job(path: Path) -> JobSpec:
     """Read and check a job file; ``JobFileError`` lists every problem. A field left empty
     (``count:``) is the option's default."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=JobLoader)  # JobLoader is a SafeLoader
     except (OSError, yaml.YAMLError) as exc:
         raise JobFileError([f"{path}: not a readable job file ({one_line(exc)})"]) from None
     if not isinstance(data, dict):

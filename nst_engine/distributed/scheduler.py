@@ -674,7 +674,7 @@ def run_render(
             store.flush()  # on an error or Ctrl-C too: no row received is lost
         finally:  # and the run is recorded as it ended, even if that flush failed
             summary.wall_seconds = time.time() - started
-            if record is not None:
+            if record is not None and _may_write(store):
                 runs.finish(
                     record,
                     state,
@@ -687,6 +687,15 @@ def run_render(
                     wall_seconds=summary.wall_seconds,
                 )
     return summary
+
+
+def _may_write(store: ResultStore) -> bool:
+    """Whether this run may still write its output root (its lease is still its own)."""
+    try:
+        store.guard()
+    except NSTError:  # LeaseLostError: the root is another run's now
+        return False
+    return True
 
 
 def _render_todo(

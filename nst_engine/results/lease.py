@@ -13,7 +13,8 @@ atomically) but says when one is held.
 The lease is ``.nst-lease.json`` in the root: the holder's random ``owner`` token, user,
 host, pid, command, manifest, start time and heartbeat time (UTC). While it is held a
 thread rewrites the heartbeat every ``HEARTBEAT_SECONDS``. A lease whose heartbeat is
-older than ``STALE_SECONDS`` belongs to a run that died (or hangs) and is taken over,
+older than ``STALE_SECONDS`` belongs to a run that died (or whose whole process stalled:
+the heartbeat is a thread of the driver, so a driver stuck in its own work still renews it) and is taken over,
 with a warning naming it. Each heartbeat reads the lease first: one taken over behind the
 holder's back (the holder stalled for longer than ``STALE_SECONDS``) or deleted sets
 ``lost`` and warns once; the run checks ``lost`` / ``check()``. Release (the context
@@ -71,7 +72,7 @@ LEASE_FILE = ".nst-lease.json"
 #: The holder rewrites its heartbeat this often (seconds) ...
 HEARTBEAT_SECONDS = 10.0
 #: ... and a lease with no heartbeat for longer than this is stale: taken over by the next
-#: run (its holder died, or hung for six heartbeats).
+#: run (its holder died, or its process stalled for six heartbeats).
 STALE_SECONDS = 60.0
 #: Object stores: how long a writer waits between its put and its read-back (seconds); a
 #: contender whose read-to-put takes longer can overwrite a lease already won (see above).
@@ -184,7 +185,7 @@ class Holder:
         """The holder ran on this machine (same boot, same pid namespace) and its process
         is no more: a driver killed by SIGKILL or the OOM killer need not be waited out
         for ``STALE_SECONDS``. Holders elsewhere are judged by their heartbeat only."""
-        if not self.process:
+        if not self.process or self.user != _user():  # others' processes may be hidden (hidepid)
             return False
         machine = self.process.rsplit("/", 1)[0]
         mine = _process_identity(os.getpid())
@@ -354,7 +355,7 @@ class Lease:
                     why = (
                         "its process is gone"
                         if current.gone()
-                        else f"no heartbeat for over {self.stale_seconds:.0f} s, so its run is gone or hung"
+                        else f"no heartbeat for over {self.stale_seconds:.0f} s, so its run is gone or stuck"
                     )
                     self.warn(f"{self.root.uri}: took over the lease of {current.describe()}: {why}")
                 return None

@@ -42,7 +42,7 @@ class RunRecord:
     run_id: str = run_field("unique id of the run")
     manifest_name: str | None = run_field("name of the manifest (null for a run with no items)")
     run_kind: str = run_field(_RESULT_MEANINGS["run_kind"])  # as in the result table
-    state: str = run_field("running, finished or interrupted (an error or Ctrl-C)")
+    state: str = run_field("running, finished or interrupted (an error, Ctrl-C or SIGTERM)")
     started_at: datetime = run_field("run start (UTC)")
     finished_at: datetime | None = run_field("run end (UTC), null while running", default=None)
     total: int = run_field("items in the run", default=0)

@@ -31,6 +31,13 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, base.rstrip("/") or "/"
 
 
+def _kept_by_owner(path: str) -> bool:
+    """Temporaries that processes without the root's lease write (a write probe, the hash
+    cache of a concurrent ``nst plan``) or the lease's own heartbeat: while young, they are
+    in flight, not left behind."""
+    return path.endswith((PROBE_SUFFIX, ".nst-lease.json")) or "/.nst-cache/" in path
+
+
 @dataclass(frozen=True)
 class OutputRoot:
     """A folder on some filesystem; picklable (it holds only the URI) for Ray workers."""
@@ -105,8 +112,8 @@ class OutputRoot:
     def remove_stale_temporaries(self) -> int:
         """Delete ``.nst-tmp-`` files a killed run left behind; returns how many. The run
         calling this holds the root's lease, but a concurrent ``nst plan`` or a second
-        ``nst render`` still planning (neither holds it) may be probing the root right
-        now: probes younger than ``PROBE_GRACE_SECONDS`` are left to their owners."""
+        ``nst render`` still planning (neither holds it) may be writing there right now:
+        such temporaries younger than ``PROBE_GRACE_SECONDS`` are left to their owners."""
         fs, base = self._fs_and_base
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         recent = time.time() - PROBE_GRACE_SECONDS
@@ -115,7 +122,7 @@ class OutputRoot:
             for i in infos
             if i.type == pafs.FileType.File
             and posixpath.basename(i.path).startswith(TMP_PREFIX)
-            and not (i.path.endswith(PROBE_SUFFIX) and i.mtime is not None and i.mtime.timestamp() > recent)
+            and not (_kept_by_owner(i.path) and i.mtime is not None and i.mtime.timestamp() > recent)
         ]
         for path in stale:
             fs.delete_file(path)
