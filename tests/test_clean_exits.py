@@ -168,7 +168,9 @@ def test_ctrl_c_prints_what_finished_and_exits_130(tmp_path: Path) -> None:
     token.chmod(0o644)  # as Ray itself leaves it under umask 022: tightened, kept
     render = start_render(manifest, home, "--workers", "1")
     try:
-        wait_for(lambda: len(pngs(tmp_path / "out")) >= 1, 300, "a first image", render)
+        # the second image is begun only after the first item's call came back (one worker,
+        # one item per call while no item has been timed): its row is then the driver's
+        wait_for(lambda: len(pngs(tmp_path / "out")) >= 2, 300, "a second image", render)
         render.send_signal(signal.SIGINT)
         _, stderr = render.communicate(timeout=60)
     finally:

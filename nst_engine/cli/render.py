@@ -37,6 +37,7 @@ from nst_engine.distributed.options import (
     WORKERS_FORMS,
     PoolOptions,
     parse_checkpoint_every,
+    parse_max_batch,
     parse_workers,
 )
 from nst_engine.engine.errors import NSTError, one_line
@@ -168,6 +169,19 @@ def render(
     max_in_flight: Annotated[
         int, typer.Option(min=1, help="Calls queued per worker (a call: one item, or several short ones).")
     ] = PoolOptions.max_in_flight,
+    max_batch: Annotated[
+        str,
+        typer.Option(
+            metavar="N|auto",
+            help="Syntheses of one shape a worker runs at once, their evaluations batched "
+            "(auto: up to 32 on a GPU, as many as its memory model admits; 1 on a CPU, where "
+            "batching does not pay; 1: one at a time).",
+        ),
+    ] = "auto",
+    workers_per_gpu: Annotated[
+        int,
+        typer.Option(min=1, help="GPU workers sharing one GPU, each asking Ray for 1/N of it."),
+    ] = PoolOptions.workers_per_gpu,
     max_attempts: Annotated[
         int, typer.Option(min=1, help="Attempts per item when workers die.")
     ] = PoolOptions.max_attempts,
@@ -218,6 +232,10 @@ def render(
         worker_range = parse_workers(workers) if workers is not None else None
     except ValueError as exc:
         raise fail(exc) from None
+    try:
+        batch_limit = parse_max_batch(max_batch)
+    except ValueError as exc:
+        raise fail(f"--max-batch: {exc}") from None
     plan, items = load_and_expand(manifest, output, skip_bad_inputs)
     root = OutputRoot(plan.output)
     # the lease before the done check: what another run finishes is then in the rows read
@@ -231,6 +249,8 @@ def render(
         cpu_actors=cpu_actors,
         threads_per_actor=threads_per_actor,
         max_in_flight=max_in_flight,
+        max_batch=batch_limit,
+        workers_per_gpu=workers_per_gpu,
         max_attempts=max_attempts,
         max_worker_failures=max_worker_failures,
         checkpoint_every=checkpoint_seconds,

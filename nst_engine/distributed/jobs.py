@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from nst_engine.distributed.options import parse_checkpoint_every, parse_workers
+from nst_engine.distributed.options import parse_checkpoint_every, parse_max_batch, parse_workers
 from nst_engine.engine.errors import NSTError, one_line
 
 
@@ -62,6 +62,8 @@ WORKER_OPTIONS = {
     "cpu_actors": RenderOption("--cpu-actors"),
     "threads_per_actor": RenderOption("--threads-per-actor"),
     "max_in_flight": RenderOption("--max-in-flight"),
+    "max_batch": RenderOption("--max-batch", parse=parse_max_batch),  # N or auto
+    "per_gpu": RenderOption("--workers-per-gpu"),
 }
 CHECKPOINT_EVERY = RenderOption("--checkpoint-every", parse=parse_checkpoint_every)
 #: true/false fields -> the ``nst render`` flags for true and for false (None: nothing).

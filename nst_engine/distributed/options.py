@@ -41,6 +41,20 @@ def parse_checkpoint_every(text: str) -> float | None:
     return seconds
 
 
+def parse_max_batch(text: str) -> int | None:
+    """``--max-batch``: ``auto`` (``None``: the engine's ``auto_batch`` for the worker's
+    device, within what its memory holds) or a whole number >= 1 (1: one at a time)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"give auto or a whole number >= 1, got {text!r}")
+    return count
+
+
 @dataclass(frozen=True)
 class PoolOptions:
     """How many workers, on what, and how hard to retry."""
@@ -54,6 +68,8 @@ class PoolOptions:
     max_worker_failures: int = 3  # failures before a worker is retired
     worker_start_timeout: float = 600.0  # give up when no worker is ready for this long
     checkpoint_every: float | None = None  # seconds between checkpoints; None: auto; 0: off
+    max_batch: int | None = None  # syntheses one worker runs at once; None: auto (engine.batch)
+    workers_per_gpu: int = 1  # GPU workers sharing one GPU (each asks Ray for 1/N of it)
 
     @property
     def worker_range(self) -> tuple[int, int] | None:

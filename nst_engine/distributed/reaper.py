@@ -23,6 +23,7 @@ started (``start`` returns None).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -49,13 +50,25 @@ def _stat(pid: int) -> tuple[int, int] | None:
 
 
 def _is_ray(pid: int) -> bool:
-    """Ray's processes: its binaries and scripts live under a ``ray`` package folder, and
+    """Ray's processes: its binaries and scripts live in the ``ray`` package's folder, and
     its workers rename themselves ``ray::...``."""
     try:
         command = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return False
-    return command.startswith(b"ray::") or b"/ray/" in command
+    return command.startswith(b"ray::") or _RAY_PACKAGE in command
+
+
+def _ray_package() -> bytes:
+    """The installed ``ray`` package's folder (found, not imported): matching it rather
+    than any ``/ray/`` spares the driver's other children where a home is ``/home/ray``,
+    as in Ray's own images."""
+    spec = importlib.util.find_spec("ray")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return os.fsencode(os.path.join(folders[0], "")) if folders else b"/ray/"
+
+
+_RAY_PACKAGE = _ray_package()
 
 
 def _children(pid: int) -> list[int]:

@@ -123,7 +123,8 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
     ``device`` columns say which.
 
     Default bounds (``workers`` / ``cpu_actors`` override them): GPU workers MIN = GPUs
-    present, MAX = the most GPUs the autoscaler may bring up (at least MIN, at least 1);
+    present, MAX = the most GPUs the autoscaler may bring up (at least MIN, at least 1),
+    each times ``workers_per_gpu`` (workers sharing a GPU ask Ray for a fraction of it);
     CPU workers MIN = the workers of ``threads`` CPUs that fit on the live nodes, MAX =
     as many as fit in the autoscaler's CPUs. MAX is capped at ``items``: a worker that
     could get no item is never requested.
@@ -133,8 +134,9 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
     gpus_now, gpus_max = int(present.get("GPU", 0)), int(ceiling.get("GPU", 0))
     use_gpus = options.use_gpus if options.use_gpus is not None else bool(gpus_now or gpus_max)
     if use_gpus:
-        default = (gpus_now, max(gpus_now, gpus_max, 1))
-        resources: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+        share = options.workers_per_gpu  # workers that share one GPU, each with 1/share of it
+        default = (gpus_now * share, max(gpus_now, gpus_max, 1) * share)
+        resources: dict[str, Any] = {"num_gpus": 1 / share if share > 1 else 1, "num_cpus": 1}
         device, threads = "auto", None
     else:
         # a worker must fit on one node: size threads by the largest node, count by every node
@@ -369,6 +371,7 @@ class Scheduler:
             lane.threads,
             self.board,
             checkpoint_every=self.options.checkpoint_every,
+            max_batch=self.options.max_batch if lane.max_batch > 1 else 1,
         )
         worker = _Worker(next(self._keys), lane, handle, handle.ready.remote())
         self.workers[worker.key] = worker
@@ -399,9 +402,21 @@ class Scheduler:
                         self.worker_ready(ref)
                     else:
                         self.item_done(ref)
+        except KeyboardInterrupt:
+            self.collect_finished()
+            raise
         finally:
             self.shutdown()
         return self.summary
+
+    def collect_finished(self) -> None:
+        """Record the calls already back when the run is stopped (Ctrl-C, SIGTERM): their
+        images are written, so their rows belong in this run's results, not to the next
+        run's recovery."""
+        with contextlib.suppress(RayError, KeyboardInterrupt):
+            done, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0)
+            for ref in done:
+                self.item_done(ref)
 
     def dispatch(self) -> None:
         """Hand queued items to ready workers of their lane, least loaded first, in calls
@@ -414,24 +429,33 @@ class Scheduler:
             slots = sum(limit - w.in_flight for w in lane.members.values() if w.live)
             for worker in sorted(free, key=lambda w: w.in_flight):
                 while worker.in_flight < limit and lane.queue:
-                    self.send(worker, self.batch_size(lane, slots))
+                    self.send(worker, self.batch_size(lane, slots, worker))
                     slots -= 1
 
-    def batch_size(self, lane: Lane, slots: int) -> int:
+    def batch_size(self, lane: Lane, slots: int, worker: _Worker | None = None) -> int:
         """Items for the next call: enough for ``BATCH_SECONDS`` of worker time at the
-        lane's measured seconds per item (1 until an item has come back), at most
-        ``lane.max_batch``, and no more than a fair share of the queue over the free
-        call ``slots`` of the live workers, so the tail is spread over every worker."""
-        if lane.max_batch <= 1 or lane.item_seconds is None:
+        lane's measured seconds per item (1 until an item has come back), and for a
+        worker that runs several syntheses at once (its ``max_batch``, from ``ready``)
+        twice that many, so the items that finish first are replaced by queued ones of
+        the same shape; at most ``lane.max_batch``, and no more than a fair share of the
+        queue over the free call ``slots`` of the live workers, so the tail is spread
+        over every worker."""
+        if lane.max_batch <= 1:
             return 1
-        by_time = int(BATCH_SECONDS / max(lane.item_seconds, 1e-6))
+        together = int(worker.info.get("max_batch", 1)) if worker is not None else 1
+        by_time = 1 if lane.item_seconds is None else int(BATCH_SECONDS / max(lane.item_seconds, 1e-6))
+        wanted = max(by_time, 2 * together if together > 1 else 1)
         fair = -(-len(lane.queue) // max(1, slots))
-        return max(1, min(by_time, lane.max_batch, fair))
+        return max(1, min(wanted, lane.max_batch, fair))
 
     def send(self, worker: _Worker, count: int) -> None:
-        """One remote call with the next ``count`` queued items of ``worker``'s lane."""
+        """One remote call with up to ``count`` queued items of ``worker``'s lane: the next
+        one and those after it of the same ``batch_key`` (the queue keeps them together),
+        so the worker can run them in one batch."""
         lane = worker.lane
-        items = [lane.take() for _ in range(min(count, len(lane.queue)))]
+        items = [lane.take()]
+        while len(items) < count and lane.queue and lane.queue[0][0].batch_key == items[0][0].batch_key:
+            items.append(lane.take())
         args = (self.started, self.run_kind, self.warmup)
         if lane.max_batch <= 1:
             ref = worker.handle.render.remote(*items[0], *args)
@@ -737,8 +761,9 @@ def _render_todo(
                 threads=shape.threads,
                 min_workers=shape.min_workers,
                 max_workers=shape.max_workers,
-                # largest first (shorter tail); the sort is stable: equal sizes keep manifest order
-                items=sorted(todo, key=lambda i: -i.pixels_estimate),
+                # largest first (shorter tail), items that can share a batch side by side;
+                # the sort is stable: otherwise equal items keep manifest order
+                items=sorted(todo, key=lambda i: (-i.pixels_estimate, i.batch_key)),
             )
         )
         scheduler.run()

@@ -8,6 +8,7 @@ input or running out of memory at that resolution.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import socket
 import time
@@ -18,8 +19,10 @@ import ray
 import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
+from nst_engine.engine.batch import EvaluationBatch, auto_batch, run_together
 from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
+from nst_engine.engine.memory import is_out_of_memory
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
@@ -35,12 +38,6 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
 class RenderWorker:
     """Holds a ``Stylizer`` (weights on its device, style-target cache) for its lifetime."""
 
@@ -52,9 +49,12 @@ class RenderWorker:
         threads: int | None = None,
         board: Any = None,
         checkpoint_every: float | None = None,
+        max_batch: int | None = None,
     ) -> None:
         loaded, seconds = weights.load()
         self.stylizer = Stylizer(loaded, device=device, threads=threads, load_seconds=seconds)
+        # syntheses at once (PoolOptions.max_batch); auto: by device, within its memory
+        self.max_batch = max_batch or auto_batch(self.stylizer.device)
         self.root = OutputRoot(output_uri)
         self.board = board
         self.last_report = 0.0  # monotonic time of the last board update (``_report``)
@@ -71,20 +71,58 @@ class RenderWorker:
             "node_id": self.node_id,
             "device": str(self.stylizer.device),
             "hostname": self.hostname,
+            "max_batch": str(self.max_batch),
         }
 
     def render_batch(
         self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str = "render", warmup: int = 0
     ) -> list[tuple[dict, bool]]:
-        """``render`` of each (item, attempt), in one remote call: for items of
-        milliseconds, a call (and a driver event) per item would cost more than the items.
-        One idle report at the end rather than one per item."""
+        """``render`` of each (item, attempt), in one remote call, rows in the order given.
+
+        Items that share a ``batch_key`` run together, up to ``max_batch`` at once, in one
+        ``EvaluationBatch`` (one thread per synthesis; as one leaves, the next joins); the
+        rest one at a time. For items of milliseconds, a call (and a driver event) per
+        item would cost more than the items. One idle report at the end rather than one
+        per item."""
         self.batching = True
+        outcomes: dict[int, tuple[dict, bool]] = {}
         try:
-            return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
+            groups: dict[tuple, list[int]] = {}
+            for index, (item, _) in enumerate(items):
+                groups.setdefault(item.batch_key, []).append(index)
+            for indices in groups.values():
+                rows = self._render_group([items[i] for i in indices], run_started, run_kind, warmup)
+                outcomes.update(zip(indices, rows, strict=True))
+            return [outcomes[i] for i in range(len(items))]
         finally:
             self.batching = False
             self._report(None)
+
+    def _render_group(
+        self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str, warmup: int
+    ) -> list[tuple[dict, bool]]:
+        """Items of one ``batch_key``: together when batching, else one after the other."""
+        if self.max_batch <= 1 or len(items) <= 1:
+            return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
+        with self.stylizer.batch(self.max_batch) as batch:
+            outcomes = run_together(
+                [
+                    functools.partial(self.render, item, attempt, run_started, run_kind, warmup, batch)
+                    for item, attempt in items
+                ],
+                self.max_batch,
+            )
+        # render never raises; should a thread still fail, the item is retried, not lost
+        return [
+            o if not isinstance(o, BaseException) else self._crashed(item, attempt, run_kind, o)
+            for (item, attempt), o in zip(items, outcomes, strict=True)
+        ]
+
+    def _crashed(self, item: WorkItem, attempt: int, run_kind: str, exc: BaseException) -> tuple[dict, bool]:
+        row = make_row(
+            item, "failed", attempt, error=f"{type(exc).__name__}: {one_line(exc)}", run_kind=run_kind
+        )
+        return row, True
 
     def _report(self, item: WorkItem | None, iteration: int = 0, loss: float = float("nan")) -> None:
         """Post what this worker does to the board: an item's progress at most every
@@ -101,11 +139,18 @@ class RenderWorker:
         self.board.update.remote(self.actor_id, label, iteration, total, loss)
 
     def render(
-        self, item: WorkItem, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0
+        self,
+        item: WorkItem,
+        attempt: int,
+        run_started: float,
+        run_kind: str = "render",
+        warmup: int = 0,
+        batch: EvaluationBatch | None = None,
     ) -> tuple[dict, bool]:
         """(result row, retryable). The image is written before the row is returned, and
         the row records its size and checksum (``output_bytes``, ``output_sha256``).
-        ``warmup`` iterations are left out of the row's per-iteration statistics."""
+        ``warmup`` iterations are left out of the row's per-iteration statistics; with
+        ``batch``, the synthesis is one of its members (``render_batch``)."""
         started, start_clock = _utcnow(), time.perf_counter()
         extra = {
             "node_id": self.node_id,
@@ -139,6 +184,7 @@ class RenderWorker:
                 style_ids=list(item.style_hashes),
                 on_iteration=on_iteration,
                 checkpoint=checkpoint.policy,
+                batch=batch,
             )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
@@ -150,7 +196,7 @@ class RenderWorker:
         except NSTError as exc:  # bad input: another attempt would fail the same way
             error = one_line(exc)
         except Exception as exc:
-            if _is_out_of_memory(exc):  # final at this size, on this device
+            if is_out_of_memory(exc):  # final at this size, on this device
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 error = f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"

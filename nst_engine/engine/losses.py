@@ -120,10 +120,13 @@ class LossTerms:
     style: torch.Tensor
     tv: torch.Tensor
 
+    def stacked(self) -> torch.Tensor:
+        """(total, content, style, tv) as one detached tensor: a batch reads all in one sync."""
+        return torch.stack([t.detach() for t in (self.total, self.content, self.style, self.tv)])
+
     def values(self) -> Values:
         """(total, content, style, tv) as floats, in one device sync."""
-        stacked = torch.stack([t.detach() for t in (self.total, self.content, self.style, self.tv)])
-        total, content, style, tv = stacked.tolist()
+        total, content, style, tv = self.stacked().tolist()
         return total, content, style, tv
 
 
@@ -154,9 +157,13 @@ class StyleTransferObjective(nn.Module):
         self.layers = sorted(set(self.content_losses) | set(self.style_losses))
 
     def forward(self, image: torch.Tensor) -> LossTerms:
-        features = self.network(image, self.layers)  # in bf16 under --precision bf16
+        return self.losses(image, self.network(image, self.layers))  # in bf16 under --precision bf16
+
+    def losses(self, image: torch.Tensor, features: Mapping[str, torch.Tensor]) -> LossTerms:
+        """The terms for ``image`` (1, 3, H, W) given the network's responses to it: one
+        image's slice of a batch's responses too (``batch.EvaluationBatch``)."""
         with torch.autocast(image.device.type, enabled=False):
-            return self._losses(image, {k: _full_precision(v) for k, v in features.items()})
+            return self._losses(image, {k: _full_precision(features[k]) for k in self.layers})
 
     def _losses(self, image: torch.Tensor, features: dict[str, torch.Tensor]) -> LossTerms:
         """Losses in float32 whatever the network ran in: Gram sums need the range."""

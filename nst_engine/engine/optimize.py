@@ -68,17 +68,25 @@ class OptimizationTrace:
 
 IterationCallback = Callable[[IterationRecord, torch.Tensor], None]
 Objective = Callable[[torch.Tensor], LossTerms]
+#: Loss terms and flat gradient of an objective at an image, computed elsewhere: a
+#: synthesis in a batch gets them from the batch's shared pass (``batch.Member.evaluate``).
+Gradient = Callable[[Any, torch.Tensor], tuple[Values, torch.Tensor]]
 
 
 class _Evaluator:
-    """Loss and flat gradient at the current image; counts evaluations."""
+    """Loss and flat gradient at the current image (by ``gradient`` when given); counts
+    evaluations."""
 
-    def __init__(self, objective: Objective, image: torch.Tensor) -> None:
+    def __init__(self, objective: Objective, image: torch.Tensor, gradient: Gradient | None = None) -> None:
         self.objective = objective
         self.image = image
+        self.gradient = gradient
         self.count = 0
 
     def __call__(self) -> tuple[Values, torch.Tensor]:
+        if self.gradient is not None:
+            self.count += 1
+            return self.gradient(self.objective, self.image)
         image = self.image.requires_grad_(True)
         terms = self.objective(image)
         (grad,) = torch.autograd.grad(terms.total, image)
@@ -135,11 +143,17 @@ class Run:
 
     kind = ""
 
-    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
+    def __init__(
+        self,
+        objective: Objective,
+        image: torch.Tensor,
+        settings: OptimizerSettings,
+        gradient: Gradient | None = None,
+    ) -> None:
         self.objective = objective
         self.image = image
         self.settings = settings
-        self.evaluate = _Evaluator(objective, image)
+        self.evaluate = _Evaluator(objective, image, gradient)
         self.records: list[IterationRecord] = []
         self.stop_reason: str | None = None
         self.final: Values | None = None
@@ -227,8 +241,14 @@ class LBFGSRun(Run):
 
     kind = "lbfgs"
 
-    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
-        super().__init__(objective, image, settings)
+    def __init__(
+        self,
+        objective: Objective,
+        image: torch.Tensor,
+        settings: OptimizerSettings,
+        gradient: Gradient | None = None,
+    ) -> None:
+        super().__init__(objective, image, settings, gradient)
         self.history = _History(settings.history_size)
         # loss terms and gradient at the current image; the first step() evaluates them
         self.values: Values | None = None
@@ -305,8 +325,14 @@ class AdamRun(Run):
 
     kind = "adam"
 
-    def __init__(self, objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> None:
-        super().__init__(objective, image, settings)
+    def __init__(
+        self,
+        objective: Objective,
+        image: torch.Tensor,
+        settings: OptimizerSettings,
+        gradient: Gradient | None = None,
+    ) -> None:
+        super().__init__(objective, image, settings, gradient)
         self.optimizer = torch.optim.Adam([image], lr=settings.learning_rate or 0.02)
         self.previous = math.inf  # the loss the last iteration started from
 
@@ -342,11 +368,14 @@ class AdamRun(Run):
 RUNS: dict[str, type[Run]] = {LBFGSRun.kind: LBFGSRun, AdamRun.kind: AdamRun}
 
 
-def start_run(objective: Objective, image: torch.Tensor, settings: OptimizerSettings) -> Run:
-    """A run of ``settings.name`` over ``image``; nothing is evaluated until its first step."""
+def start_run(
+    objective: Objective, image: torch.Tensor, settings: OptimizerSettings, gradient: Gradient | None = None
+) -> Run:
+    """A run of ``settings.name`` over ``image``; nothing is evaluated until its first step.
+    ``gradient`` evaluates the objective instead of the run's own forward and backward."""
     if settings.name not in RUNS:
         raise ValueError(f"unknown optimizer {settings.name!r}")
-    return RUNS[settings.name](objective, image, settings)
+    return RUNS[settings.name](objective, image, settings, gradient)
 
 
 def optimize(

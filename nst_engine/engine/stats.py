@@ -41,6 +41,11 @@ class SynthesisStats:
         kw_only=True,
         default=0,
     )
+    batch_size: int = stat(
+        "most syntheses whose evaluations ran in one pass with this one's (1: alone)",
+        kw_only=True,
+        default=1,
+    )
     loss_evaluations: int = stat("loss evaluations (>= iterations + 1 with L-BFGS)")
     stop_reason: str = stat("iterations, converged, no_progress, diverged or cancelled")
     final_content_loss: float = stat("content loss of the output")
@@ -118,6 +123,7 @@ def synthesis_stats(
     memory: PeakMemory,
     weights_source: str,
     resumed_from_iteration: int = 0,
+    batch_size: int = 1,
 ) -> SynthesisStats:
     """The statistics record of one finished optimisation (``trace`` holds the records of
     every attempt, those before ``resumed_from_iteration`` restored from a checkpoint)."""
@@ -129,6 +135,7 @@ def synthesis_stats(
         pixels=height * width,
         iterations=trace.iterations,
         resumed_from_iteration=resumed_from_iteration,
+        batch_size=batch_size,
         loss_evaluations=trace.evaluations,
         stop_reason=trace.stop_reason,
         final_content_loss=content,
@@ -147,7 +154,7 @@ def synthesis_stats(
         device=str(device),
         device_type=device.type,
         device_name=device_name(device),
-        peak_memory_bytes=memory.peak,
+        peak_memory_bytes=memory.so_far(),
         peak_memory_kind=memory.kind,
         device_memory_bytes=device_memory(device),
         weights_source=weights_source,
@@ -193,6 +200,11 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def current_memory(device: torch.device) -> int:
+    """Memory in use now, as ``PeakMemory`` measures it: CUDA allocated, or RSS."""
+    return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else _rss_bytes()
+
+
 class PeakMemory:
     """Peak memory during a block: CUDA peak allocated on GPU, sampled peak RSS on CPU.
 
@@ -216,6 +228,12 @@ class PeakMemory:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
+
+    def so_far(self) -> int:
+        """The peak since ``__enter__``, read while the block still runs."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return max(self.peak, _rss_bytes())
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):

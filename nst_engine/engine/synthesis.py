@@ -8,19 +8,30 @@ objective, start and output), ``optimize`` (the run), ``stats`` and ``result``
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from nst_engine.engine.batch import EvaluationBatch, Member
 from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.device import precision, resolve_device
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, save_png
-from nst_engine.engine.optimize import IterationCallback, IterationRecord, Run, drive, start_run
-from nst_engine.engine.problem import Problem
+from nst_engine.engine.memory import MemoryModel
+from nst_engine.engine.optimize import (
+    IterationCallback,
+    IterationRecord,
+    OptimizerSettings,
+    Run,
+    drive,
+    start_run,
+)
+from nst_engine.engine.problem import Problem, synthesis_size
 from nst_engine.engine.result import SynthesisResult, png_metadata
 from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
@@ -49,6 +60,11 @@ class Stylizer:
         self.cache = TargetCache(weights, self.device, target_cache_size)
         self._pending_load_seconds = load_seconds
 
+    def batch(self, max_members: int) -> EvaluationBatch:
+        """A batch for up to ``max_members`` syntheses at once on this device, fewer when
+        its memory (measured at the batch's start) holds fewer; use it entered."""
+        return EvaluationBatch(self.device, max_members, MemoryModel.for_device(self.device))
+
     def synthesize(
         self,
         content: ImageLike,
@@ -62,8 +78,13 @@ class Stylizer:
         snapshot_path: Callable[[int], Path] | None = None,
         should_stop: Callable[[], bool] | None = None,
         checkpoint: CheckpointPolicy | None = None,
+        batch: EvaluationBatch | None = None,
     ) -> SynthesisResult:
         """Run one synthesis; ``content``/``styles`` are paths or PIL images.
+
+        With ``batch`` (``Stylizer.batch``, entered), the synthesis is one member of it:
+        it waits until the batch's memory model admits it, and its evaluations run in the
+        batch's shared passes; called from one thread per synthesis (``run_together``).
 
         With ``checkpoint``, a checkpoint of the same work (same parameters, inputs,
         weights) is resumed from, and the run saves itself as the policy says, so a
@@ -78,12 +99,17 @@ class Stylizer:
         style_imgs = [load_image(s) for s in styles]
         content_id = content_id or image_digest(content_img)
         style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
-        with precision(self.device, config.precision), PeakMemory(self.device) as memory:
+        settings = config.optimizer_settings()
+        with (
+            precision(self.device, config.precision),
+            _place(batch, content_img, config, settings) as member,
+            batch.peak if batch is not None else PeakMemory(self.device) as memory,
+        ):
             targets_start = time.perf_counter()
             problem = Problem.build(content_img, style_imgs, config, self.cache)
             targets_seconds = time.perf_counter() - targets_start
             image = problem.initial_image()
-            run = start_run(problem.objective, image, config.optimizer_settings())
+            run = start_run(problem.objective, image, settings, member.evaluate if member else None)
             hook = _iteration_hook(problem, on_iteration, snapshot_every, snapshot_path)
             resumed_from = 0
             if checkpoint is not None:
@@ -114,9 +140,23 @@ class Stylizer:
             memory=memory,
             weights_source=self.weights.source,
             resumed_from_iteration=resumed_from,
+            batch_size=member.largest if member else 1,
         )
         metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
         return SynthesisResult(output, stats, metadata)
+
+
+@contextlib.contextmanager
+def _place(
+    batch: EvaluationBatch | None, content: Image.Image, config: SynthesisConfig, settings: OptimizerSettings
+) -> Iterator[Member | None]:
+    """The synthesis's place in ``batch`` (None without one), sized by its pixels."""
+    if batch is None:
+        yield None
+        return
+    height, width = synthesis_size(content, config)
+    with batch.member(height * width, settings) as member:
+        yield member
 
 
 def _check_style_count(count: int, config: SynthesisConfig) -> None:

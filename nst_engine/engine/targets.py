@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
@@ -51,10 +52,18 @@ class TargetCache:
         self.hits = 0
         self._networks: dict[tuple[str, str, bool], VGG19Features] = {}
         self._targets: OrderedDict[Hashable, StyleTargets] = OrderedDict()
+        # the syntheses of a batch (``batch.EvaluationBatch``) build their targets from
+        # threads of their own: one network per variant, one extraction per style
+        self._lock = threading.RLock()
 
     def network(self, pooling: str, last_layer: str, channels_last: bool) -> VGG19Features:
         """The network up to ``last_layer``, built once per variant."""
         key = (pooling, last_layer, channels_last)
+        with self._lock:
+            return self._network(key)
+
+    def _network(self, key: tuple[str, str, bool]) -> VGG19Features:
+        pooling, last_layer, channels_last = key
         if key not in self._networks:
             net = VGG19Features(
                 self.weights.convs, self.weights.preprocessing, pooling, last_layer, channels_last
@@ -74,6 +83,12 @@ class TargetCache:
         self, styles: Sequence[Image.Image], content: torch.Tensor, config: SynthesisConfig
     ) -> StyleTargets:
         """The blended Gram matrices (eq. 3) of ``styles`` for a content image ``content``."""
+        with self._lock:
+            return self._style_targets(styles, content, config)
+
+    def _style_targets(
+        self, styles: Sequence[Image.Image], content: torch.Tensor, config: SynthesisConfig
+    ) -> StyleTargets:
         key = self._key(styles, content, config)
         if key in self._targets:
             self._targets.move_to_end(key)

@@ -15,6 +15,8 @@ from typing import Any
 
 from nst_engine.engine.config import INITS, SynthesisConfig
 from nst_engine.engine.errors import WeightsError
+from nst_engine.engine.images import output_size
+from nst_engine.engine.vgg import deepest
 from nst_engine.engine.weights import check_source
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.fingerprints import ImageIndex
@@ -43,6 +45,20 @@ class WorkItem:
     output_path: str  # relative to the output root
     pixels_estimate: int  # for largest-first scheduling
     input_error: str | None = None  # set when an image is missing or unreadable
+    shape: tuple[int, int] = (0, 0)  # (height, width) of the output, as the engine sizes it
+
+    @property
+    def batch_key(self) -> tuple[tuple[int, int], str, str, str, bool]:
+        """Items with equal keys can run in one batch on a worker (``engine.batch``): the
+        same output shape, network and precision, so one pass of the network serves all."""
+        config = self.config
+        return (
+            self.shape,
+            str(config.precision),
+            str(config.pooling),
+            deepest(config.loss_layers),
+            config.channels_last,
+        )
 
     @property
     def label(self) -> str:
@@ -206,6 +222,7 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
         seen_outputs[output] = ident
         width, height = facts[spec.content].width, facts[spec.content].height
         scale = spec.size / max(width, height, 1)
+        shape = output_size(width, height, spec.size) if width and height else (spec.size, spec.size)
         items.append(
             WorkItem(
                 item_id=ident,
@@ -221,6 +238,7 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
                 output_path=output,
                 pixels_estimate=int(width * scale) * int(height * scale) if width else spec.size**2,
                 input_error="; ".join(errors) if errors else None,
+                shape=shape,
             )
         )
     bad_inputs = problems if not skip_bad_inputs else []

@@ -432,6 +432,14 @@ class Lease:
                 if not failing:
                     self.warn(f"{self.root.uri}: could not renew the lease ({one_line(exc)}); retrying")
                 failing = True
+            except Exception as exc:  # anything else would end the heartbeat unseen: the
+                # lease would go stale and be taken over while this run still writes
+                self._lost = (
+                    f"{self.root.uri}: the lease's heartbeat failed ({one_line(exc)}); "
+                    "this run must stop writing there"
+                )
+                self.warn(self._lost)
+                return
 
     def _lose(self, current: Holder | None) -> None:
         who = f"taken over by {current.describe()}" if current is not None else "deleted"

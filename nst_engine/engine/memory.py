@@ -1,0 +1,91 @@
+"""How many syntheses fit on a device at once: a memory model measured on the device.
+
+The scaling study fits a synthesis's memory as c + d·pixels per device. A batch of B
+syntheses of P pixels each needs, beyond what the device holds already (c: the network,
+cached style targets, other processes), B · (d·P + s): d, the bytes of activations one
+evaluation keeps per pixel, is measured on the batch's first evaluation (run alone for
+that reason); s, the optimiser's own tensors, follows exactly from its settings (L-BFGS
+keeps ``history_size`` pairs of image-sized vectors). The batch admits a synthesis only
+while the sum stays within ``SAFETY_MARGIN`` of the memory free when it began.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nst_engine.engine.optimize import OptimizerSettings
+
+#: Share of the free memory a batch plans to use: allocator fragmentation, cuDNN
+#: workspaces and the measurement's own error live in the rest.
+SAFETY_MARGIN = 0.8
+#: Image-sized float32 vectors an optimisation run keeps besides L-BFGS's pairs: the
+#: image, its gradient, the step's origin and direction, the new gradient and its
+#: difference, and the batch's stacked copy of the image with its gradient.
+RUN_VECTORS = 8
+#: Activation bytes per pixel of one evaluation assumed before any is measured, and the
+#: least ever assumed: VGG-19 to conv5_1 keeps about 290 float32 responses per input
+#: pixel for the backward pass (64·2 + 128·2/4 + 256·4/16 + 512·4/64 + 512/256), each with
+#: its rectified copy; a measurement below that (a CPU's sampled RSS misses short peaks)
+#: is not believed.
+MIN_ACTIVATION_BYTES_PER_PIXEL = 290 * 4 * 2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failed: CUDA's error, Python's, or the CPU allocator's."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
+    """Bytes an optimisation run of a 3-channel image of ``pixels`` keeps, exactly."""
+    vectors = RUN_VECTORS + (2 * settings.history_size if settings.name == "lbfgs" else 2)
+    return 4 * 3 * pixels * vectors
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes this process may still allocate on ``device``: CUDA's free memory plus what
+    its caching allocator holds unused; for the CPU, the kernel's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class MemoryModel:
+    """B · (d·pixels + state) against a budget; ``d`` learnt from measured evaluations."""
+
+    def __init__(self, budget: int, bytes_per_pixel: float | None = None) -> None:
+        self.budget = budget
+        self.bytes_per_pixel = bytes_per_pixel  # None until an evaluation was measured
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> MemoryModel:
+        return cls(int(SAFETY_MARGIN * free_memory(device)))
+
+    @property
+    def measured(self) -> bool:
+        return self.bytes_per_pixel is not None
+
+    def need(self, pixels: int, settings: OptimizerSettings) -> int:
+        """Predicted bytes of one more synthesis of ``pixels`` in the batch."""
+        per_pixel = max(self.bytes_per_pixel or 0.0, MIN_ACTIVATION_BYTES_PER_PIXEL)
+        return int(per_pixel * pixels) + optimizer_state_bytes(settings, pixels)
+
+    def observe(self, pixels: int, activation_bytes: int) -> None:
+        """An evaluation over ``pixels`` (all its images) used ``activation_bytes``."""
+        if pixels > 0:
+            self.bytes_per_pixel = max(self.bytes_per_pixel or 0.0, activation_bytes / pixels)
+
+    def ran_out(self, pixels: int) -> None:
+        """An evaluation over ``pixels`` ran out of memory: no fewer bytes per pixel than
+        the whole budget spread over them, so later admissions stay below that."""
+        if pixels > 0:
+            self.bytes_per_pixel = max(self.bytes_per_pixel or 0.0, self.budget / pixels)
