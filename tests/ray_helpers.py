@@ -76,6 +76,7 @@ class ScriptedWorker:
         threads: Any = None,
         board: Any = None,
         checkpoint_every: Any = None,
+        max_batch: Any = None,
     ):
         self.actor_id = ray.get_runtime_context().get_actor_id()
 

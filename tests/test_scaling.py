@@ -35,6 +35,7 @@ def table(k: float, noise: float = 0.02, device: str = "GPU X", oom_at: int | No
             "seconds_per_iteration": float(s),
             "peak_memory_bytes": int(5e8 + 4000 * p),
             "device_memory_bytes": int(80e9),
+            "batch_size": 1,
         }
         for p, s in zip(pixels, seconds, strict=True)
     ]
@@ -220,3 +221,23 @@ def test_bench_lane_stores_lost_attempts_and_stops_at_out_of_memory(tmp_path: Pa
     lost = [r for r in stored.to_pylist() if r["status"] == "retried"]
     assert lost[0]["error"].startswith("worker lost")
     assert len(rows) == 4 and sorted(seen) == sorted(("scripted", s, st) for s, _, st in got)
+
+
+def test_bench_batches_record_items_per_second_and_stay_out_of_the_fits(tmp_path: Path) -> None:
+    output = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "nst_engine.cli.main", "bench", "scaling", "--sizes", "32,40,48"]
+    cmd += ["--iterations", "30", "--warmup", "1", "--devices", "cpu", "--cpu-threads", "1"]
+    cmd += ["--weights", "random", "--batches", "1,3", "--output", str(output)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "COLUMNS": "200"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "items/s against batch size" in proc.stderr and "batch 3" in proc.stderr
+    rows = read_results(str(output)).to_pylist()
+    assert len(rows) == 3 * (1 + 3) and {r["status"] for r in rows} == {"ok"}
+    lone = [r for r in rows if r["batch_size"] == 1]
+    assert sorted(r["size"] for r in lone) == [32, 40, 48]
+    assert sorted(r["batch_size"] for r in rows if r not in lone) == [3] * 9  # all three together
+    fitted = fit_devices([{**r, "batch_size": 4} for r in rows])
+    assert fitted == [], "batched rows alone give no fit: their times are their batch's"
+    assert len(fit_devices(rows)) == 1

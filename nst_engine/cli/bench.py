@@ -75,6 +75,23 @@ def _print_fits(locations: list[str], size: int | None = None, iterations: int |
     err.print(table)
 
 
+def _print_throughput(rates: dict[tuple[str, int, int], float]) -> None:
+    """Items/s per device and size, one column per batch size, with the gain over one at a time."""
+    sizes = sorted({b for _, _, b in rates})
+    table = Table(title="items/s against batch size (gain over one at a time)", show_edge=False)
+    for column in ("device", "pixels", *(f"batch {b}" for b in sizes)):
+        table.add_column(column)
+    for device, pixels in sorted({(d, p) for d, p, _ in rates}):
+        alone = rates.get((device, pixels, 1))
+        cells = []
+        for b in sizes:
+            rate = rates.get((device, pixels, b))
+            gain = f" ({rate / alone:.2f}×)" if rate and alone and b > 1 else ""
+            cells.append(f"{rate:.3g}{gain}" if rate else "–")
+        table.add_row(escape(device), f"{pixels:,}", *cells)
+    err.print(table)
+
+
 @bench_app.command("scaling")
 def scaling(
     ctx: typer.Context,
@@ -100,11 +117,18 @@ def scaling(
     wait: Annotated[
         bool, typer.Option(help="When another run writes to the output root, wait for it to end.")
     ] = False,
+    batches: Annotated[
+        str,
+        typer.Option(
+            help="Also run each size as a batch of each of these many syntheses at once (e.g. 1,4,16) "
+            "and print items/s against batch size; the fits use the lone syntheses only."
+        ),
+    ] = "1",
 ) -> None:
     """The same synthesis at each size on every device type of the cluster; prints the fitted
     exponent k per device (the paper predicts k ≈ 1) and writes rows to OUTPUT/results.parquet."""
     from nst_engine.cli.render import take_lease
-    from nst_engine.distributed.bench import device_slots, run_scaling
+    from nst_engine.distributed.bench import batched_items, device_slots, items_per_second, run_scaling
     from nst_engine.distributed.runtime import connect, disconnect
     from nst_engine.engine.weights_spec import sample_images
     from nst_engine.planning.items import expand
@@ -116,6 +140,12 @@ def scaling(
         size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})
     except ValueError:
         raise fail(f"--sizes: expected comma-separated whole numbers, got {sizes!r}") from None
+    try:
+        batch_list = sorted({int(b) for b in batches.split(",") if b.strip()} | {1})
+    except ValueError:
+        batch_list = [0]
+    if min(batch_list) < 1:
+        raise fail(f"--batches: expected comma-separated whole numbers >= 1, got {batches!r}")
     kinds = {d.strip() for d in devices.split(",") if d.strip()}
     if not size_list or kinds - {"cpu", "gpu"} or not kinds:
         raise fail("--sizes needs at least one size and --devices is cpu, gpu or cpu,gpu")
@@ -166,9 +196,11 @@ def scaling(
                     f"  {slot.label}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}"
                 )
 
-        run_scaling(items, plan.weights, root, slots, warmup, on_row)
+        rows = run_scaling(items, plan.weights, root, slots, warmup, on_row, batches=batch_list)
     finally:
         disconnect()
+    if len(batch_list) > 1:
+        _print_throughput(items_per_second(rows, batched_items(items, batch_list)[1]))
     err.print(f"results: {escape(root.display(RESULTS_FILE))}")
     if lease.lost:  # taken over mid-run (the heartbeat warned then)
         raise fail(lease.lost)

@@ -2,18 +2,20 @@
 device type of the cluster (each GPU model, and CPU), one worker per type.
 
 It runs on the render ``Scheduler``: one lane per device slot (that slot's resources,
-one worker, its own queue smallest first, one item per call and one call in flight so
-items do not share the device), with the same retry rules as ``nst render`` (a lost worker's attempt is
-recorded as retried, or failed once its attempts are used up). A lane stops growing at
+one worker, its own queue smallest first, one item per call, or one batch of a chosen
+size per call (``--batches``), and one call in flight so calls do not share the device),
+with the same retry rules as ``nst render`` (a lost worker's attempt is recorded as
+retried, or failed once its attempts are used up). A lane stops growing at
 its first out-of-memory size; that row is recorded as failed with the reason and the
 run goes on on the other devices.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -27,7 +29,7 @@ from nst_engine.distributed.scheduler import (
 )
 from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
-from nst_engine.planning.items import WorkItem
+from nst_engine.planning.items import ID_LENGTH, WorkItem
 from nst_engine.results.storage import OutputRoot
 from nst_engine.results.store import ResultStore
 
@@ -61,6 +63,31 @@ def device_slots(include: set[str], cpu_threads: int | None = None) -> list[Devi
     return slots
 
 
+def batched_items(items: list[WorkItem], batches: list[int]) -> tuple[list[WorkItem], dict[str, int]]:
+    """Each size's item alone, then for each batch size B > 1 a set of B syntheses of it
+    (seeds 0..B-1) to run together; smallest size first. Returns the items in order and
+    each item's batch size (by item id): what ``run_scaling`` sends as one call."""
+    ordered: list[WorkItem] = []
+    batch_of: dict[str, int] = {}
+    for item in sorted(items, key=lambda i: i.pixels_estimate):
+        ordered.append(item)
+        batch_of[item.item_id] = 1
+        for size in sorted({b for b in batches if b > 1}):
+            for seed in range(size):
+                ident = hashlib.sha256(f"{item.item_id}|batch {size}|{seed}".encode()).hexdigest()[:ID_LENGTH]
+                folder, _, name = item.output_path.rpartition("/")
+                ordered.append(
+                    replace(
+                        item,
+                        item_id=ident,
+                        config=replace(item.config, seed=seed),
+                        output_path=f"{folder}/batch{size}/{seed}_{name}".lstrip("/"),
+                    )
+                )
+                batch_of[ident] = size
+    return ordered, batch_of
+
+
 def run_scaling(
     items: list[WorkItem],
     weights: WeightsSpec,
@@ -70,9 +97,13 @@ def run_scaling(
     on_row: Callable[[DeviceSlot, dict], None] | None = None,
     options: PoolOptions | None = None,
     worker_class: type = RenderWorker,
+    batches: list[int] | None = None,
 ) -> list[dict]:
     """Run ``items`` smallest first on one worker per slot, all slots at once; returns
-    every row written (retried attempts included)."""
+        every row written (retried attempts included). With ``batches`` (sizes > 1), each
+        size is also run as a batch of each of those many syntheses at once, in one call
+        (``batched_items``); their rows record ``batch_size``, and ``items_per_second`` reads
+    the throughput off them."""
     store = ResultStore(root)
     rows: list[dict] = []
     by_lane = {slot.label: slot for slot in slots}
@@ -82,10 +113,12 @@ def run_scaling(
         if on_row is not None:
             on_row(by_lane[lane.name], row)
 
+    ordered, batch_of = batched_items(items, batches or [1])
+    largest = max(batch_of.values(), default=1)
     scheduler = Scheduler(
         weights,
         root,
-        options or PoolOptions(),
+        replace(options or PoolOptions(), max_batch=largest),
         store=store,
         run_kind="bench",
         warmup=warmup,
@@ -93,8 +126,7 @@ def run_scaling(
         on_row=record,
         worker_class=worker_class,
     )
-    scheduler.summary.total = len(items) * len(slots)
-    ordered = sorted(items, key=lambda i: i.pixels_estimate)
+    scheduler.summary.total = len(ordered) * len(slots)
     if ordered:
         for slot in slots:
             scheduler.add_lane(
@@ -107,10 +139,27 @@ def run_scaling(
                     max_workers=1,
                     items=ordered,
                     max_in_flight=1,
-                    max_batch=1,  # each size measured alone, in its own call
+                    # each size measured alone, in its own call; a batch in one call
+                    max_batch=largest,
+                    call_size=lambda item: batch_of[item.item_id],
                     stop_when=is_out_of_memory,
                 )
             )
         scheduler.run()
     store.compact()
     return rows
+
+
+def items_per_second(rows: list[dict], batch_of: dict[str, int]) -> dict[tuple[str, int, int], float]:
+    """(device, pixels, batch size) -> items per second: a batch's ok rows over the wall
+    time from its first start to its last end (a lone item: one over its own)."""
+    groups: dict[tuple[str, int, int], list[dict]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row["item_id"] in batch_of:
+            key = (row["device_name"], int(row["pixels"]), batch_of[row["item_id"]])
+            groups.setdefault(key, []).append(row)
+    rates = {}
+    for key, group in groups.items():
+        wall = (max(r["finished_at"] for r in group) - min(r["started_at"] for r in group)).total_seconds()
+        rates[key] = len(group) / wall if wall > 0 else float("nan")
+    return rates

@@ -220,6 +220,9 @@ class Lane:
     max_in_flight: int | None = None  # calls on one worker (default: PoolOptions.max_in_flight)
     max_batch: int = MAX_BATCH  # items per call at most
     stop_when: Callable[[dict[str, Any]], bool] | None = None
+    #: items per call when the item at the queue's head decides it (the scaling bench's
+    #: batches of a set size); None: ``Scheduler.batch_size`` sizes the calls
+    call_size: Callable[[WorkItem], int] | None = None
     queue: deque[tuple[WorkItem, int]] = field(init=False)  # (item, attempt)
     members: dict[int, _Worker] = field(init=False, default_factory=dict)  # requested, not retired
     starts_left: int = field(init=False, default=0)  # worker starts this lane may still make
@@ -442,6 +445,8 @@ class Scheduler:
         over every worker."""
         if lane.max_batch <= 1:
             return 1
+        if lane.call_size is not None:
+            return lane.call_size(lane.queue[0][0])
         together = int(worker.info.get("max_batch", 1)) if worker is not None else 1
         by_time = 1 if lane.item_seconds is None else int(BATCH_SECONDS / max(lane.item_seconds, 1e-6))
         wanted = max(by_time, 2 * together if together > 1 else 1)

@@ -73,11 +73,10 @@ class Member:
     def __init__(self, batch: EvaluationBatch, need: int) -> None:
         self.batch = batch
         self.need = need  # bytes reserved for it in the memory model
-        self.joined = False  # counted among those an evaluation waits for
         self.largest = 1  # most evaluations run in one pass with this one's
 
     def evaluate(self, objective: StyleTransferObjective, image: torch.Tensor) -> tuple[Values, torch.Tensor]:
-        request = self.batch.submit(self, _Request(objective, image.detach(), self.need))
+        request = self.batch.submit(_Request(objective, image.detach(), self.need))
         self.largest = max(self.largest, request.together)
         if request.error is not None:
             raise request.error
@@ -103,8 +102,9 @@ class EvaluationBatch:
         #: peak memory over the batch's life (``with batch:``); per-item resets would collide
         self.peak = PeakMemory(device)
         self._cond = threading.Condition()
+        # admitted members; a pass waits until each of them asks (or leaves), so a new
+        # member's first evaluation is always in the pass after its set-up
         self._admitted: list[Member] = []
-        self._joined = 0
         self._waiting: list[_Request] = []
 
     def __enter__(self) -> EvaluationBatch:
@@ -129,8 +129,6 @@ class EvaluationBatch:
         finally:
             with self._cond:
                 self._admitted.remove(member)
-                if member.joined:
-                    self._joined -= 1
                 self._run_if_all_waiting()
                 self._cond.notify_all()
 
@@ -144,12 +142,9 @@ class EvaluationBatch:
 
     # ------------------------------------------------------------------ evaluations
 
-    def submit(self, member: Member, request: _Request) -> _Request:
-        """Queue ``request``; the last joined member to ask runs the pass for all."""
+    def submit(self, request: _Request) -> _Request:
+        """Queue ``request``; the last member to ask runs the pass for all."""
         with self._cond:
-            if not member.joined:
-                member.joined = True
-                self._joined += 1
             self._waiting.append(request)
             self._run_if_all_waiting()
             while not request.done:
@@ -157,8 +152,8 @@ class EvaluationBatch:
         return request
 
     def _run_if_all_waiting(self) -> None:
-        """With the lock held: evaluate everything waiting once every joined member waits."""
-        if not self._waiting or len(self._waiting) < self._joined:
+        """With the lock held: evaluate everything waiting once every member waits."""
+        if not self._waiting or len(self._waiting) < len(self._admitted):
             return
         waiting, self._waiting = self._waiting, []
         groups: dict[tuple, list[_Request]] = {}

@@ -103,7 +103,8 @@ class Stylizer:
         with (
             precision(self.device, config.precision),
             _place(batch, content_img, config, settings) as member,
-            batch.peak if batch is not None else PeakMemory(self.device) as memory,
+            # a batch's members share the peak of the batch, which the batch itself enters
+            contextlib.nullcontext(batch.peak) if batch is not None else PeakMemory(self.device) as memory,
         ):
             targets_start = time.perf_counter()
             problem = Problem.build(content_img, style_imgs, config, self.cache)

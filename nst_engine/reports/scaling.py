@@ -29,6 +29,7 @@ FIT_COLUMNS = columns(
     "seconds_per_iteration",
     "peak_memory_bytes",
     "device_memory_bytes",
+    "batch_size",
 )
 K_GRID = np.round(np.arange(0.3, 2.5001, 0.001), 4)
 CHI2_95 = 3.841
@@ -117,7 +118,15 @@ def fit_devices(rows: pa.Table | list[dict], min_points: int = 3) -> list[Device
     fits = []
     for device in sorted({r["device_name"] for r in rows if r.get("device_name")}):
         mine = [r for r in rows if r.get("device_name") == device]
-        ok = [r for r in mine if r["status"] == "ok" and r.get("seconds_per_iteration") and r.get("pixels")]
+        # a batched synthesis's iterations and memory are its batch's: only lone ones fit
+        ok = [
+            r
+            for r in mine
+            if r["status"] == "ok"
+            and r.get("seconds_per_iteration")
+            and r.get("pixels")
+            and (r.get("batch_size") or 1) == 1
+        ]
         by_pixels: dict[int, list[dict]] = {}
         for r in ok:
             by_pixels.setdefault(int(r["pixels"]), []).append(r)

@@ -1,0 +1,57 @@
+"""The engine on a CUDA GPU against float32 on the CPU: skipped where torch sees no GPU (CI);
+``benchmarks/gpu.sh`` runs it on a machine with one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
+from nst_engine.engine.batch import run_together
+from tests.conftest import write_image
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+
+CONFIG = SynthesisConfig(size=64, iterations=20, precision="fp32")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return write_image(tmp_path / "c.png", 64, 48, seed=1), write_image(tmp_path / "s.png", 48, 64, seed=2)
+
+
+def test_fp32_on_cuda_follows_the_cpu(pair) -> None:
+    """Same seed and start: the loss curves agree within 1e-3 relative after 20 iterations."""
+    weights = random_weights((64, 128, 256, 512, 512), seed=0)
+    cpu = Stylizer(weights, device="cpu").synthesize(pair[0], [pair[1]], CONFIG)
+    gpu = Stylizer(weights, device="cuda").synthesize(pair[0], [pair[1]], CONFIG)
+    assert gpu.stats.device_type == "cuda" and gpu.stats.iterations == cpu.stats.iterations
+    for a, b in zip(cpu.stats.total_losses, gpu.stats.total_losses, strict=True):
+        assert b == pytest.approx(a, rel=1e-3)
+    assert gpu.stats.final_total_loss == pytest.approx(cpu.stats.final_total_loss, rel=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_reduced_precisions_reach_fp32s_loss(pair, precision: str) -> None:
+    weights = random_weights((64, 128, 256, 512, 512), seed=0)
+    stylizer = Stylizer(weights, device="cuda")
+    full = stylizer.synthesize(pair[0], [pair[1]], CONFIG)
+    reduced = stylizer.synthesize(pair[0], [pair[1]], replace(CONFIG, precision=precision))
+    assert reduced.stats.final_total_loss == pytest.approx(full.stats.final_total_loss, rel=0.05)
+
+
+def test_a_batch_on_cuda_gives_the_images_alone(pair) -> None:
+    stylizer = Stylizer(random_weights((64, 128, 256, 512, 512), seed=0), device="cuda")
+    configs = [replace(CONFIG, seed=s) for s in range(4)]
+    alone = [stylizer.synthesize(pair[0], [pair[1]], c) for c in configs]
+    with stylizer.batch(4) as batch:
+        together = run_together(
+            [lambda c=c: stylizer.synthesize(pair[0], [pair[1]], c, batch=batch) for c in configs], 4
+        )
+    for a, b in zip(alone, together, strict=True):
+        assert not isinstance(b, BaseException), b
+        assert b.stats.batch_size == 4
+        assert b.stats.final_total_loss == pytest.approx(a.stats.final_total_loss, rel=1e-3)
