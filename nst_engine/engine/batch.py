@@ -207,7 +207,8 @@ class EvaluationBatch:
             self.memory.observe(sum(r.image[0, 0].numel() for r in requests), probe.peak - baseline)
         for request, values, image_grad in zip(requests, stacked, grad, strict=True):
             total, content, style, tv = values
-            request.values, request.grad = (total, content, style, tv), image_grad.reshape(-1)
+            # a copy: a view would keep the whole batch's gradient alive in every member's run
+            request.values, request.grad = (total, content, style, tv), image_grad.reshape(-1).clone()
             request.together, request.done = len(requests), True
 
     def _out_of_memory(self, request: _Request, exc: BaseException) -> Exception:

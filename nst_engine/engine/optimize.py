@@ -137,8 +137,8 @@ class Run:
     """One optimisation of ``image`` (modified in place) as a steppable, savable value.
 
     ``step()`` runs one iteration and returns its record, or ``None`` once ``done``;
-    ``stop_reason`` says why it stopped. Subclasses implement ``_iterate``, ``_final``
-    and their part of the state.
+    ``stop_reason`` says why it stopped. Subclasses implement ``_start``, ``_iterate``,
+    ``_final`` and their part of the state.
     """
 
     kind = ""
@@ -157,6 +157,7 @@ class Run:
         self.records: list[IterationRecord] = []
         self.stop_reason: str | None = None
         self.final: Values | None = None
+        self._start()
 
     @property
     def done(self) -> bool:
@@ -219,6 +220,10 @@ class Run:
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=self.image.device, dtype=self.image.dtype)
 
+    def _start(self) -> None:
+        """The optimizer's own state at the start of a run."""
+        raise NotImplementedError
+
     def _iterate(self) -> IterationRecord:
         raise NotImplementedError
 
@@ -241,15 +246,8 @@ class LBFGSRun(Run):
 
     kind = "lbfgs"
 
-    def __init__(
-        self,
-        objective: Objective,
-        image: torch.Tensor,
-        settings: OptimizerSettings,
-        gradient: Gradient | None = None,
-    ) -> None:
-        super().__init__(objective, image, settings, gradient)
-        self.history = _History(settings.history_size)
+    def _start(self) -> None:
+        self.history = _History(self.settings.history_size)
         # loss terms and gradient at the current image; the first step() evaluates them
         self.values: Values | None = None
         self.grad: torch.Tensor | None = None
@@ -325,15 +323,8 @@ class AdamRun(Run):
 
     kind = "adam"
 
-    def __init__(
-        self,
-        objective: Objective,
-        image: torch.Tensor,
-        settings: OptimizerSettings,
-        gradient: Gradient | None = None,
-    ) -> None:
-        super().__init__(objective, image, settings, gradient)
-        self.optimizer = torch.optim.Adam([image], lr=settings.learning_rate or 0.02)
+    def _start(self) -> None:
+        self.optimizer = torch.optim.Adam([self.image], lr=self.settings.learning_rate or 0.02)
         self.previous = math.inf  # the loss the last iteration started from
 
     def _iterate(self) -> IterationRecord:

@@ -9,6 +9,7 @@ objective, start and output), ``optimize`` (the run), ``stats`` and ``result``
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -59,11 +60,19 @@ class Stylizer:
             torch.backends.cudnn.benchmark = True
         self.cache = TargetCache(weights, self.device, target_cache_size)
         self._pending_load_seconds = load_seconds
+        self._lock = threading.Lock()
+        self._memory: MemoryModel | None = None  # the last batch's, measured (``batch``)
 
     def batch(self, max_members: int) -> EvaluationBatch:
         """A batch for up to ``max_members`` syntheses at once on this device, fewer when
-        its memory (measured at the batch's start) holds fewer; use it entered."""
-        return EvaluationBatch(self.device, max_members, MemoryModel.for_device(self.device))
+        its memory (free at the batch's start) holds fewer; use it entered. What the
+        earlier batches measured per pixel carries over, so only the first batch of a
+        worker runs its first pass alone to measure it."""
+        memory = MemoryModel.for_device(self.device)
+        if self._memory is not None:
+            memory.bytes_per_pixel = self._memory.bytes_per_pixel
+        self._memory = memory
+        return EvaluationBatch(self.device, max_members, memory)
 
     def synthesize(
         self,
@@ -125,7 +134,8 @@ class Stylizer:
             synthesis_seconds = time.perf_counter() - synthesis_start
             output = problem.finish(image)
 
-        load_seconds, self._pending_load_seconds = self._pending_load_seconds, 0.0
+        with self._lock:  # charged once, whichever member of a batch finishes first
+            load_seconds, self._pending_load_seconds = self._pending_load_seconds, 0.0
         timings = Timings(
             weights_load=load_seconds,
             targets=targets_seconds,
