@@ -28,7 +28,11 @@ from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.uris import is_uri
-from nst_engine.engine.vgg import check_layers
+from nst_engine.engine.vgg import check_layers, deepest, min_side
+
+#: Fields added after item ids were first issued, with the value that reproduces the
+#: outputs from before them (``SynthesisConfig.to_params`` leaves them out then).
+LATER_FIELDS: dict[str, Any] = {"scales": 1, "scale_factor": 2.0, "scale_iterations": None}
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYERS = ("conv4_2",)
@@ -97,6 +101,17 @@ class SynthesisConfig:
     channels_last: bool = field(
         default=True, metadata={"help": "NHWC activations (faster convolutions with oneDNN and cuDNN)."}
     )
+    scales: int = field(
+        default=1,
+        metadata={
+            "help": "Coarse-to-fine scales (1: the paper's single-scale synthesis); each coarser one is "
+            "scale_factor times smaller, and its result, upsampled, starts the next."
+        },
+    )
+    scale_factor: float = field(default=2.0, metadata={"help": "Size ratio between neighbouring scales."})
+    scale_iterations: int | None = field(
+        default=None, metadata={"help": "Iterations at each coarser scale (default: iterations)."}
+    )
 
     def __post_init__(self) -> None:
         # plain strings of a choice become its enum member; unknown ones are left for validate()
@@ -150,11 +165,28 @@ class SynthesisConfig:
             )
         if self.tv_weight < 0:
             raise ConfigError(f"must be 0 or more, got {self.tv_weight}", field="tv_weight")
+        if self.scales < 1:
+            raise ConfigError(f"must be at least 1, got {self.scales}", field="scales")
+        if not (self.scale_factor > 1 and math.isfinite(self.scale_factor)):
+            raise ConfigError(f"must be a number above 1, got {self.scale_factor}", field="scale_factor")
+        if self.scale_iterations is not None and self.scale_iterations < 0:
+            raise ConfigError(f"must be 0 or more, got {self.scale_iterations}", field="scale_iterations")
+        smallest, layer = round(self.size / self.scale_factor ** (self.scales - 1)), deepest(self.loss_layers)
+        if self.scales > 1 and smallest < min_side(layer):  # one scale: synthesis_size checks
+            raise ConfigError(
+                f"{self.scales} scales of factor {self.scale_factor:g} from {self.size} px start at "
+                f"{smallest} px, below the {min_side(layer)} px that {layer} needs; use fewer scales",
+                field="scales",
+            )
         return self
 
     def to_params(self) -> dict[str, Any]:
-        """Plain JSON values (lists, strings, numbers): item ids hash this."""
-        return {k: _plain(v) for k, v in asdict(self).items()}
+        """Plain JSON values (lists, strings, numbers): item ids hash this. Fields added
+        after ids were first issued are left out while they hold the value that gives the
+        earlier outputs (``LATER_FIELDS``), so results rendered before keep their ids."""
+        return {
+            k: _plain(v) for k, v in asdict(self).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]
+        }
 
     def optimizer_settings(self) -> OptimizerSettings:
         return OptimizerSettings(

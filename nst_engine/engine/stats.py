@@ -46,6 +46,15 @@ class SynthesisStats:
         kw_only=True,
         default=1,
     )
+    scale_schedule: str = stat(
+        "coarse-to-fine schedule that ran, WxH:iterations per scale, smallest first (one entry: "
+        "the paper's single scale); the per-iteration columns are the last scale's",
+        kw_only=True,
+        default="",
+    )
+    coarse_seconds: float = stat(
+        "part of synthesis_seconds spent at the coarser scales (0 for one scale)", kw_only=True, default=0.0
+    )
     loss_evaluations: int = stat("loss evaluations (>= iterations + 1 with L-BFGS)")
     stop_reason: str = stat("iterations, converged, no_progress, diverged or cancelled")
     final_content_loss: float = stat("content loss of the output")
@@ -124,6 +133,8 @@ def synthesis_stats(
     weights_source: str,
     resumed_from_iteration: int = 0,
     batch_size: int = 1,
+    scale_schedule: str = "",
+    coarse_seconds: float = 0.0,
 ) -> SynthesisStats:
     """The statistics record of one finished optimisation (``trace`` holds the records of
     every attempt, those before ``resumed_from_iteration`` restored from a checkpoint)."""
@@ -136,6 +147,8 @@ def synthesis_stats(
         iterations=trace.iterations,
         resumed_from_iteration=resumed_from_iteration,
         batch_size=batch_size,
+        scale_schedule=scale_schedule,
+        coarse_seconds=coarse_seconds,
         loss_evaluations=trace.evaluations,
         stop_reason=trace.stop_reason,
         final_content_loss=content,

@@ -25,6 +25,7 @@ from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, save_png
 from nst_engine.engine.memory import MemoryModel
 from nst_engine.engine.optimize import (
+    Gradient,
     IterationCallback,
     IterationRecord,
     OptimizerSettings,
@@ -34,6 +35,7 @@ from nst_engine.engine.optimize import (
 )
 from nst_engine.engine.problem import Problem, synthesis_size
 from nst_engine.engine.result import SynthesisResult, png_metadata
+from nst_engine.engine.scales import coarser_scales, schedule_text, upsample
 from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
 from nst_engine.engine.weights import VGGWeights
@@ -130,6 +132,14 @@ class Stylizer:
                 resumed_from = keeper.restore(run)
                 hook = _checkpointing(hook, keeper, run)
             synthesis_start = time.perf_counter()
+            gradient = member.evaluate if member else None
+            # a run resumed from a checkpoint is past its coarse scales
+            coarse = (
+                []
+                if resumed_from
+                else self._coarse_start(content_img, style_imgs, config, image, gradient, should_stop)
+            )
+            coarse_seconds = time.perf_counter() - synthesis_start if coarse else 0.0
             trace = drive(run, hook, should_stop)
             synthesis_seconds = time.perf_counter() - synthesis_start
             output = problem.finish(image)
@@ -152,9 +162,42 @@ class Stylizer:
             weights_source=self.weights.source,
             resumed_from_iteration=resumed_from,
             batch_size=member.largest if member else 1,
+            scale_schedule=schedule_text(config, problem.height, problem.width, coarse),
+            coarse_seconds=coarse_seconds,
         )
         metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
         return SynthesisResult(output, stats, metadata)
+
+    def _coarse_start(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        config: SynthesisConfig,
+        image: torch.Tensor,
+        gradient: Gradient | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> list[tuple[int, int, int]]:
+        """Run the coarser scales (``scales``), smallest first from the configured start,
+        and put the last one's result, upsampled, into ``image`` (the requested size's
+        start); (height, width, iterations run) of each."""
+        ran: list[tuple[int, int, int]] = []
+        start: torch.Tensor | None = None
+        for scale in coarser_scales(config):
+            problem = Problem.build(content, styles, scale.config, self.cache)
+            coarse = (
+                problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
+            )
+            trace = drive(
+                start_run(problem.objective, coarse, scale.config.optimizer_settings(), gradient),
+                None,
+                should_stop,
+            )
+            ran.append((problem.height, problem.width, trace.iterations))
+            start = coarse
+        if start is not None:
+            with torch.no_grad():
+                image.copy_(upsample(start, *image.shape[-2:]))
+        return ran
 
 
 @contextlib.contextmanager
