@@ -47,7 +47,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stylizer = Stylizer(random_weights(seed=0), device="cpu")
     rows = []
     for n, item in enumerate(items[:-1]):
-        result = stylizer.synthesize(item.content_path, item.style_paths, item.config)
+        config = replace(item.config, scales=2) if n == 1 else item.config  # one coarse-to-fine
+        result = stylizer.synthesize(item.content_path, item.style_paths, config)
         root.write_bytes(item.output_path, encode_png(result.image))
         when = {"started_at": START + timedelta(seconds=n), "finished_at": START + timedelta(seconds=n + 1)}
         rows.append(make_row(item, "ok", 1, stats=result.stats, **when))
@@ -89,6 +90,7 @@ def test_report_pages_escaping_and_pagination(results: Path, tmp_path: Path) -> 
     assert "<script>alert" not in index and "<img src=x" not in index
     assert "&lt;img src=x onerror=alert(1)&gt;.png × s1 @ 48" in index
     assert "worker died" in index
+    assert index.count("<dt>scales</dt>") == 1 and re.search(r"\d+x\d+ px × 2 it → \d+x\d+ px × 2 it", index)
     # plots written and shown; thumbnails: one per result, content and style (shared)
     assert set(summary.plots) == {
         "plots/time_per_iteration.png",

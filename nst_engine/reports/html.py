@@ -335,7 +335,8 @@ def _gallery_row(row: dict[str, Any], results: Results, thumbs: Thumbnails, out_
         f"{_num(row['seconds_per_iteration'], '.3g', ' s')}/iteration</dd>"
         f"<dt>final loss</dt><dd>total {_num(row['final_total_loss'], '.4g')} · content "
         f"{_num(row['final_content_loss'], '.4g')} · style {_num(row['final_style_loss'], '.4g')}</dd>"
-        f"<dt>device</dt><dd>{esc(row['device_name'])}</dd>"
+        f"{_schedule(row)}"
+        f"<dt>device</dt><dd>{esc(row['device_name'])}{_batch(row)}</dd>"
         f"<dt>finished</dt><dd>{esc(_when(row['finished_at']))}</dd></dl>"
     )
     return (
@@ -393,3 +394,18 @@ def write_pages(
     return ReportSummary(
         out_dir / "index.html", len(items), pages, [f.file for f in figures], thumbs.created, thumbs.reused
     )
+
+
+def _schedule(row: dict) -> str:
+    """The coarse-to-fine schedule of a multi-scale item (nothing for the paper's one scale)."""
+    schedule = row.get("scale_schedule") or ""
+    if "," not in schedule:
+        return ""
+    steps = " → ".join(part.replace(":", " px × ") + " it" for part in schedule.split(","))
+    return f"<dt>scales</dt><dd>{esc(steps)}</dd>"
+
+
+def _batch(row: dict) -> str:
+    """How many syntheses shared the item's evaluations, when more than one."""
+    size = row.get("batch_size") or 1
+    return f" · in a batch of {esc(size)}" if size > 1 else ""

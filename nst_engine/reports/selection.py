@@ -41,6 +41,7 @@ REPORT_COLUMNS = columns(
     "final_total_loss",
     "synthesis_seconds",
     "finished_at",
+    "scale_schedule",
 )
 MAX_LOSS_CURVES = 8
 EARLIEST = datetime.min.replace(tzinfo=UTC)
