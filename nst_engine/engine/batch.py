@@ -176,13 +176,14 @@ class EvaluationBatch:
                 for request in requests:
                     request.error, request.done = exc, True
                 return
-            if len(requests) == 1:
-                requests[0].error, requests[0].done = self._out_of_memory(requests[0], exc), True
-                return
-        # out of memory: retried outside the handler, whose traceback would otherwise keep
-        # the failed pass's tensors alive through the halves
+            alone = self._out_of_memory(requests[0], exc) if len(requests) == 1 else None
+        # out of memory, handled outside the handler: its traceback holds the failed pass's
+        # tensors, which the cache release and the halves need freed
         _release_cached(self.device)
         self.memory.ran_out(pixels)
+        if alone is not None:
+            requests[0].error, requests[0].done = alone, True
+            return
         half = len(requests) // 2
         self.chunk = max(1, min(self.chunk, half))
         self._evaluate(requests[:half])
@@ -223,7 +224,6 @@ class EvaluationBatch:
         )
         if others > 0:
             return CrowdedOut(f"{width}x{height} did not fit beside {others} other syntheses: {facts}")
-        _release_cached(self.device)
         return MemoryError(f"{width}x{height} does not fit alone: {facts}")
 
 
