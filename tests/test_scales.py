@@ -41,7 +41,7 @@ def test_three_scales_run_smallest_first_and_finish_at_the_size(stylizer: Styliz
     plain = stylizer.synthesize(pair[0], [pair[1]], CONFIG)
     # the coarse start is already structured: the finest scale starts far below white noise
     assert result.stats.total_losses[0] < 0.5 * plain.stats.total_losses[0]
-    assert [s.config.size for s in coarser_scales(config)] == [24, 48]
+    assert [s.size for s in coarser_scales(config)] == [24, 48]
     assert "scales" in result.metadata["nst:params"]
 
 

@@ -171,7 +171,7 @@ class SynthesisConfig:
             raise ConfigError(f"must be a number above 1, got {self.scale_factor}", field="scale_factor")
         if self.scale_iterations is not None and self.scale_iterations < 0:
             raise ConfigError(f"must be 0 or more, got {self.scale_iterations}", field="scale_iterations")
-        smallest, layer = round(self.size / self.scale_factor ** (self.scales - 1)), deepest(self.loss_layers)
+        smallest, layer = self.scale_size(self.scales - 1), deepest(self.loss_layers)
         if self.scales > 1 and smallest < min_side(layer):  # one scale: synthesis_size checks
             raise ConfigError(
                 f"{self.scales} scales of factor {self.scale_factor:g} from {self.size} px start at "
@@ -206,6 +206,10 @@ class SynthesisConfig:
         """The paper's w_l = 1/(number of style layers) unless given."""
         weights = self.style_layer_weights or (1.0 / len(self.style_layers),) * len(self.style_layers)
         return dict(zip(self.style_layers, weights, strict=True))
+
+    def scale_size(self, k: int) -> int:
+        """The longer side ``k`` coarse-to-fine scales below ``size`` (``engine.scales``)."""
+        return max(1, round(self.size / self.scale_factor**k))
 
     @property
     def loss_layers(self) -> tuple[str, ...]:

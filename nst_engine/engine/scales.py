@@ -13,7 +13,7 @@ With ``scales`` = 1 nothing here runs: the paper's single-scale method, exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -21,30 +21,15 @@ import torch.nn.functional as F
 from nst_engine.engine.config import SynthesisConfig
 
 
-@dataclass(frozen=True)
-class Scale:
-    """One coarser scale: its config (size and iterations) for a ``Problem``."""
-
-    config: SynthesisConfig
-
-    @property
-    def label(self) -> str:
-        return f"{self.config.size}:{self.config.iterations}"
-
-
-def coarser_scales(config: SynthesisConfig) -> list[Scale]:
-    """The scales before the requested size, smallest first (none for ``scales`` = 1);
-    ``SynthesisConfig.validate`` has checked that the smallest is large enough."""
+def coarser_scales(config: SynthesisConfig) -> list[SynthesisConfig]:
+    """The configs of the scales before the requested size, smallest first (none for
+    ``scales`` = 1); ``SynthesisConfig.validate`` has checked that the smallest is large
+    enough."""
     iterations = config.iterations if config.scale_iterations is None else config.scale_iterations
     return [
-        Scale(replace(config, size=coarse_size(config, k), iterations=iterations, scales=1))
+        replace(config, size=config.scale_size(k), iterations=iterations, scales=1)
         for k in range(config.scales - 1, 0, -1)
     ]
-
-
-def coarse_size(config: SynthesisConfig, k: int) -> int:
-    """The longer side ``k`` scales below the requested size."""
-    return max(1, round(config.size / config.scale_factor**k))
 
 
 def schedule_text(

@@ -183,12 +183,12 @@ class Stylizer:
         ran: list[tuple[int, int, int]] = []
         start: torch.Tensor | None = None
         for scale in coarser_scales(config):
-            problem = Problem.build(content, styles, scale.config, self.cache)
+            problem = Problem.build(content, styles, scale, self.cache)
             coarse = (
                 problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
             )
             trace = drive(
-                start_run(problem.objective, coarse, scale.config.optimizer_settings(), gradient),
+                start_run(problem.objective, coarse, scale.optimizer_settings(), gradient),
                 None,
                 should_stop,
             )
