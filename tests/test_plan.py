@@ -11,12 +11,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from nst_engine.cli.bench import _estimate_cell
 from nst_engine.cli.main import app
 from nst_engine.cli.plan import plan_render
+from nst_engine.engine import SynthesisConfig
 from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.reports.plan import format_duration
+from nst_engine.reports.plan import RenderPlan, format_duration, predict
+from nst_engine.reports.scaling import DeviceFit
 from nst_engine.results.schema import make_row
 from nst_engine.results.storage import OutputRoot
 from nst_engine.results.store import ITEM_ID_KEY, ResultStore, read_results
@@ -148,3 +151,31 @@ def test_plan_with_an_unusable_output_root_is_one_line(tmp_path: Path) -> None:
     # refused by the output root's probe, before planning; the location named by the
     # resolver's message (the CLI never echoes a URI itself: it may hold a secret)
     assert line.startswith("error: output root: foo://bucket/out: cannot open this filesystem")
+
+
+def test_a_size_too_large_to_fit_whole_is_planned_in_tiles(setup) -> None:
+    """An 80 GB device whose syntheses need 1 GB + 3 kB per pixel: 2048² fits whole,
+    8192² only in tiles (and says so), and not at all when the optimizer's own state of
+    the whole image is larger than the device."""
+    _manifest, items, _bench = setup
+    fit = DeviceFit("Big GPU", "cuda", 3, A, B, 1.0, 0.9, 1.1, 1e9, 3000.0, 80 * 10**9, 2048**2, None)
+
+    def item(side: int, history: int) -> WorkItem:
+        config = SynthesisConfig(size=side, history_size=history, iterations=10)
+        return replace(items[0], size=side, shape=(side, side), pixels_estimate=side * side, config=config)
+
+    assert fit.tile(2048, 2048, item(2048, 10).config) == 0
+    tile = fit.tile(8192, 8192, item(8192, 10).config)
+    assert tile and tile % 16 == 0 and tile < 8192
+    assert fit.tile(8192, 8192, item(8192, 100).config) is None  # 100 pairs of 8192² images: 161 GB
+    prediction = predict(fit, [item(2048, 10), item(8192, 10), item(16384, 100)])
+    assert prediction.sizes_tiled == {8192: tile} and prediction.sizes_too_large == [16384]
+    # tiles cost their halos and a second forward pass: more than the whole image would
+    whole = fit.predict_seconds(8192 * 8192, 10)
+    assert whole < fit.predict_tiled_seconds(8192, 8192, item(8192, 10).config) < 2 * whole
+    plan = RenderPlan("m.yaml", "out", 3, ["s0"], [2048, 8192, 16384], 0, 0, 3, predictions=[prediction])
+    assert f"tiled on Big GPU (too large to fit whole): 8192 in {tile} px tiles" in plan.warnings()
+    # nst estimate's cell for the same device
+    assert _estimate_cell(fit, item(2048, 100).config).endswith(" s")
+    assert _estimate_cell(fit, item(8192, 10).config).endswith("px tiles (too large to fit whole)")
+    assert _estimate_cell(fit, item(16384, 100).config) == "does not fit in memory, even in tiles"

@@ -48,6 +48,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = []
     for n, item in enumerate(items[:-1]):
         config = replace(item.config, scales=2) if n == 1 else item.config  # one coarse-to-fine
+        config = replace(config, tile=16) if n == 2 else config  # one tiled
         result = stylizer.synthesize(item.content_path, item.style_paths, config)
         root.write_bytes(item.output_path, encode_png(result.image))
         when = {"started_at": START + timedelta(seconds=n), "finished_at": START + timedelta(seconds=n + 1)}
@@ -91,6 +92,7 @@ def test_report_pages_escaping_and_pagination(results: Path, tmp_path: Path) -> 
     assert "&lt;img src=x onerror=alert(1)&gt;.png × s1 @ 48" in index
     assert "worker died" in index
     assert index.count("<dt>scales</dt>") == 1 and re.search(r"\d+x\d+ px × 2 it → \d+x\d+ px × 2 it", index)
+    assert index.count("<dt>tiles</dt>") == 1 and re.search(r"<dd>\d+ of 16 px</dd>", index)
     # plots written and shown; thumbnails: one per result, content and style (shared)
     assert set(summary.plots) == {
         "plots/time_per_iteration.png",

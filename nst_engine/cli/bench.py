@@ -16,6 +16,9 @@ from nst_engine.engine.errors import NSTError, one_line
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from nst_engine.engine.config import SynthesisConfig
+    from nst_engine.reports.scaling import DeviceFit
+
 bench_app = typer.Typer(help="Benchmarks that write result rows (run_kind 'bench').", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -46,6 +49,7 @@ def _read_fit_rows(locations: list[str]) -> pa.Table:
 
 
 def _print_fits(locations: list[str], size: int | None = None, iterations: int | None = None) -> None:
+    from nst_engine.engine.config import SynthesisConfig
     from nst_engine.reports.scaling import fit_devices, format_k
 
     fits = fit_devices(_read_fit_rows(locations))
@@ -68,11 +72,19 @@ def _print_fits(locations: list[str], size: int | None = None, iterations: int |
             f"{side}²" if side else "?",
         ]
         if size:
-            seconds = fit.predict_seconds(size * size, iterations or 1)
-            fits_memory = fit.max_pixels() is None or size * size <= fit.max_pixels()
-            row.append(f"{seconds:,.0f} s" + ("" if fits_memory else " (does not fit in memory)"))
+            row.append(_estimate_cell(fit, SynthesisConfig(size=size, iterations=iterations or 1)))
         table.add_row(*row)
     err.print(table)
+
+
+def _estimate_cell(fit: DeviceFit, config: SynthesisConfig) -> str:
+    """Predicted seconds of a square synthesis of ``config``, and whether it runs in tiles."""
+    size = config.size
+    tile = fit.tile(size, size, config)
+    if tile is None:
+        return "does not fit in memory, even in tiles"
+    seconds = f"{fit.predict_tiled_seconds(size, size, config):,.0f} s"
+    return f"{seconds} in {tile} px tiles (too large to fit whole)" if tile else seconds
 
 
 def _print_throughput(rates: dict[tuple[str, int, int], float]) -> None:

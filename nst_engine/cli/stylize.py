@@ -16,6 +16,8 @@ from nst_engine.cli.options import config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
 from nst_engine.engine.files import probe_writable, write_atomic
 from nst_engine.engine.optimize import IterationRecord
+from nst_engine.engine.problem import synthesis_size
+from nst_engine.engine.tiles import tile_count
 from nst_engine.engine.weights_spec import WeightsSpec
 
 
@@ -89,6 +91,7 @@ def stylize(
         stylizer = Stylizer(loaded, device=device, threads=threads, load_seconds=load_seconds)
         err.print(f"weights: {escape(loaded.source)}", soft_wrap=True)
         err.print(f"device: {stylizer.device}")
+        _print_tiling(stylizer, content_image, config)
         result = _run(stylizer, content_image, style_images, config, output, snapshot_every, quiet)
     except NSTError as exc:
         raise fail(exc) from None
@@ -111,6 +114,16 @@ def stylize(
         ),
         soft_wrap=True,
     )
+
+
+def _print_tiling(stylizer: Stylizer, content: Image.Image, config: SynthesisConfig) -> None:
+    """Say so when the output is computed in tiles, and why."""
+    height, width = synthesis_size(content, config)
+    tile = stylizer.tile_side(height, width, config)
+    if tile:
+        why = "--tile" if config.tile else "the whole image would not fit in memory"
+        tiles = tile_count(height, width, tile)
+        err.print(f"tiled: {width}x{height} in {tile} px tiles, {tiles} per evaluation ({why})")
 
 
 def _run(

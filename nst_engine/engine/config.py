@@ -34,6 +34,10 @@ from nst_engine.engine.vgg import check_layers, deepest, min_side
 #: outputs from before them (``SynthesisConfig.to_params`` leaves them out then).
 LATER_FIELDS: dict[str, Any] = {"scales": 1, "scale_factor": 2.0, "scale_iterations": None}
 
+#: Fields that change how the loss gradient is computed, not the image (beyond float
+#: rounding): left out of ``SynthesisConfig.to_params``, so they never change an item's id.
+HOW_FIELDS = ("tile",)
+
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
@@ -41,7 +45,7 @@ INITS = ("noise", "content", "style")
 
 @dataclass(frozen=True)
 class SynthesisConfig:
-    """Every knob of one synthesis; all of it changes the output image."""
+    """Every knob of one synthesis; all but ``HOW_FIELDS`` change the output image."""
 
     size: int = field(
         default=512, metadata={"help": "Longer side of the output in pixels (aspect ratio kept)."}
@@ -112,6 +116,14 @@ class SynthesisConfig:
     scale_iterations: int | None = field(
         default=None, metadata={"help": "Iterations at each coarser scale (default: iterations)."}
     )
+    tile: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tile side in px for images beyond the device's memory: the loss gradient is then "
+            "computed tile by tile, exactly (default: auto, tiles only where the image would not fit; "
+            "0: never tile)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # plain strings of a choice become its enum member; unknown ones are left for validate()
@@ -178,6 +190,12 @@ class SynthesisConfig:
                 f"{smallest} px, below the {min_side(layer)} px that {layer} needs; use fewer scales",
                 field="scales",
             )
+        grid = min_side(layer)
+        if self.tile is not None and self.tile != 0 and (self.tile < grid or self.tile % grid):
+            raise ConfigError(
+                f"must be 0 (never tile) or a multiple of {grid} px (the {layer} grid), got {self.tile}",
+                field="tile",
+            )
         return self
 
     def to_params(self) -> dict[str, Any]:
@@ -185,7 +203,9 @@ class SynthesisConfig:
         after ids were first issued are left out while they hold the value that gives the
         earlier outputs (``LATER_FIELDS``), so results rendered before keep their ids."""
         return {
-            k: _plain(v) for k, v in asdict(self).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]
+            k: _plain(v)
+            for k, v in asdict(self).items()
+            if k not in HOW_FIELDS and (k not in LATER_FIELDS or v != LATER_FIELDS[k])
         }
 
     def optimizer_settings(self) -> OptimizerSettings:

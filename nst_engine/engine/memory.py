@@ -11,6 +11,8 @@ while the sum stays within ``SAFETY_MARGIN`` of the memory free when it began.
 
 from __future__ import annotations
 
+import resource
+
 import torch
 
 from nst_engine.engine.optimize import OptimizerSettings
@@ -45,14 +47,24 @@ def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
 
 def free_memory(device: torch.device) -> int:
     """Bytes this process may still allocate on ``device``: CUDA's free memory plus what
-    its caching allocator holds unused; for the CPU, the kernel's MemAvailable."""
+    its caching allocator holds unused; for the CPU, the kernel's MemAvailable, or less
+    under an address-space limit (``ulimit -v``, as a container or a test may set)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    available = _proc_kib("/proc/meminfo", "MemAvailable:")
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY:
+        available = min(available, max(0, limit - _proc_kib("/proc/self/status", "VmSize:")))
+    return available
+
+
+def _proc_kib(path: str, key: str) -> int:
+    """A ``key: N kB`` line of a /proc file, in bytes (0 when absent)."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -74,10 +86,14 @@ class MemoryModel:
     def measured(self) -> bool:
         return self.bytes_per_pixel is not None
 
+    @property
+    def activation_bytes_per_pixel(self) -> float:
+        """What one evaluation keeps per input pixel: measured, never below the floor."""
+        return max(self.bytes_per_pixel or 0.0, MIN_ACTIVATION_BYTES_PER_PIXEL)
+
     def need(self, pixels: int, settings: OptimizerSettings) -> int:
         """Predicted bytes of one more synthesis of ``pixels`` in the batch."""
-        per_pixel = max(self.bytes_per_pixel or 0.0, MIN_ACTIVATION_BYTES_PER_PIXEL)
-        return int(per_pixel * pixels) + optimizer_state_bytes(settings, pixels)
+        return int(self.activation_bytes_per_pixel * pixels) + optimizer_state_bytes(settings, pixels)
 
     def observe(self, pixels: int, activation_bytes: int) -> None:
         """An evaluation over ``pixels`` (all its images) used ``activation_bytes``."""

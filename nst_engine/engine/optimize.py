@@ -104,33 +104,67 @@ class _Evaluator:
 
 
 class _History:
-    """L-BFGS curvature pairs and the two-loop recursion for d = -H g."""
+    """L-BFGS curvature pairs and the two-loop recursion for d = -H g.
+
+    Nothing here reads a value back to the host: on a GPU each read-back stalls the
+    queue of kernels, and an iteration already needs two (the loss for the step test,
+    the slope). So a pair that fails the curvature test is kept with ρ = 0, which makes
+    it a no-op in both loops, and the initial scaling γ = s·y / y·y of the newest good
+    pair is carried on the device (NaN until there is one). Such a pair still takes a
+    slot of the history.
+    """
 
     def __init__(self, size: int) -> None:
         self.pairs: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=size)
+        self.scale: torch.Tensor | None = None
 
     def add(self, s: torch.Tensor, y: torch.Tensor) -> None:
         sy = s.dot(y)
-        # skip pairs that would break positive definiteness (relative test: losses
-        # range over many orders of magnitude between weight sources)
-        if float(sy) > 1e-10 * float(s.norm() * y.norm()):
-            self.pairs.append((s, y, 1.0 / sy))
+        # a relative test: losses range over many orders of magnitude between weight sources
+        good = sy > 1e-10 * (s.norm() * y.norm())
+        none = torch.full_like(sy, math.nan)
+        self.pairs.append((s, y, torch.where(good, sy.reciprocal(), torch.zeros_like(sy))))
+        self.scale = torch.where(good, sy / y.dot(y), none if self.scale is None else self.scale)
+
+    def clear(self) -> None:
+        self.pairs.clear()
+        self.scale = None
+
+    def curved(self, like: torch.Tensor) -> torch.Tensor:
+        """1 when a good pair holds curvature, else 0 (as a tensor: read back with others)."""
+        if self.scale is None:
+            return like.new_zeros(())
+        return self.scale.isfinite().to(like.dtype)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         q = grad.neg()
-        if not self.pairs:
+        if self.scale is None:
             return q
         alphas = []
         for s, y, rho in reversed(self.pairs):
             alpha = rho * s.dot(q)
             q.addcmul_(y, alpha, value=-1)
             alphas.append(alpha)
-        s, y, _ = self.pairs[-1]
-        q.mul_(s.dot(y) / y.dot(y))
+        q.mul_(torch.nan_to_num(self.scale, nan=1.0))
         for (s, y, rho), alpha in zip(self.pairs, reversed(alphas), strict=True):
             beta = rho * y.dot(q)
             q.addcmul_(s, alpha - beta)
         return q
+
+    def load(self, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Restore saved pairs; γ comes from the newest one with ρ > 0."""
+        self.clear()
+        for s, y, rho in pairs:
+            self.pairs.append((s, y, rho))
+            if float(rho) > 0:
+                self.scale = s.dot(y) / y.dot(y)
+        if self.pairs and self.scale is None:
+            self.scale = torch.full_like(self.pairs[-1][2], math.nan)
+
+
+def _read(*scalars: torch.Tensor) -> list[float]:
+    """Device scalars as floats in one host-device sync."""
+    return torch.stack(scalars).tolist()
 
 
 class Run:
@@ -262,17 +296,17 @@ class LBFGSRun(Run):
         start, before = time.perf_counter(), self.evaluate.count
         loss = values[0]
         direction = self.history.direction(grad)
-        slope = float(grad.dot(direction))
+        slope, largest, curved = _read(grad.dot(direction), direction.abs().max(), self.history.curved(grad))
         if slope > -1e-30:  # not a descent direction: restart from steepest descent
-            self.history.pairs.clear()
+            self.history.clear()
             direction = grad.neg()
-            slope = float(grad.dot(direction))
+            slope, largest, curved = _read(grad.dot(direction), direction.abs().max(), grad.new_zeros(()))
         origin = self.image.detach().reshape(-1).clone()
 
         def probe(t: float) -> tuple[Values, torch.Tensor]:
             return self.evaluate.at(origin + t * direction)
 
-        step = self._first_step(direction)
+        step = self._first_step(largest, bool(curved))
         if self.settings.line_search:
             found = strong_wolfe(probe, direction, step, values, grad, slope)
         else:
@@ -291,14 +325,15 @@ class LBFGSRun(Run):
             self.stop("converged")
         return record
 
-    def _first_step(self, direction: torch.Tensor) -> float:
+    def _first_step(self, largest: float, curved: bool) -> float:
         """Without curvature pairs the gradient's scale says nothing about a good step
         (losses differ by 1e6 between weight sources), so the first step moves no pixel
-        by more than INITIAL_PIXEL_STEP; the pairs set the scale after that."""
+        (``largest``: the direction's largest entry) by more than INITIAL_PIXEL_STEP; the
+        pairs set the scale after that."""
         lr = self.settings.learning_rate or 1.0
-        if self.history.pairs:
+        if curved:
             return lr
-        return lr * INITIAL_PIXEL_STEP / float(direction.abs().max().clamp_min(1e-30))
+        return lr * INITIAL_PIXEL_STEP / max(largest, 1e-30)
 
     def _final(self) -> Values:
         return self._current()[0]
@@ -313,9 +348,7 @@ class LBFGSRun(Run):
     def _load(self, state: dict[str, Any]) -> None:
         self.values = _as_values(state["values"])
         self.grad = self._to_device(state["grad"]) if state["grad"] is not None else None
-        self.history.pairs.clear()
-        for s, y, rho in state["history"]:
-            self.history.pairs.append((self._to_device(s), self._to_device(y), self._to_device(rho)))
+        self.history.load([tuple(self._to_device(t) for t in pair) for pair in state["history"]])
 
 
 class AdamRun(Run):

@@ -55,6 +55,12 @@ class SynthesisStats:
     coarse_seconds: float = stat(
         "part of synthesis_seconds spent at the coarser scales (0 for one scale)", kw_only=True, default=0.0
     )
+    tile: int = stat(
+        "tile side in px the last scale's loss gradient was computed in (0: the whole image at once)",
+        kw_only=True,
+        default=0,
+    )
+    tiles: int = stat("tiles per evaluation at the last scale (0: untiled)", kw_only=True, default=0)
     loss_evaluations: int = stat("loss evaluations (>= iterations + 1 with L-BFGS)")
     stop_reason: str = stat("iterations, converged, no_progress, diverged or cancelled")
     final_content_loss: float = stat("content loss of the output")
@@ -135,6 +141,8 @@ def synthesis_stats(
     batch_size: int = 1,
     scale_schedule: str = "",
     coarse_seconds: float = 0.0,
+    tile: int = 0,
+    tiles: int = 0,
 ) -> SynthesisStats:
     """The statistics record of one finished optimisation (``trace`` holds the records of
     every attempt, those before ``resumed_from_iteration`` restored from a checkpoint)."""
@@ -149,6 +157,8 @@ def synthesis_stats(
         batch_size=batch_size,
         scale_schedule=scale_schedule,
         coarse_seconds=coarse_seconds,
+        tile=tile,
+        tiles=tiles,
         loss_evaluations=trace.evaluations,
         stop_reason=trace.stop_reason,
         final_content_loss=content,

@@ -38,6 +38,7 @@ from nst_engine.engine.result import SynthesisResult, png_metadata
 from nst_engine.engine.scales import coarser_scales, schedule_text, upsample
 from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
+from nst_engine.engine.tiles import TiledGradient, tile_count, tile_for
 from nst_engine.engine.weights import VGGWeights
 
 __all__ = ["CheckpointPolicy", "Stylizer", "SynthesisResult", "resolve_device"]
@@ -111,9 +112,11 @@ class Stylizer:
         content_id = content_id or image_digest(content_img)
         style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
         settings = config.optimizer_settings()
+        tile = self.tile_side(*synthesis_size(content_img, config), config)
         with (
             precision(self.device, config.precision),
-            _place(batch, content_img, config, settings) as member,
+            # a tiled synthesis is too large to share its passes: it runs alone
+            _place(None if tile else batch, content_img, config, settings) as member,
             # a batch's members share the peak of the batch, which the batch itself enters
             contextlib.nullcontext(batch.peak) if batch is not None else PeakMemory(self.device) as memory,
         ):
@@ -121,7 +124,8 @@ class Stylizer:
             problem = Problem.build(content_img, style_imgs, config, self.cache)
             targets_seconds = time.perf_counter() - targets_start
             image = problem.initial_image()
-            run = start_run(problem.objective, image, settings, member.evaluate if member else None)
+            gradient = _gradient(problem, tile, member)
+            run = start_run(problem.objective, image, settings, gradient)
             hook = _iteration_hook(problem, on_iteration, snapshot_every, snapshot_path)
             resumed_from = 0
             if checkpoint is not None:
@@ -132,12 +136,11 @@ class Stylizer:
                 resumed_from = keeper.restore(run)
                 hook = _checkpointing(hook, keeper, run)
             synthesis_start = time.perf_counter()
-            gradient = member.evaluate if member else None
             # a run resumed from a checkpoint is past its coarse scales
             coarse = (
                 []
                 if resumed_from
-                else self._coarse_start(content_img, style_imgs, config, image, gradient, should_stop)
+                else self._coarse_start(content_img, style_imgs, config, image, member, should_stop)
             )
             coarse_seconds = time.perf_counter() - synthesis_start if coarse else 0.0
             trace = drive(run, hook, should_stop)
@@ -164,6 +167,8 @@ class Stylizer:
             batch_size=member.largest if member else 1,
             scale_schedule=schedule_text(config, problem.height, problem.width, coarse),
             coarse_seconds=coarse_seconds,
+            tile=tile,
+            tiles=tile_count(problem.height, problem.width, tile),
         )
         metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
         return SynthesisResult(output, stats, metadata)
@@ -174,12 +179,13 @@ class Stylizer:
         styles: Sequence[Image.Image],
         config: SynthesisConfig,
         image: torch.Tensor,
-        gradient: Gradient | None,
+        member: Member | None,
         should_stop: Callable[[], bool] | None,
     ) -> list[tuple[int, int, int]]:
         """Run the coarser scales (``scales``), smallest first from the configured start,
         and put the last one's result, upsampled, into ``image`` (the requested size's
-        start); (height, width, iterations run) of each."""
+        start); (height, width, iterations run) of each. A scale too large for the device
+        runs tiled, as the requested size does."""
         ran: list[tuple[int, int, int]] = []
         start: torch.Tensor | None = None
         for scale in coarser_scales(config):
@@ -187,6 +193,7 @@ class Stylizer:
             coarse = (
                 problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
             )
+            gradient = _gradient(problem, self.tile_side(problem.height, problem.width, scale), member)
             trace = drive(
                 start_run(problem.objective, coarse, scale.optimizer_settings(), gradient),
                 None,
@@ -198,6 +205,23 @@ class Stylizer:
             with torch.no_grad():
                 image.copy_(upsample(start, *image.shape[-2:]))
         return ran
+
+    def tile_side(self, height: int, width: int, config: SynthesisConfig) -> int:
+        """The tile side for a ``height`` × ``width`` synthesis (0: untiled): the config's,
+        where the image is larger than it, or by the memory model (``tiles.tile_for``)."""
+        if config.tile is not None:
+            return config.tile if max(height, width) > config.tile else 0
+        memory = MemoryModel.for_device(self.device)
+        if self._memory is not None:
+            memory.bytes_per_pixel = self._memory.bytes_per_pixel
+        return tile_for(height, width, config.optimizer_settings(), memory, config.loss_layers)
+
+
+def _gradient(problem: Problem, tile: int, member: Member | None) -> Gradient | None:
+    """How a run evaluates: in tiles, in its batch's shared passes, or alone (None)."""
+    if tile:
+        return TiledGradient(problem.objective, tile)
+    return member.evaluate if member else None
 
 
 @contextlib.contextmanager

@@ -164,6 +164,19 @@ def min_side(last_layer: str) -> int:
     return 2**pools
 
 
+def reach(last_layer: str) -> int:
+    """Pixels beyond its own cell (``min_side`` wide) on each side that a response at
+    ``last_layer`` depends on: each 3×3 convolution adds one position of its layer, that
+    is the layer's stride in pixels; 2×2 poolings aligned on their cells add none."""
+    total, stride = 0, 1
+    for name in LAYER_NAMES[: LAYER_NAMES.index(last_layer) + 1]:
+        if name.startswith("conv"):
+            total += stride
+        else:
+            stride *= 2
+    return total
+
+
 def check_side(height: int, width: int, layers: Iterable[str], field: str, cause: object, what: str) -> None:
     """Refuse an image on which the deepest of ``layers`` would see no position;
     ``cause`` is the value of ``field`` that made the image this small."""

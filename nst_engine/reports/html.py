@@ -335,7 +335,7 @@ def _gallery_row(row: dict[str, Any], results: Results, thumbs: Thumbnails, out_
         f"{_num(row['seconds_per_iteration'], '.3g', ' s')}/iteration</dd>"
         f"<dt>final loss</dt><dd>total {_num(row['final_total_loss'], '.4g')} · content "
         f"{_num(row['final_content_loss'], '.4g')} · style {_num(row['final_style_loss'], '.4g')}</dd>"
-        f"{_schedule(row)}"
+        f"{_schedule(row)}{_tiles(row)}"
         f"<dt>device</dt><dd>{esc(row['device_name'])}{_batch(row)}</dd>"
         f"<dt>finished</dt><dd>{esc(_when(row['finished_at']))}</dd></dl>"
     )
@@ -403,6 +403,12 @@ def _schedule(row: dict) -> str:
         return ""
     steps = " → ".join(part.replace(":", " px × ") + " it" for part in schedule.split(","))
     return f"<dt>scales</dt><dd>{esc(steps)}</dd>"
+
+
+def _tiles(row: dict) -> str:
+    """The tiles a synthesis too large for its device ran in."""
+    tile = row.get("tile") or 0
+    return f"<dt>tiles</dt><dd>{esc(row.get('tiles'))} of {esc(tile)} px</dd>" if tile else ""
 
 
 def _batch(row: dict) -> str:

@@ -31,7 +31,9 @@ class DevicePrediction:
     device_type: str  # cuda or cpu
     seconds: float
     largest_square: int | None  # side of the largest square image that fits its memory
-    sizes_too_large: list[int]  # sizes with an item predicted not to fit in memory
+    sizes_too_large: list[int]  # sizes with an item predicted not to fit in memory, even tiled
+    #: size -> tile side, for sizes whose items will not fit whole and render in tiles
+    sizes_tiled: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,15 @@ class RenderPlan:
         return data
 
     def warnings(self) -> list[str]:
-        """One line per device and size predicted not to fit in memory."""
+        """One line per device for the sizes predicted to render in tiles, and one for
+        those predicted not to fit in memory at all."""
         lines = []
         for p in self.predictions:
+            if p.sizes_tiled:
+                tiles = ", ".join(
+                    f"{size} in {tile} px tiles" for size, tile in sorted(p.sizes_tiled.items())
+                )
+                lines.append(f"tiled on {p.device} (too large to fit whole): {tiles}")
             if p.sizes_too_large:
                 sizes = ", ".join(str(s) for s in p.sizes_too_large)
                 fits = f"; largest square that fits: {p.largest_square}²" if p.largest_square else ""
@@ -143,14 +151,22 @@ def load_fits(locations: Sequence[str], required: bool = False) -> tuple[list[De
 
 def predict(fit: DeviceFit, items: Sequence[WorkItem]) -> DevicePrediction:
     """``fit``'s prediction for rendering ``items`` one after another on one worker."""
-    limit = fit.max_pixels()
-    too_large = sorted({i.size for i in items if limit is not None and i.pixels_estimate > limit})
+    too_large, tiled = set(), {}
+    seconds = 0.0
+    for item in items:
+        tile = fit.tile(*item.shape, item.config)
+        if tile is None:
+            too_large.add(item.size)
+        elif tile:
+            tiled[item.size] = tile
+        seconds += fit.predict_tiled_seconds(*item.shape, item.config)
     return DevicePrediction(
         device=fit.device,
         device_type=fit.device_type,
-        seconds=sum(fit.predict_seconds(i.pixels_estimate, i.config.iterations) for i in items),
+        seconds=seconds,
         largest_square=fit.max_square_side(),
-        sizes_too_large=too_large,
+        sizes_too_large=sorted(too_large),
+        sizes_tiled=tiled,
     )
 
 

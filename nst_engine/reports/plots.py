@@ -7,6 +7,7 @@ global figure state leaks between reports.
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,17 +117,24 @@ def peak_memory(results: Results, path: Path) -> bool:
 
 
 def loss_curves(results: Results, path: Path) -> bool:
-    """Total loss per iteration (log y) of a few items: the largest per device, then the latest."""
+    """Total loss (log y) against synthesis time of a few items, the largest per device,
+    then the latest: quality against time. A coarse-to-fine item's curve starts after its
+    coarse scales (``coarse_seconds``), as its losses are the last scale's."""
     rows = [r for r in loss_curve_rows(results) if any(v and v > 0 for v in r["total_losses"])]
     if not rows:
         return False
     figure, axes = _figure()
     for row in rows:
-        curve = [(i, v) for i, v in enumerate(row["total_losses"]) if v is not None and v > 0]
+        elapsed = itertools.accumulate(
+            row["iteration_seconds"] or [], initial=row.get("coarse_seconds") or 0.0
+        )
+        curve = [
+            (t, v) for t, v in zip(elapsed, row["total_losses"], strict=False) if v is not None and v > 0
+        ]
         label = f"{Path(row['content_path'] or '?').name} × {row['style_name']} @ {row['size']}"
-        axes.plot([i for i, _ in curve], [v for _, v in curve], label=_text(label), linewidth=1.2)
+        axes.plot([t for t, _ in curve], [v for _, v in curve], label=_text(label), linewidth=1.2)
     axes.set_yscale("log")
-    _finish(figure, axes, "iteration", "total loss", "Loss curves", path)
+    _finish(figure, axes, "synthesis seconds", "total loss", "Loss against time", path)
     return True
 
 
@@ -141,7 +149,7 @@ def write_plots(results: Results, fits: dict[str, DeviceFit], folder: Path) -> l
             lambda p: time_per_iteration(results, fits, p),
         ),
         ("peak_memory.png", "Peak memory vs pixels", lambda p: peak_memory(results, p)),
-        ("loss_curves.png", "Loss curves", lambda p: loss_curves(results, p)),
+        ("loss_curves.png", "Loss against time", lambda p: loss_curves(results, p)),
     ):
         if draw(folder / file):
             written.append(Plot(f"{PLOTS_DIR}/{file}", title))

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from nst_engine.engine.config import SynthesisConfig
+from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
+from nst_engine.engine.tiles import tile_for, tiled_pixels
 from nst_engine.results.schema import columns
 
 #: The result columns the fits read.
@@ -30,6 +33,7 @@ FIT_COLUMNS = columns(
     "peak_memory_bytes",
     "device_memory_bytes",
     "batch_size",
+    "tile",
 )
 K_GRID = np.round(np.arange(0.3, 2.5001, 0.001), 4)
 CHI2_95 = 3.841
@@ -50,6 +54,31 @@ class DeviceFit:
     memory_bytes: int | None
     largest_ok_pixels: int
     oom_pixels: int | None  # smallest size that ran out of memory, if any
+
+    def tile(self, height: int, width: int, config: SynthesisConfig) -> int | None:
+        """The tile side a ``height`` × ``width`` synthesis would run in on this device: 0
+        for the whole image at once, None when it would not fit even in tiles. The fit's
+        memory per pixel, less the optimizer's exact share, is the activations' (as the
+        engine's own ``tile_for`` decides)."""
+        if config.tile is not None:
+            return config.tile if max(height, width) > config.tile else 0
+        limit = self.max_pixels()
+        if limit is None or height * width <= limit:
+            return 0
+        settings = config.optimizer_settings()
+        activations = max(self.mem_d - optimizer_state_bytes(settings, 1), 1.0)
+        memory = MemoryModel(budget=int((self.memory_bytes or 0) - self.mem_c), bytes_per_pixel=activations)
+        try:
+            return tile_for(height, width, settings, memory, config.loss_layers)
+        except MemoryError:
+            return None
+
+    def predict_tiled_seconds(self, height: int, width: int, config: SynthesisConfig) -> float:
+        """``predict_seconds`` of a synthesis, tiled as ``tile`` says (tiles cost their
+        halos and a second forward pass)."""
+        tile = self.tile(height, width, config)
+        pixels = tiled_pixels(height, width, tile, config.loss_layers) if tile else height * width
+        return self.predict_seconds(pixels, config.iterations)
 
     def seconds_per_iteration(self, pixels: float) -> float:
         return self.a if math.isnan(self.k) else self.a + self.b * pixels**self.k
@@ -114,11 +143,13 @@ def fit_devices(rows: pa.Table | list[dict], min_points: int = 3) -> list[Device
     Render and bench rows both count, so scaling can be read off ordinary jobs too.
     """
     if isinstance(rows, pa.Table):
-        rows = rows.select(FIT_COLUMNS).to_pylist()
+        # a table made before a column was added lacks it: its rows read as null there
+        rows = rows.select([c for c in FIT_COLUMNS if c in rows.column_names]).to_pylist()
     fits = []
     for device in sorted({r["device_name"] for r in rows if r.get("device_name")}):
         mine = [r for r in rows if r.get("device_name") == device]
-        # a batched synthesis's iterations and memory are its batch's: only lone ones fit
+        # a batched synthesis's iterations and memory are its batch's, a tiled one's are
+        # its tiles': only lone, untiled ones fit
         ok = [
             r
             for r in mine
@@ -126,6 +157,7 @@ def fit_devices(rows: pa.Table | list[dict], min_points: int = 3) -> list[Device
             and r.get("seconds_per_iteration")
             and r.get("pixels")
             and (r.get("batch_size") or 1) == 1
+            and not r.get("tile")
         ]
         by_pixels: dict[int, list[dict]] = {}
         for r in ok:

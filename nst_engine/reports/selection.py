@@ -42,6 +42,9 @@ REPORT_COLUMNS = columns(
     "synthesis_seconds",
     "finished_at",
     "scale_schedule",
+    "coarse_seconds",
+    "tile",
+    "tiles",
 )
 MAX_LOSS_CURVES = 8
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -115,7 +118,8 @@ def when(row: dict[str, Any]) -> datetime:
 
 def loss_curve_rows(results: Results, limit: int = MAX_LOSS_CURVES) -> list[dict[str, Any]]:
     """Up to ``limit`` items worth a loss curve, the largest per device, then the most
-    recent, each with its ``total_losses`` (read for these items only)."""
+    recent, each with its ``total_losses`` and ``iteration_seconds`` (read for these
+    items only)."""
     chosen: dict[str, dict[str, Any]] = {}
     by_device: dict[str, list[dict[str, Any]]] = {}
     for row in results.latest_ok:
@@ -132,8 +136,12 @@ def loss_curve_rows(results: Results, limit: int = MAX_LOSS_CURVES) -> list[dict
         return []
     curves = _read(
         results.location,
-        ["item_id", "status", "finished_at", "total_losses"],
+        ["item_id", "status", "finished_at", "total_losses", "iteration_seconds"],
         where=pc.field("item_id").isin([r["item_id"] for r in picked]) & (pc.field("status") == "ok"),
     ).to_pylist()
-    by_attempt = {(c["item_id"], c["finished_at"]): c["total_losses"] for c in curves}
-    return [{**r, "total_losses": by_attempt.get((r["item_id"], r["finished_at"])) or []} for r in picked]
+    by_attempt = {(c["item_id"], c["finished_at"]): c for c in curves}
+    empty = {"total_losses": [], "iteration_seconds": []}
+    return [
+        {**r, **{k: v or [] for k, v in by_attempt.get((r["item_id"], r["finished_at"]), empty).items()}}
+        for r in picked
+    ]

@@ -1,0 +1,118 @@
+"""Tiled synthesis: the tile-wise loss and gradient are the untiled ones, exactly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_image
+
+from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
+from nst_engine.engine.errors import ConfigError
+from nst_engine.engine.images import load_image
+from nst_engine.engine.losses import StyleTransferObjective
+from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
+from nst_engine.engine.optimize import OptimizerSettings
+from nst_engine.engine.problem import Problem
+from nst_engine.engine.targets import TargetCache
+from nst_engine.engine.tiles import TiledGradient, grid_and_halo, spans, tile_for
+
+
+def problem(content_path: Path, style_path: Path, **params: object) -> Problem:
+    """The tiny random network in float64: equality up to summation order shows at 1e-10."""
+    weights = random_weights(seed=3)
+    weights.convs = [(w.double(), b.double()) for w, b in weights.convs]
+    cache = TargetCache(weights, torch.device("cpu"))
+    config = SynthesisConfig(**{"size": 200, "channels_last": False, **params})  # type: ignore[arg-type]
+    built = Problem.build(load_image(content_path).convert("RGB"), [load_image(style_path)], config, cache)
+    built.objective.double()
+    return built
+
+
+def untiled(objective: StyleTransferObjective, image: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    x = image.clone().requires_grad_(True)
+    terms = objective(x)
+    (grad,) = torch.autograd.grad(terms.total, x)
+    return list(terms.values()), grad
+
+
+@pytest.mark.parametrize(
+    ("tile", "params"),
+    [
+        (64, {}),  # many tiles, the image 200 px wide: a ragged last tile
+        (96, {"tv_weight": 1e-3}),  # with the total-variation prior
+        (48, {"content_layers": ("conv4_2", "conv3_1"), "style_layers": ("conv1_1", "conv5_1")}),
+        (32, {"pooling": "max"}),
+    ],
+)
+def test_tiled_loss_and_gradient_equal_untiled(
+    tile: int, params: dict, content_path: Path, style_path: Path
+) -> None:
+    built = problem(content_path, style_path, **params)
+    image = built.initial_image().double()
+    values, grad = untiled(built.objective, image)
+    tiled = TiledGradient(built.objective, tile)
+    assert len(tiled.tiles(*image.shape[-2:])) > 4  # really tiled
+    for _ in range(3):  # each evaluation moves the grid
+        tiled_values, tiled_grad = tiled(built.objective, image)
+        assert tiled_values == pytest.approx(values, rel=1e-10, abs=1e-12)
+        assert torch.allclose(tiled_grad, grad.reshape(-1), rtol=1e-9, atol=1e-9 * grad.abs().max().item())
+
+
+def test_too_small_a_halo_would_differ(content_path: Path, style_path: Path) -> None:
+    """The halo is what makes it exact: with none, the tiles' borders see zero padding."""
+    built = problem(content_path, style_path, size=192)  # 192x160: no tile below one cell
+    image = built.initial_image().double()
+    values, _ = untiled(built.objective, image)
+    tiled = TiledGradient(built.objective, 64)
+    tiled.halo = 0
+    assert tiled(built.objective, image)[0][0] != pytest.approx(values[0], rel=1e-6)
+
+
+def test_tiles_own_every_pixel_once_on_the_grid() -> None:
+    grid, halo = grid_and_halo(("conv4_2", "conv5_1"))
+    assert (grid, halo) == (16, 80)  # conv5_1 reaches 70 px beyond its 16 px cell
+    for offset in (0, 16, 48):
+        parts = spans(1000, 256, halo, offset)
+        assert [p.own_start for p in parts[1:]] == [p.own_stop for p in parts[:-1]]
+        assert parts[0].own_start == 0 and parts[-1].own_stop == 1000
+        assert all(p.start % grid == 0 and p.own_start % grid == 0 for p in parts)
+        assert all(p.start == max(0, p.own_start - halo) for p in parts)
+
+
+def test_tile_for_fits_the_budget() -> None:
+    settings = OptimizerSettings(history_size=10)
+    layers = ("conv4_2", "conv5_1")
+    memory = MemoryModel(budget=4 * 2**30)
+    assert tile_for(512, 512, settings, memory, layers) == 0  # fits whole
+    tile = tile_for(2048, 2048, settings, memory, layers)
+    assert tile % 16 == 0 and 0 < tile < 2048
+    state = optimizer_state_bytes(settings, 2048 * 2048)  # the whole image's, tiled or not
+    assert memory.activation_bytes_per_pixel * (tile + 2 * 80) ** 2 + state <= memory.budget
+    assert memory.activation_bytes_per_pixel * (tile + 16 + 2 * 80) ** 2 + state > memory.budget  # largest
+    with pytest.raises(MemoryError, match="lower history_size"):
+        tile_for(2048, 2048, OptimizerSettings(history_size=500), memory, layers)
+
+
+def test_a_tiled_synthesis_gives_the_untiled_image(stylizer: Stylizer, tmp_path: Path) -> None:
+    """Through the engine, coarse-to-fine included: the coarse scale (below the tile) runs
+    whole, the final one in tiles, and the image is the untiled one to float32 rounding."""
+    content = write_image(tmp_path / "content.png", 160, 120, seed=4)
+    style = write_image(tmp_path / "style.png", 100, 100, seed=5)
+    base = SynthesisConfig(size=160, iterations=6, scales=2, scale_iterations=3, tile=0)
+    whole = stylizer.synthesize(content, [style], base)
+    tiled = stylizer.synthesize(content, [style], replace(base, tile=48))
+    assert (whole.stats.tile, whole.stats.tiles) == (0, 0)
+    assert (tiled.stats.tile, tiled.stats.tiles) == (48, 12)  # 160x120 in 48 px tiles: 4 × 3
+    assert tiled.stats.scale_schedule == whole.stats.scale_schedule == "80x60:3,160x120:6"
+    assert tiled.stats.final_total_loss == pytest.approx(whole.stats.final_total_loss, rel=1e-4)
+    assert (tiled.image - whole.image).abs().max() < 1e-3
+    assert base.to_params() == replace(base, tile=48).to_params()  # the same item either way
+
+
+def test_a_tile_off_the_grid_is_refused() -> None:
+    with pytest.raises(ConfigError, match="multiple of 16 px") as caught:
+        SynthesisConfig(tile=100).validate()
+    assert caught.value.field == "tile"
