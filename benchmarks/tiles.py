@@ -42,7 +42,7 @@ def main() -> None:
     stylizer = Stylizer(load_weights("embedded"), device=args.device)
     samples = {p.stem: p for p in sample_images()}
     print(f"# {device_name(stylizer.device)}, torch {torch.__version__}, Python {platform.python_version()}")
-    header = "| size | tile | tiles | s/iteration | vs whole | cost per computed px | peak MiB | loss rel. diff |"
+    header = "| size | tile | tiles | s/iteration | vs whole | cost per px computed | peak MiB | loss diff |"
     print(header)
     print("|---|---|---|---|---|---|---|---|")
     rows = []
