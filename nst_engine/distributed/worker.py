@@ -101,8 +101,11 @@ class RenderWorker:
     def _render_group(
         self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str, warmup: int
     ) -> list[tuple[dict, bool]]:
-        """Items of one ``batch_key``: together when batching, else one after the other."""
-        if self.max_batch <= 1 or len(items) <= 1:
+        """Items of one ``batch_key``: together when batching, else one after the other;
+        items too large to fit whole run alone, each in tiles sized for the whole device."""
+        first = items[0][0]
+        tiled = all(first.shape) and self.stylizer.tile_side(*first.shape, first.config)
+        if self.max_batch <= 1 or len(items) <= 1 or tiled:
             return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
         with self.stylizer.batch(self.max_batch) as batch:
             outcomes = run_together(
