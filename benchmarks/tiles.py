@@ -25,7 +25,7 @@ from engine_speed import square  # benchmarks/ is the script's folder, on sys.pa
 
 from nst_engine.engine import Stylizer, SynthesisConfig, load_weights
 from nst_engine.engine.stats import device_name
-from nst_engine.engine.tiles import TILED_PASS_COST, tiled_pixels
+from nst_engine.engine.tiles import TILED_PASS_COST, tile_areas
 from nst_engine.engine.weights_spec import sample_images
 
 
@@ -43,6 +43,7 @@ def main() -> None:
     samples = {p.stem: p for p in sample_images()}
     print(f"# {device_name(stylizer.device)}, torch {torch.__version__}, Python {platform.python_version()}")
     header = "| size | tile | tiles | s/iteration | vs whole | cost per px computed | peak MiB | loss diff |"
+    print(f"# the planner assumes {TILED_PASS_COST:.2f} per pixel computed (tiles.TILED_PASS_COST)")
     print(header)
     print("|---|---|---|---|---|---|---|---|")
     rows = []
@@ -62,11 +63,7 @@ def main() -> None:
             for tile in tiles:
                 stats = runs[tile]
                 seconds = statistics.median(s.seconds_per_iteration for s in stats)
-                computed = (
-                    tiled_pixels(size, size, tile, base.loss_layers) / TILED_PASS_COST
-                    if tile
-                    else size * size
-                )
+                computed = sum(tile_areas(size, size, tile, base.loss_layers)) if tile else size * size
                 cost = (seconds / whole) * (size * size) / computed  # per computed pixel, vs whole
                 loss = stats[0].final_total_loss
                 diff = abs(loss - runs[0][0].final_total_loss) / abs(runs[0][0].final_total_loss)

@@ -187,3 +187,19 @@ def test_an_lbfgs_iteration_reads_the_device_twice(
     assert len(per_iteration) == 12
     # the first iteration also evaluates the start; each extra evaluation is one more read
     assert all(count == evaluations + 1 for count, evaluations in per_iteration[1:]), per_iteration
+
+
+def test_a_saved_run_keeps_the_scale_of_a_pair_pushed_out(content_path: Path, style_path: Path) -> None:
+    """γ comes from the newest good pair, which a failed pair (kept with ρ = 0) may have
+    pushed out of the history: a saved run carries γ itself, so it resumes the same."""
+    problem = build_problem(content_path, style_path, SynthesisConfig(size=32))
+    settings = OptimizerSettings(iterations=40, history_size=1)
+    run = start_run(problem.objective, problem.initial_image(), settings)
+    while run.history.scale is None or not torch.isfinite(run.history.scale):  # early pairs fail here
+        assert run.step() is not None
+    s = torch.ones_like(run.grad)
+    run.history.add(s, -s)  # s·y < 0: fails the curvature test, evicts the good pair
+    assert float(run.history.pairs[0][2]) == 0 and torch.isfinite(run.history.scale)
+    resumed = start_run(problem.objective, torch.zeros_like(run.image), settings)
+    resumed.load_state_dict(run.state_dict())
+    assert torch.equal(resumed.history.direction(run.grad), run.history.direction(run.grad))

@@ -154,3 +154,20 @@ def test_a_manifest_tile_renders_alone_in_tiles_through_ray(tmp_path: Path) -> N
     assert all(r["tiles"] == 4 for r in found)  # 32x27 in 16 px tiles: 2 × 2
     spans_run = sorted((r["started_at"], r["finished_at"]) for r in found)
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans_run))  # one at a time
+
+
+def test_a_pooling_layer_as_a_loss_layer_tiles_exactly(content_path: Path, style_path: Path) -> None:
+    """A pooling layer's positions are its own pooling's width apart (pool2: 4 px)."""
+    built = problem(
+        content_path, style_path, size=50, style_layers=("conv1_1", "pool2"), content_layers=("pool2",)
+    )
+    image = built.initial_image().double()
+    values, grad = untiled(built.objective, image)
+    tiled_values, tiled_grad = TiledGradient(built.objective, 16)(built.objective, image)
+    assert tiled_values == pytest.approx(values, rel=1e-10, abs=1e-12)
+    assert torch.allclose(tiled_grad, grad.reshape(-1), rtol=1e-9, atol=1e-9 * grad.abs().max().item())
+
+
+def test_unknown_free_memory_does_not_tile() -> None:
+    """A budget of 0 is free memory not known (no /proc), not nothing free."""
+    assert tile_for(4096, 4096, OptimizerSettings(), MemoryModel(budget=0), ("conv5_1",)) == 0

@@ -95,6 +95,8 @@ def stylize(
         result = _run(stylizer, content_image, style_images, config, output, snapshot_every, quiet)
     except NSTError as exc:
         raise fail(exc) from None
+    except MemoryError as exc:  # too large even in tiles, or an allocation failed
+        raise fail(f"out of memory: {exc or 'an allocation failed'}") from None
     stats = result.stats
     try:
         result.save(output)

@@ -103,9 +103,7 @@ class RenderWorker:
     ) -> list[tuple[dict, bool]]:
         """Items of one ``batch_key``: together when batching, else one after the other;
         items too large to fit whole run alone, each in tiles sized for the whole device."""
-        first = items[0][0]
-        tiled = all(first.shape) and self.stylizer.tile_side(*first.shape, first.config)
-        if self.max_batch <= 1 or len(items) <= 1 or tiled:
+        if self.max_batch <= 1 or len(items) <= 1 or self._too_large(items[0][0]):
             return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
         with self.stylizer.batch(self.max_batch) as batch:
             outcomes = run_together(
@@ -120,6 +118,14 @@ class RenderWorker:
             o if not isinstance(o, BaseException) else self._crashed(item, attempt, run_kind, o)
             for (item, attempt), o in zip(items, outcomes, strict=True)
         ]
+
+    def _too_large(self, item: WorkItem) -> bool:
+        """Whether ``item`` would not fit whole on this worker's device (then it runs in
+        tiles, or fails in ``render`` with the memory in its row)."""
+        try:
+            return bool(all(item.shape) and self.stylizer.tile_side(*item.shape, item.config))
+        except MemoryError:
+            return True
 
     def _crashed(self, item: WorkItem, attempt: int, run_kind: str, exc: BaseException) -> tuple[dict, bool]:
         row = make_row(

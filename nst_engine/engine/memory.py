@@ -11,8 +11,6 @@ while the sum stays within ``SAFETY_MARGIN`` of the memory free when it began.
 
 from __future__ import annotations
 
-import resource
-
 import torch
 
 from nst_engine.engine.optimize import OptimizerSettings
@@ -48,14 +46,19 @@ def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
 def free_memory(device: torch.device) -> int:
     """Bytes this process may still allocate on ``device``: CUDA's free memory plus what
     its caching allocator holds unused; for the CPU, the kernel's MemAvailable, or less
-    under an address-space limit (``ulimit -v``, as a container or a test may set)."""
+    under an address-space limit (``ulimit -v``, as a container or a test may set).
+    0 means unknown (no /proc), not nothing."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     available = _proc_kib("/proc/meminfo", "MemAvailable:")
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return available
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if limit != resource.RLIM_INFINITY:
-        available = min(available, max(0, limit - _proc_kib("/proc/self/status", "VmSize:")))
+    if available and limit != resource.RLIM_INFINITY:
+        available = min(available, max(1, limit - _proc_kib("/proc/self/status", "VmSize:")))
     return available
 
 

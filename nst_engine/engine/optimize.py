@@ -343,12 +343,16 @@ class LBFGSRun(Run):
             "values": list(self.values) if self.values is not None else None,
             "grad": self.grad,
             "history": [[s, y, rho] for s, y, rho in self.history.pairs],
+            # γ may come from a good pair already pushed out of the history
+            "history_scale": self.history.scale,
         }
 
     def _load(self, state: dict[str, Any]) -> None:
         self.values = _as_values(state["values"])
         self.grad = self._to_device(state["grad"]) if state["grad"] is not None else None
         self.history.load([tuple(self._to_device(t) for t in pair) for pair in state["history"]])
+        if state.get("history_scale") is not None:  # checkpoints from before it was saved lack it
+            self.history.scale = self._to_device(state["history_scale"])
 
 
 class AdamRun(Run):

@@ -112,7 +112,14 @@ class Stylizer:
         content_id = content_id or image_digest(content_img)
         style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
         settings = config.optimizer_settings()
-        tile = self.tile_side(*synthesis_size(content_img, config), config)
+        # in a batch the worker has decided already (items too large to fit whole run
+        # alone); deciding again from the memory the other members hold now could tile an
+        # item the batch's own model admits
+        tile = (
+            self.tile_side(*synthesis_size(content_img, config), config)
+            if batch is None or config.tile
+            else 0
+        )
         with (
             precision(self.device, config.precision),
             # a tiled synthesis is too large to share its passes: it runs alone
@@ -193,7 +200,8 @@ class Stylizer:
             coarse = (
                 problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
             )
-            gradient = _gradient(problem, self.tile_side(problem.height, problem.width, scale), member)
+            tile = self.tile_side(problem.height, problem.width, scale) if member is None else 0
+            gradient = _gradient(problem, tile, member)
             trace = drive(
                 start_run(problem.objective, coarse, scale.optimizer_settings(), gradient),
                 None,

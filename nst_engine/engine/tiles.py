@@ -180,7 +180,7 @@ class TiledGradient:
                     if target is not None:
                         weight = objective.content_weight * objective.content_layer_weights[name]
                         owned_grad += weight * (mine - target)
-                    full = torch.zeros(f.shape, dtype=f.dtype, device=f.device)
+                    full = torch.zeros_like(f)  # in f's memory format
                     full[..., rows.owned_here(min_side(name)), cols.owned_here(min_side(name))] = owned_grad
                 outputs.append(f)
                 grads.append(full)
@@ -204,21 +204,17 @@ def _style(
     return slopes, style
 
 
-#: Cost of a tiled evaluation per pixel computed, relative to an untiled one: pass 1 adds
-#: a forward pass (about a third of forward + backward). ``benchmarks/tiles.py`` measures it.
+#: Cost of a tiled evaluation per pixel computed (``tile_areas``), relative to an untiled
+#: one: pass 1 adds a forward pass (about a third of forward + backward).
+#: ``benchmarks/tiles.py`` measures it.
 TILED_PASS_COST = 4 / 3
 
 
-def tiled_pixels(height: int, width: int, tile: int, layers: tuple[str, ...]) -> float:
-    """Pixels' worth of untiled work one tiled evaluation costs: every tile with its halo,
-    through both passes (``TILED_PASS_COST``)."""
+def tile_areas(height: int, width: int, tile: int, layers: tuple[str, ...]) -> list[int]:
+    """Pixels each tile of the grid at its first position computes, halo included."""
     _, halo = grid_and_halo(layers)
-    area = sum(
-        (r.stop - r.start) * (c.stop - c.start)
-        for r in spans(height, tile, halo, 0)
-        for c in spans(width, tile, halo, 0)
-    )
-    return TILED_PASS_COST * area
+    rows, cols = spans(height, tile, halo, 0), spans(width, tile, halo, 0)
+    return [(r.stop - r.start) * (c.stop - c.start) for r in rows for c in cols]
 
 
 def tile_count(height: int, width: int, tile: int) -> int:
@@ -234,8 +230,8 @@ def tile_for(
     included, fits beside the optimizer's state of the whole image. Raises
     ``MemoryError`` when not even one grid step fits."""
     pixels = height * width
-    if memory.need(pixels, settings) <= memory.budget:
-        return 0
+    if memory.budget <= 0 or memory.need(pixels, settings) <= memory.budget:
+        return 0  # a budget of 0: free memory unknown, so no reason to tile
     grid, halo = grid_and_halo(layers)
     state = optimizer_state_bytes(settings, pixels)
     side = math.isqrt(max(0, int((memory.budget - state) / memory.activation_bytes_per_pixel)))

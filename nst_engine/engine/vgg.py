@@ -159,8 +159,9 @@ def deepest(layers: Iterable[str]) -> str:
 
 
 def min_side(last_layer: str) -> int:
-    """Smallest image side that still has one position at ``last_layer``."""
-    pools = sum(1 for name in LAYER_NAMES[: LAYER_NAMES.index(last_layer)] if name.startswith("pool"))
+    """Pixels per position of ``last_layer``'s response (2 to the poolings up to and
+    including it), which is also the smallest image side that still has one position there."""
+    pools = sum(1 for name in LAYER_NAMES[: LAYER_NAMES.index(last_layer) + 1] if name.startswith("pool"))
     return 2**pools
 
 

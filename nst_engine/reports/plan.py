@@ -32,7 +32,8 @@ class DevicePrediction:
     seconds: float
     largest_square: int | None  # side of the largest square image that fits its memory
     sizes_too_large: list[int]  # sizes with an item predicted not to fit in memory, even tiled
-    #: size -> tile side, for sizes whose items will not fit whole and render in tiles
+    #: size -> tile side (the smallest over its items' aspect ratios), for sizes whose
+    #: items will not fit whole and render in tiles
     sizes_tiled: dict[int, int] = field(default_factory=dict)
 
 
@@ -157,8 +158,8 @@ def predict(fit: DeviceFit, items: Sequence[WorkItem]) -> DevicePrediction:
         tile = fit.tile(*item.shape, item.config)
         if tile is None:
             too_large.add(item.size)
-        elif tile:
-            tiled[item.size] = tile
+        elif tile and item.config.tile is None:  # tiles asked for by name need no warning
+            tiled[item.size] = min(tile, tiled.get(item.size, tile))
         seconds += fit.predict_tiled_seconds(*item.shape, item.config)
     return DevicePrediction(
         device=fit.device,

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
-from nst_engine.engine.tiles import tile_for, tiled_pixels
+from nst_engine.engine.memory import SAFETY_MARGIN, MemoryModel, optimizer_state_bytes
+from nst_engine.engine.tiles import TILED_PASS_COST, tile_areas, tile_for
 from nst_engine.results.schema import columns
 
 #: The result columns the fits read.
@@ -57,9 +57,11 @@ class DeviceFit:
 
     def tile(self, height: int, width: int, config: SynthesisConfig) -> int | None:
         """The tile side a ``height`` × ``width`` synthesis would run in on this device: 0
-        for the whole image at once, None when it would not fit even in tiles. The fit's
-        memory per pixel, less the optimizer's exact share, is the activations' (as the
-        engine's own ``tile_for`` decides)."""
+        for the whole image at once, None when it would not fit even in tiles. As the
+        engine's ``tile_for`` decides, with the fit standing in for the measured model:
+        the budget is ``SAFETY_MARGIN`` of what fits (``max_pixels``), and the activations'
+        share of the fit's bytes per pixel is what remains after this config's optimizer
+        state (approximate: the fit was measured with its runs' own history size)."""
         if config.tile is not None:
             return config.tile if max(height, width) > config.tile else 0
         limit = self.max_pixels()
@@ -67,18 +69,20 @@ class DeviceFit:
             return 0
         settings = config.optimizer_settings()
         activations = max(self.mem_d - optimizer_state_bytes(settings, 1), 1.0)
-        memory = MemoryModel(budget=int((self.memory_bytes or 0) - self.mem_c), bytes_per_pixel=activations)
+        memory = MemoryModel(budget=int(SAFETY_MARGIN * limit * self.mem_d), bytes_per_pixel=activations)
         try:
-            return tile_for(height, width, settings, memory, config.loss_layers)
+            return tile_for(height, width, settings, memory, config.loss_layers) or None
         except MemoryError:
             return None
 
     def predict_tiled_seconds(self, height: int, width: int, config: SynthesisConfig) -> float:
-        """``predict_seconds`` of a synthesis, tiled as ``tile`` says (tiles cost their
-        halos and a second forward pass)."""
+        """``predict_seconds`` of a synthesis, tiled as ``tile`` says: each tile, halo
+        included, costs an iteration at its own size, times ``TILED_PASS_COST``."""
         tile = self.tile(height, width, config)
-        pixels = tiled_pixels(height, width, tile, config.loss_layers) if tile else height * width
-        return self.predict_seconds(pixels, config.iterations)
+        if not tile:
+            return self.predict_seconds(height * width, config.iterations)
+        areas = tile_areas(height, width, tile, config.loss_layers)
+        return config.iterations * TILED_PASS_COST * sum(self.seconds_per_iteration(a) for a in areas)
 
     def seconds_per_iteration(self, pixels: float) -> float:
         return self.a if math.isnan(self.k) else self.a + self.b * pixels**self.k
