@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import yaml
@@ -13,6 +13,9 @@ from PIL import Image
 from nst_engine.results.schema import make_row
 from nst_engine.results.store import read_results
 from tests.conftest import write_image
+
+if TYPE_CHECKING:
+    from nst_engine.distributed.scheduler import RunSummary
 
 
 def tiny_manifest(
@@ -92,3 +95,22 @@ class ScriptedWorker:
                 item, "failed", attempt, error=error, run_kind=run_kind, actor_id=self.actor_id
             ), False
         return make_row(item, "ok", attempt, run_kind=run_kind, actor_id=self.actor_id), False
+
+
+def render_in_one_batch_worker(manifest: Path) -> RunSummary:
+    """Render ``manifest`` on a fresh local Ray with one 1-thread CPU worker that batches
+    up to 4 items; the run's summary."""
+    from nst_engine.distributed.options import PoolOptions
+    from nst_engine.distributed.runtime import connect
+    from nst_engine.distributed.scheduler import run_render
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from nst_engine.results.storage import OutputRoot
+
+    plan = load_manifest(manifest)
+    connect(num_cpus=2)
+    try:
+        options = PoolOptions(threads_per_actor=1, cpu_actors=1, max_batch=4)
+        return run_render(expand(plan), plan.weights, OutputRoot(plan.output), options)
+    finally:
+        ray.shutdown()

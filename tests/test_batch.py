@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import ray
 
 from nst_engine.engine import Stylizer, SynthesisConfig
 from nst_engine.engine.batch import EvaluationBatch, run_together
@@ -116,24 +115,14 @@ def test_a_pass_that_runs_out_of_memory_is_split_and_no_item_is_lost(tmp_path: P
 
 
 def test_rows_record_the_batch_through_ray(tmp_path: Path) -> None:
-    from nst_engine.distributed.options import PoolOptions
-    from nst_engine.distributed.runtime import connect
-    from nst_engine.distributed.scheduler import run_render
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.results.storage import OutputRoot
-    from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
+    from tests.ray_helpers import assert_outputs_whole, render_in_one_batch_worker, rows, tiny_manifest
 
     manifest = tiny_manifest(tmp_path, contents=4, styles=1, iterations=60)
-    plan = load_manifest(manifest)
-    items = expand(plan)
+    items = expand(load_manifest(manifest))
     assert len({i.batch_key for i in items}) == 1  # one shape: one batch
-    connect(num_cpus=2)
-    try:
-        options = PoolOptions(threads_per_actor=1, cpu_actors=1, max_batch=4)
-        summary = run_render(items, plan.weights, OutputRoot(plan.output), options)
-    finally:
-        ray.shutdown()
+    summary = render_in_one_batch_worker(manifest)
     assert (summary.rendered, len(summary.failed)) == (4, 0)
     assert len(assert_outputs_whole(tmp_path / "out")) == 4
     found = rows(tmp_path / "out")

@@ -122,31 +122,19 @@ def test_a_tile_off_the_grid_is_refused() -> None:
 def test_a_manifest_tile_renders_alone_in_tiles_through_ray(tmp_path: Path) -> None:
     """``params.tile`` in a manifest reaches the worker; items that would be tiled leave
     the batch (each sized for the whole device), and their ids are the untiled ones'."""
-    import ray
     import yaml
 
-    from nst_engine.distributed.options import PoolOptions
-    from nst_engine.distributed.runtime import connect
-    from nst_engine.distributed.scheduler import run_render
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.results.storage import OutputRoot
-    from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
+    from tests.ray_helpers import assert_outputs_whole, render_in_one_batch_worker, rows, tiny_manifest
 
     manifest = tiny_manifest(tmp_path, contents=3, styles=1, iterations=3)
     untiled_ids = sorted(i.item_id for i in expand(load_manifest(manifest)))
     spec = yaml.safe_load(manifest.read_text())
     spec["params"]["tile"] = 16
     manifest.write_text(yaml.safe_dump(spec))
-    plan = load_manifest(manifest)
-    items = expand(plan)
-    assert sorted(i.item_id for i in items) == untiled_ids
-    connect(num_cpus=2)
-    try:
-        options = PoolOptions(threads_per_actor=1, cpu_actors=1, max_batch=4)
-        summary = run_render(items, plan.weights, OutputRoot(plan.output), options)
-    finally:
-        ray.shutdown()
+    assert sorted(i.item_id for i in expand(load_manifest(manifest))) == untiled_ids
+    summary = render_in_one_batch_worker(manifest)
     assert (summary.rendered, len(summary.failed)) == (3, 0)
     assert len(assert_outputs_whole(tmp_path / "out")) == 3
     found = rows(tmp_path / "out")
