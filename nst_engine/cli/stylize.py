@@ -14,7 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nst_engine.cli.app import app, err, fail
 from nst_engine.cli.options import config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
+from nst_engine.engine.errors import one_line
 from nst_engine.engine.files import probe_writable, write_atomic
+from nst_engine.engine.memory import is_out_of_memory
 from nst_engine.engine.optimize import IterationRecord
 from nst_engine.engine.problem import synthesis_size
 from nst_engine.engine.tiles import tile_count
@@ -95,8 +97,10 @@ def stylize(
         result = _run(stylizer, content_image, style_images, config, output, snapshot_every, quiet)
     except NSTError as exc:
         raise fail(exc) from None
-    except MemoryError as exc:  # too large even in tiles, or an allocation failed
-        raise fail(f"out of memory: {exc or 'an allocation failed'}") from None
+    except (MemoryError, RuntimeError) as exc:  # too large even in tiles, or an allocation failed
+        if not is_out_of_memory(exc):
+            raise
+        raise fail(f"out of memory on {device}: {one_line(exc) or 'an allocation failed'}") from None
     stats = result.stats
     try:
         result.save(output)

@@ -22,7 +22,7 @@ from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.engine.batch import EvaluationBatch, auto_batch, run_together
 from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
-from nst_engine.engine.memory import is_out_of_memory
+from nst_engine.engine.memory import is_out_of_memory, release_cached
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import WorkItem
@@ -206,8 +206,7 @@ class RenderWorker:
             error = one_line(exc)
         except Exception as exc:
             if is_out_of_memory(exc):  # final at this size, on this device
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_cached(self.stylizer.device)
                 error = f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"
             else:  # an I/O hiccup or the like: worth another attempt
                 error, retryable = f"{type(exc).__name__}: {one_line(exc)}", True

@@ -31,7 +31,7 @@ from typing import TypeVar
 import torch
 
 from nst_engine.engine.losses import StyleTransferObjective, Values
-from nst_engine.engine.memory import MemoryModel, is_out_of_memory
+from nst_engine.engine.memory import MemoryModel, is_out_of_memory, release_cached
 from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.stats import PeakMemory, current_memory
 
@@ -179,7 +179,7 @@ class EvaluationBatch:
             alone = self._out_of_memory(requests[0], exc) if len(requests) == 1 else None
         # out of memory, handled outside the handler: its traceback holds the failed pass's
         # tensors, which the cache release and the halves need freed
-        _release_cached(self.device)
+        release_cached(self.device)
         self.memory.ran_out(pixels)
         if alone is not None:
             requests[0].error, requests[0].done = alone, True
@@ -239,8 +239,3 @@ def run_together(tasks: Sequence[Callable[[], T]], workers: int) -> list[T | Bas
     with ThreadPoolExecutor(max(1, min(workers, len(tasks))), thread_name_prefix="synthesis") as pool:
         futures = [pool.submit(task) for task in tasks]
         return [f.exception() or f.result() for f in futures]
-
-
-def _release_cached(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -37,6 +37,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def release_cached(device: torch.device) -> None:
+    """Hand what CUDA's caching allocator holds unused back to the device, after an
+    allocation failed (the CPU's allocator keeps nothing back)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
     """Bytes an optimisation run of a 3-channel image of ``pixels`` keeps, exactly."""
     vectors = RUN_VECTORS + (2 * settings.history_size if settings.name == "lbfgs" else 2)

@@ -154,6 +154,8 @@ class Stylizer:
             synthesis_seconds = time.perf_counter() - synthesis_start
             output = problem.finish(image)
 
+        # the tile the run ended with: an evaluation that ran out of memory halved it
+        final_tile = gradient.tile if isinstance(gradient, TiledGradient) else 0
         with self._lock:  # charged once, whichever member of a batch finishes first
             load_seconds, self._pending_load_seconds = self._pending_load_seconds, 0.0
         timings = Timings(
@@ -174,8 +176,8 @@ class Stylizer:
             batch_size=member.largest if member else 1,
             scale_schedule=schedule_text(config, problem.height, problem.width, coarse),
             coarse_seconds=coarse_seconds,
-            tile=tile,
-            tiles=tile_count(problem.height, problem.width, tile),
+            tile=final_tile,
+            tiles=tile_count(problem.height, problem.width, final_tile),
         )
         metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
         return SynthesisResult(output, stats, metadata)

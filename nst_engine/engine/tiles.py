@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from nst_engine.engine.losses import StyleTransferObjective, Values, _full_precision
-from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
+from nst_engine.engine.memory import MemoryModel, is_out_of_memory, optimizer_state_bytes, release_cached
 from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.vgg import deepest, min_side, reach
 
@@ -104,6 +104,22 @@ class TiledGradient:
         return [(r, c) for r in rows for c in cols]
 
     def __call__(self, objective: StyleTransferObjective, image: torch.Tensor) -> tuple[Values, torch.Tensor]:
+        """One evaluation; when it runs out of memory, again in tiles half as wide (any
+        tile size gives the same result) until even one grid step does not fit."""
+        while True:
+            try:
+                return self._evaluate(objective, image)
+            except (RuntimeError, MemoryError) as exc:
+                smaller = self.tile // 2 // self.grid * self.grid
+                if not is_out_of_memory(exc) or smaller < self.grid:
+                    raise
+            # out of the handler: the failed pass's tensors are gone with its traceback
+            self.tile = smaller
+            release_cached(image.device)
+
+    def _evaluate(
+        self, objective: StyleTransferObjective, image: torch.Tensor
+    ) -> tuple[Values, torch.Tensor]:
         tiles = self.tiles(*image.shape[-2:])
         self.evaluations += 1
         sums, content = self._sums(objective, image, tiles)
