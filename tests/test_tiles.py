@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,3 +163,20 @@ def test_a_pooling_layer_as_a_loss_layer_tiles_exactly(content_path: Path, style
 def test_unknown_free_memory_does_not_tile() -> None:
     """A budget of 0 is free memory not known (no /proc), not nothing free."""
     assert tile_for(4096, 4096, OptimizerSettings(), MemoryModel(budget=0), ("conv5_1",)) == 0
+
+
+def test_an_evaluation_that_runs_out_of_memory_runs_again_in_smaller_tiles(tmp_path: Path) -> None:
+    """A real allocation failure (RLIMIT_AS in a subprocess) at a whole-image tile: the
+    evaluation runs again in half-size tiles and gives the same loss and gradient."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}  # freed = unmapped
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("tiles_oom_child.py")), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 16 <= report["tile"] < 512, report  # halved at least once
+    assert report["loss_difference"] < 1e-5 and report["grad_difference"] < 1e-4, report
