@@ -221,9 +221,9 @@ def _style(
 
 
 #: Cost of a tiled evaluation per pixel computed (``tile_areas``), relative to an untiled
-#: one: pass 1 adds a forward pass (about a third of forward + backward).
-#: ``benchmarks/tiles.py`` measures it.
-TILED_PASS_COST = 4 / 3
+#: one: pass 1 adds a forward pass, and each tile its own slicing and Gram products.
+#: Measured on 2 CPU cores (``benchmarks/tiles.py``): 1.5-2.2 at 256²-512², about 2.1 at 2048×1536.
+TILED_PASS_COST = 2.0
 
 
 def tile_areas(height: int, width: int, tile: int, layers: tuple[str, ...]) -> list[int]:
