@@ -247,3 +247,28 @@ def test_render_reports_a_manifest_field_error_before_ray(tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     assert f"{source}:4: params.ratio: " in result.stderr
     assert "--ratio" not in result.stderr
+
+
+def test_too_large_even_in_tiles_is_one_line(files: dict[str, str]) -> None:
+    """Under a 6 GiB address space, 100 L-BFGS pairs of a 2048 px image (7.5 GB) cannot
+    fit however the image is tiled: one line saying so and what to lower, exit 2, and no
+    output file."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    out = Path(files["dir"]) / "print.png"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        _stylize(files["content"], files["style"], "-o", str(out), "--size", "2048", "-q"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        preexec_fn=cap,
+    )
+    assert proc.returncode == 2, proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "does not fit even in tiles" in error and "lower history_size" in error, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

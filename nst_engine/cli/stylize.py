@@ -100,7 +100,7 @@ def stylize(
     except (MemoryError, RuntimeError) as exc:  # too large even in tiles, or an allocation failed
         if not is_out_of_memory(exc):
             raise
-        raise fail(f"out of memory on {device}: {one_line(exc) or 'an allocation failed'}") from None
+        raise fail(f"out of memory: {one_line(exc) or 'an allocation failed'}") from None
     stats = result.stats
     try:
         result.save(output)
