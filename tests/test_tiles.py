@@ -19,7 +19,6 @@ from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import load_image
 from nst_engine.engine.losses import StyleTransferObjective
 from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
-from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.targets import TargetCache
 from nst_engine.engine.tiles import TiledGradient, grid_and_halo, spans, tile_for
@@ -88,17 +87,19 @@ def test_tiles_own_every_pixel_once_on_the_grid() -> None:
 
 
 def test_tile_for_fits_the_budget() -> None:
-    settings = OptimizerSettings(history_size=10)
-    layers = ("conv4_2", "conv5_1")
+    config = SynthesisConfig(history_size=10)  # conv5_1 deepest: 16 px grid, 80 px halo
+    settings = config.optimizer_settings()
     memory = MemoryModel(budget=4 * 2**30)
-    assert tile_for(512, 512, settings, memory, layers) == 0  # fits whole
-    tile = tile_for(2048, 2048, settings, memory, layers)
+    assert tile_for(512, 512, config, memory) == 0  # fits whole
+    tile = tile_for(2048, 2048, config, memory)
     assert tile % 16 == 0 and 0 < tile < 2048
     state = optimizer_state_bytes(settings, 2048 * 2048)  # the whole image's, tiled or not
     assert memory.activation_bytes_per_pixel * (tile + 2 * 80) ** 2 + state <= memory.budget
     assert memory.activation_bytes_per_pixel * (tile + 16 + 2 * 80) ** 2 + state > memory.budget  # largest
+    assert tile_for(2048, 2048, replace(config, tile=256), memory) == 256  # asked for by name
+    assert tile_for(200, 200, replace(config, tile=256), memory) == 0  # smaller than one tile
     with pytest.raises(MemoryError, match="lower history_size"):
-        tile_for(2048, 2048, OptimizerSettings(history_size=500), memory, layers)
+        tile_for(2048, 2048, replace(config, history_size=500), memory)
 
 
 def test_a_tiled_synthesis_gives_the_untiled_image(stylizer: Stylizer, tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_a_pooling_layer_as_a_loss_layer_tiles_exactly(content_path: Path, style
 
 def test_unknown_free_memory_does_not_tile() -> None:
     """A budget of 0 is free memory not known (no /proc), not nothing free."""
-    assert tile_for(4096, 4096, OptimizerSettings(), MemoryModel(budget=0), ("conv5_1",)) == 0
+    assert tile_for(4096, 4096, SynthesisConfig(), MemoryModel(budget=0)) == 0
 
 
 def test_an_evaluation_that_runs_out_of_memory_runs_again_in_smaller_tiles(tmp_path: Path) -> None:

@@ -71,11 +71,15 @@ class Stylizer:
         its memory (free at the batch's start) holds fewer; use it entered. What the
         earlier batches measured per pixel carries over, so only the first batch of a
         worker runs its first pass alone to measure it."""
+        self._memory = self._memory_model()
+        return EvaluationBatch(self.device, max_members, self._memory)
+
+    def _memory_model(self) -> MemoryModel:
+        """This device's memory free now, with the bytes per pixel the last batch measured."""
         memory = MemoryModel.for_device(self.device)
         if self._memory is not None:
             memory.bytes_per_pixel = self._memory.bytes_per_pixel
-        self._memory = memory
-        return EvaluationBatch(self.device, max_members, memory)
+        return memory
 
     def synthesize(
         self,
@@ -217,14 +221,9 @@ class Stylizer:
         return ran
 
     def tile_side(self, height: int, width: int, config: SynthesisConfig) -> int:
-        """The tile side for a ``height`` × ``width`` synthesis (0: untiled): the config's,
-        where the image is larger than it, or by the memory model (``tiles.tile_for``)."""
-        if config.tile is not None:
-            return config.tile if max(height, width) > config.tile else 0
-        memory = MemoryModel.for_device(self.device)
-        if self._memory is not None:
-            memory.bytes_per_pixel = self._memory.bytes_per_pixel
-        return tile_for(height, width, config.optimizer_settings(), memory, config.loss_layers)
+        """The tile side for a ``height`` × ``width`` synthesis on this device (0: untiled;
+        ``tiles.tile_for``)."""
+        return tile_for(height, width, config, self._memory_model())
 
 
 def _gradient(problem: Problem, tile: int, member: Member | None) -> Gradient | None:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.losses import StyleTransferObjective, Values, _full_precision
 from nst_engine.engine.memory import MemoryModel, is_out_of_memory, optimizer_state_bytes, release_cached
-from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.vgg import deepest, min_side, reach
 
 
@@ -238,17 +238,18 @@ def tile_count(height: int, width: int, tile: int) -> int:
     return math.ceil(height / tile) * math.ceil(width / tile) if tile else 0
 
 
-def tile_for(
-    height: int, width: int, settings: OptimizerSettings, memory: MemoryModel, layers: tuple[str, ...]
-) -> int:
-    """The tile side for a ``height`` × ``width`` synthesis within ``memory``'s budget: 0
-    when the image fits untiled, else the largest grid multiple whose tile, halo
-    included, fits beside the optimizer's state of the whole image. Raises
-    ``MemoryError`` when not even one grid step fits."""
-    pixels = height * width
+def tile_for(height: int, width: int, config: SynthesisConfig, memory: MemoryModel) -> int:
+    """The tile side for a ``height`` × ``width`` synthesis of ``config`` (0: untiled): the
+    config's own ``tile`` where the image is larger than it; else, by ``memory``'s budget,
+    0 when the image fits whole and the largest grid multiple whose tile, halo included,
+    fits beside the optimizer's state of the whole image. Raises ``MemoryError`` when not
+    even one grid step fits."""
+    if config.tile is not None:
+        return config.tile if max(height, width) > config.tile else 0
+    pixels, settings = height * width, config.optimizer_settings()
     if memory.budget <= 0 or memory.need(pixels, settings) <= memory.budget:
         return 0  # a budget of 0: free memory unknown, so no reason to tile
-    grid, halo = grid_and_halo(layers)
+    grid, halo = grid_and_halo(config.loss_layers)
     state = optimizer_state_bytes(settings, pixels)
     side = math.isqrt(max(0, int((memory.budget - state) / memory.activation_bytes_per_pixel)))
     tile = (side - 2 * halo) // grid * grid

@@ -58,22 +58,22 @@ class DeviceFit:
     def tile(self, height: int, width: int, config: SynthesisConfig) -> int | None:
         """The tile side a ``height`` × ``width`` synthesis would run in on this device: 0
         for the whole image at once, None when it would not fit even in tiles. As the
-        engine's ``tile_for`` decides, with the fit standing in for the measured model:
-        the budget is ``SAFETY_MARGIN`` of what fits (``max_pixels``), and the activations'
-        share of the fit's bytes per pixel is what remains after this config's optimizer
-        state (approximate: the fit was measured with its runs' own history size)."""
-        if config.tile is not None:
-            return config.tile if max(height, width) > config.tile else 0
+        engine decides (``tiles.tile_for``), with the fit standing in for the measured
+        model: the budget is ``SAFETY_MARGIN`` of what fits (``max_pixels``), and the
+        activations' share of the fit's bytes per pixel is what remains after this
+        config's optimizer state (approximate: the fit was measured with its runs' own
+        history size)."""
         limit = self.max_pixels()
-        if limit is None or height * width <= limit:
+        if config.tile is None and (limit is None or height * width <= limit):
             return 0
-        settings = config.optimizer_settings()
-        activations = max(self.mem_d - optimizer_state_bytes(settings, 1), 1.0)
-        memory = MemoryModel(budget=int(SAFETY_MARGIN * limit * self.mem_d), bytes_per_pixel=activations)
+        activations = max(self.mem_d - optimizer_state_bytes(config.optimizer_settings(), 1), 1.0)
+        budget = int(SAFETY_MARGIN * (limit or 0) * self.mem_d)
         try:
-            return tile_for(height, width, settings, memory, config.loss_layers) or None
+            tile = tile_for(height, width, config, MemoryModel(budget, bytes_per_pixel=activations))
         except MemoryError:
             return None
+        # automatic tiling of an image that does not fit whole found no tile: none fits
+        return tile if tile or config.tile is not None else None
 
     def predict_tiled_seconds(self, height: int, width: int, config: SynthesisConfig) -> float:
         """``predict_seconds`` of a synthesis, tiled as ``tile`` says: each tile, halo
