@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +17,22 @@ import pytest
 from PIL import Image
 
 from nst_engine.engine import Stylizer, random_weights
+
+
+def out_of_memory_report(child: str, folder: Path) -> dict:
+    """Run ``tests/<child>``, a script that caps its own address space (RLIMIT_AS) to make
+    allocations really fail, and return the JSON of its last line. glibc is told to unmap
+    freed buffers at once, so the cap meets what is live, not heap fragmentation."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name(child)), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def write_image(path: Path, width: int, height: int, seed: int) -> Path:

@@ -3,10 +3,6 @@ admission, real out-of-memory splits, and batched rows through a real local Ray.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +12,7 @@ from nst_engine.engine import Stylizer, SynthesisConfig
 from nst_engine.engine.batch import EvaluationBatch, run_together
 from nst_engine.engine.memory import MemoryModel
 from nst_engine.engine.optimize import OptimizerSettings
-from tests.conftest import write_image
+from tests.conftest import out_of_memory_report, write_image
 
 BASE = SynthesisConfig(size=48, iterations=12)
 
@@ -94,16 +90,7 @@ def test_a_pass_that_runs_out_of_memory_is_split_and_no_item_is_lost(tmp_path: P
     does not fit is evaluated again in halves; every synthesis ends as it would alone, or
     is handed back retryable (CrowdedOut); a single image that does not fit fails with the
     memory in its message, and the next synthesis on the same stylizer renders."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}  # freed = unmapped
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("batch_oom_child.py")), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = out_of_memory_report("batch_oom_child.py", tmp_path)
     assert report["chunk"] < 4, report  # the pass of four was split
     assert len(report["batch_sizes"]) + len(report["errors"]) == 4, report
     assert all(e.startswith("CrowdedOut: 256x256 did not fit beside") for e in report["errors"]), report

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image
 
 from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
 from nst_engine.engine.errors import ConfigError
@@ -22,6 +17,7 @@ from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.targets import TargetCache
 from nst_engine.engine.tiles import TiledGradient, grid_and_halo, spans, tile_for
+from tests.conftest import out_of_memory_report, write_image
 
 
 def problem(content_path: Path, style_path: Path, **params: object) -> Problem:
@@ -169,15 +165,6 @@ def test_unknown_free_memory_does_not_tile() -> None:
 def test_an_evaluation_that_runs_out_of_memory_runs_again_in_smaller_tiles(tmp_path: Path) -> None:
     """A real allocation failure (RLIMIT_AS in a subprocess) at a whole-image tile: the
     evaluation runs again in half-size tiles and gives the same loss and gradient."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}  # freed = unmapped
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("tiles_oom_child.py")), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = out_of_memory_report("tiles_oom_child.py", tmp_path)
     assert 16 <= report["tile"] < 512, report  # halved at least once
     assert report["loss_difference"] < 1e-5 and report["grad_difference"] < 1e-4, report
