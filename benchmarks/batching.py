@@ -24,9 +24,7 @@ Run (GPU):  .venv/bin/python benchmarks/batching.py --device cuda --sizes 256,51
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import platform
 import statistics
 import tempfile
 import time
@@ -34,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from engine_speed import square  # benchmarks/ is the script's folder, on sys.path
+from engine_speed import machine_line, square, write_json  # benchmarks/ is the script's folder, on sys.path
 
 from nst_engine.engine import Stylizer, SynthesisConfig, load_weights
 from nst_engine.engine.batch import run_together
@@ -125,7 +123,7 @@ def main() -> None:
     stylizer = Stylizer(weights, device=args.device)
     samples = {p.stem: p for p in sample_images()}
     rows = []
-    print(f"# {device_name(stylizer.device)}, torch {torch.__version__}, Python {platform.python_version()}")
+    print(machine_line(stylizer.device))
     print("| size | B | batch recorded | wall s | items/s | vs B=1 | peak MiB | max rel. loss diff vs B=1 |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,9 +169,7 @@ def main() -> None:
                     f"| {run['items_per_second']:.3f} | {speedup:.2f}× | | |",
                     flush=True,
                 )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,18 @@ def square(src: Path, size: int, dest: Path) -> Path:
     return dest
 
 
+def machine_line(device: torch.device) -> str:
+    """The header line of a benchmark's table: device, torch and Python versions."""
+    return f"# {device_name(device)}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_json(path: Path | None, rows: object) -> None:
+    """``--json``: the rows, also as a file (folders made as needed)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

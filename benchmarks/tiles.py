@@ -13,18 +13,14 @@ Run: .venv/bin/python benchmarks/tiles.py --sizes 256,512 --tiles 128,256 --iter
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from engine_speed import square  # benchmarks/ is the script's folder, on sys.path
+from engine_speed import machine_line, square, write_json  # benchmarks/ is the script's folder, on sys.path
 
 from nst_engine.engine import Stylizer, SynthesisConfig, load_weights
-from nst_engine.engine.stats import device_name
 from nst_engine.engine.tiles import TILED_PASS_COST, tile_areas
 from nst_engine.engine.weights_spec import sample_images
 
@@ -41,7 +37,7 @@ def main() -> None:
 
     stylizer = Stylizer(load_weights("embedded"), device=args.device)
     samples = {p.stem: p for p in sample_images()}
-    print(f"# {device_name(stylizer.device)}, torch {torch.__version__}, Python {platform.python_version()}")
+    print(machine_line(stylizer.device))
     header = "| size | tile | tiles | s/iteration | vs whole | cost per px computed | peak MiB | loss diff |"
     print(f"# the planner assumes {TILED_PASS_COST:.2f} per pixel computed (tiles.TILED_PASS_COST)")
     print(header)
@@ -85,9 +81,7 @@ def main() -> None:
                     f"| {cost:.2f} | {row['peak_memory_bytes'] / 2**20:.0f} | {diff:.1e} |",
                     flush=True,
                 )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":
