@@ -172,7 +172,7 @@ def test_a_size_too_large_to_fit_whole_is_planned_in_tiles(setup) -> None:
     assert prediction.sizes_tiled == {8192: tile} and prediction.sizes_too_large == [16384]
     # tiles cost their halos and a second forward pass: more than the whole image would
     whole = fit.predict_seconds(8192 * 8192, 10)
-    assert whole < fit.predict_tiled_seconds(8192, 8192, item(8192, 10).config) < 3 * whole
+    assert whole < fit.predict_tiled_seconds(8192, 8192, item(8192, 10).config, tile) < 3 * whole
     plan = RenderPlan("m.yaml", "out", 3, ["s0"], [2048, 8192, 16384], 0, 0, 3, predictions=[prediction])
     assert f"tiled on Big GPU (too large to fit whole): 8192 in {tile} px tiles" in plan.warnings()
     # nst estimate's cell for the same device

@@ -83,7 +83,7 @@ def _estimate_cell(fit: DeviceFit, config: SynthesisConfig) -> str:
     tile = fit.tile(size, size, config)
     if tile is None:
         return "does not fit in memory, even in tiles"
-    seconds = f"{fit.predict_tiled_seconds(size, size, config):,.0f} s"
+    seconds = f"{fit.predict_tiled_seconds(size, size, config, tile):,.0f} s"
     return f"{seconds} in {tile} px tiles (too large to fit whole)" if tile else seconds
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from nst_engine.engine.config import SynthesisConfig
 from nst_engine.planning.items import WorkItem
 from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
 from nst_engine.results.store import DoneCheck, ResultsError, ResultStore, read_results, reason_kind
@@ -154,13 +155,19 @@ def predict(fit: DeviceFit, items: Sequence[WorkItem]) -> DevicePrediction:
     """``fit``'s prediction for rendering ``items`` one after another on one worker."""
     too_large, tiled = set(), {}
     seconds = 0.0
+    # a manifest has few distinct shapes and configs: each is priced once, not per item
+    priced: dict[tuple[tuple[int, int], SynthesisConfig], tuple[int | None, float]] = {}
     for item in items:
-        tile = fit.tile(*item.shape, item.config)
+        key = (item.shape, item.config)
+        if key not in priced:
+            tile = fit.tile(*item.shape, item.config)
+            priced[key] = tile, fit.predict_tiled_seconds(*item.shape, item.config, tile)
+        tile, item_seconds = priced[key]
         if tile is None:
             too_large.add(item.size)
         elif tile and item.config.tile is None:  # tiles asked for by name need no warning
             tiled[item.size] = min(tile, tiled.get(item.size, tile))
-        seconds += fit.predict_tiled_seconds(*item.shape, item.config)
+        seconds += item_seconds
     return DevicePrediction(
         device=fit.device,
         device_type=fit.device_type,

@@ -75,10 +75,12 @@ class DeviceFit:
         # automatic tiling of an image that does not fit whole found no tile: none fits
         return tile if tile or config.tile is not None else None
 
-    def predict_tiled_seconds(self, height: int, width: int, config: SynthesisConfig) -> float:
-        """``predict_seconds`` of a synthesis, tiled as ``tile`` says: each tile, halo
-        included, costs an iteration at its own size, times ``TILED_PASS_COST``."""
-        tile = self.tile(height, width, config)
+    def predict_tiled_seconds(
+        self, height: int, width: int, config: SynthesisConfig, tile: int | None
+    ) -> float:
+        """``predict_seconds`` of a synthesis in ``tile`` px tiles (as ``tile()`` says; 0 or
+        None: whole): each tile, halo included, costs an iteration at its own size, times
+        ``TILED_PASS_COST``."""
         if not tile:
             return self.predict_seconds(height * width, config.iterations)
         areas = tile_areas(height, width, tile, config.loss_layers)
