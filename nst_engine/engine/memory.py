@@ -50,14 +50,17 @@ def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
     return 4 * 3 * pixels * vectors
 
 
-def free_memory(device: torch.device) -> int:
+def free_memory(device: torch.device, share: float = 1.0) -> int:
     """Bytes this process may still allocate on ``device``: CUDA's free memory plus what
-    its caching allocator holds unused; for the CPU, the kernel's MemAvailable, or less
-    under an address-space limit (``ulimit -v``, as a container or a test may set).
+    its caching allocator holds unused, and no more than ``share`` of the device's total
+    less what it has allocated; for the CPU, the kernel's MemAvailable, or less under an
+    address-space limit (``ulimit -v``, as a container or a test may set).
     0 means unknown (no /proc), not nothing."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+        mine = free + torch.cuda.memory_reserved(device) - allocated
+        return int(max(0, min(mine, share * total - allocated)))
     available = _proc_kib("/proc/meminfo", "MemAvailable:")
     try:
         import resource  # POSIX only
@@ -89,8 +92,11 @@ class MemoryModel:
         self.bytes_per_pixel = bytes_per_pixel  # None until an evaluation was measured
 
     @classmethod
-    def for_device(cls, device: torch.device) -> MemoryModel:
-        return cls(int(SAFETY_MARGIN * free_memory(device)))
+    def for_device(cls, device: torch.device, share: float = 1.0) -> MemoryModel:
+        """The budget of a process that may use ``share`` of ``device`` (``1/N`` when N
+        workers share one GPU): what is free now, within its share of the device's total
+        less what this process holds already, so N processes never plan on the same bytes."""
+        return cls(int(SAFETY_MARGIN * free_memory(device, share)))
 
     @property
     def measured(self) -> bool:

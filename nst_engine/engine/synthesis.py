@@ -54,9 +54,15 @@ class Stylizer:
         threads: int | None = None,
         target_cache_size: int = 32,
         load_seconds: float = 0.0,
+        memory_share: float = 1.0,
     ) -> None:
+        """``memory_share``: the part of the device this process may plan on (``1/N``
+        for one of N workers sharing a GPU)."""
         self.weights = weights
         self.device = resolve_device(device)
+        if not 0 < memory_share <= 1:
+            raise ValueError(f"memory_share must be in (0, 1], got {memory_share}")
+        self.memory_share = memory_share
         if threads:
             torch.set_num_threads(threads)
         if self.device.type == "cuda":
@@ -76,7 +82,7 @@ class Stylizer:
 
     def _memory_model(self) -> MemoryModel:
         """This device's memory free now, with the bytes per pixel the last batch measured."""
-        memory = MemoryModel.for_device(self.device)
+        memory = MemoryModel.for_device(self.device, self.memory_share)
         if self._memory is not None:
             memory.bytes_per_pixel = self._memory.bytes_per_pixel
         return memory
