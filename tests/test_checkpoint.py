@@ -119,9 +119,10 @@ def test_checkpoint_is_plain_tensors_readable_with_weights_only(content_path: Pa
     state = torch.load(io.BytesIO(store.data), weights_only=True)
     run = state["run"]
     assert run["kind"] == "lbfgs" and len(run["records"]) == 4 and run["stop_reason"] is None
-    assert run["image"].dtype == torch.float32 and len(run["history"]) <= 3
+    pairs = len(run["ring"]["s"])
+    assert run["image"].dtype == torch.float32 and pairs <= 3 and run["ring"]["sy"].shape == (pairs, pairs)
     # the documented size: image + gradient + 2 tensors per curvature pair, float32
-    floats = run["image"].numel() * (2 + 2 * len(run["history"]))
+    floats = run["image"].numel() * (2 + 2 * pairs)
     assert floats * 4 <= len(store.data) <= floats * 4 + 64_000
 
 

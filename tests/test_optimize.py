@@ -11,8 +11,15 @@ import torch
 
 from nst_engine.engine import SynthesisConfig, random_weights
 from nst_engine.engine.images import load_image
-from nst_engine.engine.line_search import ARMIJO_C1, WOLFE_C2, Probe, Step, backtracking, strong_wolfe
-from nst_engine.engine.losses import Values
+from nst_engine.engine.line_search import (
+    ARMIJO_C1,
+    WOLFE_C2,
+    Probed,
+    Step,
+    backtracking,
+    search,
+    strong_wolfe,
+)
 from nst_engine.engine.optimize import OptimizationTrace, OptimizerSettings, drive, optimize, start_run
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.targets import TargetCache
@@ -111,13 +118,13 @@ def test_line_search_lowers_loss_with_more_evaluations_than_iterations(
 Fn = Callable[[float], float]
 
 
-def line(f: Fn, df: Fn) -> tuple[Probe, list[float]]:
-    """probe(t) for φ(t) = f(t) on a 1-element 'image' with direction +1, and a counter."""
+def line(f: Fn, df: Fn) -> tuple[Callable[[float], Probed], list[float]]:
+    """probe(t) for φ(t) = f(t) along a direction with φ'(t) = df(t), and a counter."""
     calls: list[float] = []
 
-    def probe(t: float) -> tuple[Values, torch.Tensor]:
+    def probe(t: float) -> Probed:
         calls.append(t)
-        return (f(t), 0.0, 0.0, 0.0), torch.tensor([df(t)], dtype=torch.float64)
+        return Probed(t, (f(t), 0.0, 0.0, 0.0), df(t), point=t)
 
     return probe, calls
 
@@ -126,7 +133,7 @@ def check_wolfe(step: Step, f: Fn, df: Fn) -> None:
     assert step.accepted and step.t > 0
     assert f(step.t) <= f(0.0) + ARMIJO_C1 * step.t * df(0.0)
     assert abs(df(step.t)) <= WOLFE_C2 * abs(df(0.0))
-    assert step.values[0] == f(step.t) and float(step.grad[0]) == pytest.approx(df(step.t))
+    assert step.values[0] == f(step.t) and step.point == step.t
 
 
 def quartic(t: float) -> float:  # non-convex, minimum near t = 2.1
@@ -140,26 +147,22 @@ def quartic_slope(t: float) -> float:
 @pytest.mark.parametrize("first_step", [1e-3, 0.5, 3.0, 50.0])
 def test_strong_wolfe_step_meets_both_conditions(first_step: float) -> None:
     probe, calls = line(quartic, quartic_slope)
-    direction = torch.ones(1, dtype=torch.float64)
-    start = (quartic(0.0), 0.0, 0.0, 0.0)
-    step = strong_wolfe(
-        probe, direction, first_step, start, torch.tensor([quartic_slope(0.0)]), quartic_slope(0.0)
-    )
+    start = Probed(0.0, (quartic(0.0), 0.0, 0.0, 0.0), quartic_slope(0.0))
+    step = search(strong_wolfe(first_step, start), probe)
     check_wolfe(step, quartic, quartic_slope)
     assert 1 <= len(calls) <= 25
 
 
 def test_strong_wolfe_rejects_when_no_step_decreases() -> None:
     probe, calls = line(lambda t: math.nan, lambda t: math.nan)
-    direction = torch.ones(1, dtype=torch.float64)
-    step = strong_wolfe(probe, direction, 1.0, (1.0, 0.0, 0.0, 0.0), torch.tensor([-1.0]), -1.0)
+    step = search(strong_wolfe(1.0, Probed(0.0, (1.0, 0.0, 0.0, 0.0), -1.0)), probe)
     assert not step.accepted and step.t == 0.0 and step.values[0] == 1.0
     assert len(calls) <= 25
 
 
 def test_backtracking_halves_a_step_that_overshoots() -> None:
     probe, calls = line(lambda t: (t - 1.0) ** 2, lambda t: 2 * (t - 1.0))
-    step = backtracking(probe, 8.0, loss=1.0, slope=-2.0, max_backtracks=20)
+    step = search(backtracking(8.0, Probed(0.0, (1.0, 0.0, 0.0, 0.0), -2.0), max_backtracks=20), probe)
     assert step.accepted and calls == [8.0, 4.0, 2.0, 1.0] and step.t == 1.0
 
 
@@ -190,16 +193,23 @@ def test_an_lbfgs_iteration_reads_the_device_twice(
 
 
 def test_a_saved_run_keeps_the_scale_of_a_pair_pushed_out(content_path: Path, style_path: Path) -> None:
-    """γ comes from the newest good pair, which a failed pair (kept with ρ = 0) may have
+    """γ comes from the newest good pair, which a failed pair (kept with weight 0) may have
     pushed out of the history: a saved run carries γ itself, so it resumes the same."""
     problem = build_problem(content_path, style_path, SynthesisConfig(size=32))
     settings = OptimizerSettings(iterations=40, history_size=1)
     run = start_run(problem.objective, problem.initial_image(), settings)
-    while run.history.scale is None or not torch.isfinite(run.history.scale):  # early pairs fail here
+    while not run.lane or not torch.isfinite(run.lane.segment.gamma[run.lane.slot]):  # early pairs fail
         assert run.step() is not None
-    s = torch.ones_like(run.grad)
-    run.history.add(s, -s)  # s·y < 0: fails the curvature test, evicts the good pair
-    assert float(run.history.pairs[0][2]) == 0 and torch.isfinite(run.history.scale)
+    lane = run.lane
+    segment, m = lane.segment, lane.segment.m
+    s = torch.ones(segment.n)
+    segment.pairs[lane.slot, lane.next_slot], segment.pairs[lane.slot, m + lane.next_slot] = s, -s
+    lane.pending, lane.written = lane.next_slot, lane.written + 1  # s·y < 0: fails, evicts the good pair
+    segment.directions()
+    assert not bool(segment.good[lane.slot].any()) and torch.isfinite(segment.gamma[lane.slot])
+    state = run.state_dict()
+    assert state["ring"]["good"].tolist() == [False] and torch.isfinite(state["history_scale"])
     resumed = start_run(problem.objective, torch.zeros_like(run.image), settings)
-    resumed.load_state_dict(run.state_dict())
-    assert torch.equal(resumed.history.direction(run.grad), run.history.direction(run.grad))
+    resumed.load_state_dict(state)
+    run.step(), resumed.step()
+    assert torch.equal(resumed.image, run.image)

@@ -1,22 +1,24 @@
-"""Several syntheses on one device at once: their loss evaluations batched together.
+"""Several syntheses on one device at once: their evaluations and their optimizer math
+batched together.
 
 A 256² synthesis is a few hundred small kernels per iteration, far too little work to
-fill a GPU. Here every synthesis keeps its own optimisation run (L-BFGS history, step
-size, Armijo test or line search, stopping state) in a thread of its own, exactly as
-when it runs alone; only the evaluation is shared: the last member of the batch to ask
-for one runs a single forward and backward pass of the network over every waiting
-image, each item with its own targets and losses, and hands each its loss terms and
-gradient. VGG has no batch normalisation, so an image's responses, and so its loss and
-gradient, do not depend on the other images of the batch (to float rounding), and an
-item that diverges or fails leaves the others as they were.
+fill a GPU. Here every synthesis keeps its own optimisation run (its own L-BFGS
+history, step size, Armijo test or line search, stopping state, checkpoints) in a
+thread of its own, exactly as when it runs alone; what is shared is the kernels. The
+last member of the batch to ask runs one pass for everyone waiting:
 
-Why not a batched L-BFGS over stacked tensors: one shared optimiser over the
-concatenated problems is known to converge badly, and a per-item one on stacked tensors
-would have to re-implement the run, its line searches and its checkpoints for each
-item's own count of evaluations per iteration; reusing ``optimize.Run`` as it is keeps
-"each item behaves exactly as if alone" true by construction. Items join (admitted when
-the memory model says they fit, ``memory.MemoryModel``) and leave (converged, failed,
-cancelled) between evaluations.
+- L-BFGS runs hand over whole iterations, which run in lockstep (``optimize.lockstep``):
+  their directions come from one set of stacked products (``lbfgs.Segment``), their
+  trial images go through one forward and backward of the network, their losses are one
+  set of batched kernels against their stacked targets (``StyleTransferObjective.stack``),
+  and what is read back is read in one sync per round, whatever the number of members;
+- other runs (Adam) hand over single evaluations, batched the same way.
+
+VGG has no batch normalisation, so an image's responses, and so its loss and gradient,
+do not depend on the other images of the batch (to float rounding), and an item that
+diverges or fails leaves the others as they were. Members join (admitted when the memory
+model says they fit, ``memory.MemoryModel``) and leave (converged, failed, cancelled)
+between passes.
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ from typing import TypeVar
 
 import torch
 
-from nst_engine.engine.losses import StyleTransferObjective, Values
+from nst_engine.engine.lbfgs import Segments, to_device
+from nst_engine.engine.losses import StyleTransferObjective
 from nst_engine.engine.memory import MemoryModel, is_out_of_memory, release_cached
-from nst_engine.engine.optimize import OptimizerSettings
+from nst_engine.engine.optimize import LBFGSRun, OptimizerSettings, lockstep
 from nst_engine.engine.stats import PeakMemory, current_memory
 
 T = TypeVar("T")
 
 #: Most syntheses a GPU runs at once under ``auto``; its memory model may admit fewer.
 AUTO_MAX_BATCH_CUDA = 32
+#: Stacked objectives kept for reuse: a batch's full membership, and a few subsets
+#: (members still searching for a step).
+STACKED_OBJECTIVES = 4
 
 
 def auto_batch(device: torch.device) -> int:
@@ -54,44 +60,52 @@ def auto_batch(device: torch.device) -> int:
 
 @dataclass(eq=False)
 class _Request:
-    """One member's evaluation: its objective at its image; filled in by the batch."""
+    """One member's wait: an evaluation of ``objective`` at ``image`` (``run`` None), or
+    an iteration of the L-BFGS ``run``; filled in by the pass."""
 
-    objective: StyleTransferObjective
-    image: torch.Tensor
-    need: int  # the member's predicted bytes, for an out-of-memory message
-    values: Values | None = None
+    member: Member
+    objective: StyleTransferObjective | None = None
+    image: torch.Tensor | None = None
+    run: LBFGSRun | None = None
+    values: torch.Tensor | None = None
     grad: torch.Tensor | None = None
     error: BaseException | None = None
-    together: int = 0  # evaluations run in the same pass
     done: bool = False
 
 
 class Member:
-    """One synthesis's place in an ``EvaluationBatch``; its ``evaluate`` is the run's
-    gradient function (``optimize.Gradient``)."""
+    """One synthesis's place in an ``EvaluationBatch``: the ``optimize.Evaluator`` of its
+    runs."""
 
     def __init__(self, batch: EvaluationBatch, need: int) -> None:
         self.batch = batch
         self.need = need  # bytes reserved for it in the memory model
-        self.largest = 1  # most evaluations run in one pass with this one's
+        self.largest = 1  # most images evaluated in one pass with this one's
+        self.segments = batch.segments  # where its L-BFGS runs keep their state
 
-    def evaluate(self, objective: StyleTransferObjective, image: torch.Tensor) -> tuple[Values, torch.Tensor]:
-        request = self.batch.submit(_Request(objective, image.detach(), self.need))
-        self.largest = max(self.largest, request.together)
+    def evaluate(
+        self, objective: StyleTransferObjective, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        request = self.batch.submit(_Request(self, objective=objective, image=images.detach()))
         if request.error is not None:
             raise request.error
         assert request.values is not None and request.grad is not None
         return request.values, request.grad
 
+    def iterate(self, run: LBFGSRun) -> None:
+        request = self.batch.submit(_Request(self, run=run))
+        if request.error is not None:
+            raise request.error
+
 
 class EvaluationBatch:
-    """Where the runs of several syntheses on one device meet for their evaluations.
+    """Where the runs of several syntheses on one device meet for their passes.
 
     ``max_members`` syntheses at most run together, fewer when the memory model says they
-    would not fit; an evaluation pass holds at most ``chunk`` images, halved each time a
-    pass runs out of memory (the halves are evaluated again, so no member notices but by
-    its ``largest``); a single image that does not fit fails its own synthesis only, with
-    the predicted and available memory in its error.
+    would not fit; a network pass holds at most ``chunk`` images, halved each time a pass
+    runs out of memory (the halves are evaluated again, so no member notices but by its
+    ``largest``); a single image that does not fit fails its own synthesis only, with the
+    predicted and available memory in its error.
     """
 
     def __init__(self, device: torch.device, max_members: int, memory: MemoryModel | None = None) -> None:
@@ -99,6 +113,7 @@ class EvaluationBatch:
         self.max_members = max(1, max_members)
         self.memory = memory or MemoryModel.for_device(device)
         self.chunk = self.max_members
+        self.segments = Segments()
         #: peak memory over the batch's life (``with batch:``); per-item resets would collide
         self.peak = PeakMemory(device)
         self._cond = threading.Condition()
@@ -106,6 +121,7 @@ class EvaluationBatch:
         # member's first evaluation is always in the pass after its set-up
         self._admitted: list[Member] = []
         self._waiting: list[_Request] = []
+        self._stacked: dict[tuple[int, ...], StyleTransferObjective] = {}
 
     def __enter__(self) -> EvaluationBatch:
         self.peak.__enter__()
@@ -140,7 +156,7 @@ class EvaluationBatch:
         reserved = sum(m.need for m in self._admitted)
         return reserved + self.memory.need(pixels, settings) <= self.memory.budget
 
-    # ------------------------------------------------------------------ evaluations
+    # ------------------------------------------------------------------ passes
 
     def submit(self, request: _Request) -> _Request:
         """Queue ``request``; the last member to ask runs the pass for all."""
@@ -152,79 +168,167 @@ class EvaluationBatch:
         return request
 
     def _run_if_all_waiting(self) -> None:
-        """With the lock held: evaluate everything waiting once every member waits."""
+        """With the lock held: serve everything waiting once every member waits."""
         if not self._waiting or len(self._waiting) < len(self._admitted):
             return
         waiting, self._waiting = self._waiting, []
-        groups: dict[tuple, list[_Request]] = {}
-        for request in waiting:  # one pass per network and image shape
-            key = (id(request.objective.network), tuple(request.image.shape), request.image.dtype)
-            groups.setdefault(key, []).append(request)
-        for group in groups.values():
-            for start in range(0, len(group), self.chunk):
-                self._evaluate(group[start : start + self.chunk])
+        evaluations = [r for r in waiting if r.run is None]
+        iterations = [r for r in waiting if r.run is not None]
+        try:
+            if evaluations:
+                self._evaluations(evaluations)
+            if iterations:
+                members = {r.run: r.member for r in iterations}
+                lockstep(
+                    [r.run for r in iterations],  # type: ignore[misc]
+                    self.segments,
+                    lambda runs, images: self._pass(
+                        [r.objective for r in runs], images, [members[r] for r in runs], runs
+                    ),
+                )
+        except Exception as exc:  # a fault of the pass itself: every waiting member gets it
+            for request in waiting:
+                if not request.done:
+                    request.error = exc
+        for request in waiting:
+            request.done = True
         self._cond.notify_all()
 
-    def _evaluate(self, requests: list[_Request]) -> None:
-        """One pass over ``requests``, split in halves while it runs out of memory."""
-        pixels = sum(r.image[0, 0].numel() for r in requests)
+    def _evaluations(self, requests: list[_Request]) -> None:
+        """Single evaluations, one pass per network, image shape and precision."""
+        groups: dict[tuple, list[_Request]] = {}
+        for request in requests:
+            assert request.objective is not None and request.image is not None
+            key = (id(request.objective.network), tuple(request.image.shape), request.objective.precision)
+            groups.setdefault(key, []).append(request)
+        for group in groups.values():
+            images = torch.cat([r.image for r in group])  # type: ignore[misc]
+            failed: dict[int, BaseException] = {}
+            values, grads = self._pass(
+                [r.objective for r in group], images, [r.member for r in group], failed=failed
+            )  # type: ignore[misc]
+            for i, request in enumerate(group):
+                request.error = failed.get(i)
+                # copies: a view would keep the whole pass's gradient alive in every member's run
+                request.values, request.grad = values[i : i + 1].clone(), grads[i : i + 1].clone()
+                request.done = True
+
+    def _pass(
+        self,
+        objectives: Sequence[StyleTransferObjective],
+        images: torch.Tensor,
+        members: Sequence[Member],
+        runs: Sequence[LBFGSRun] | None = None,
+        failed: dict[int, BaseException] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss terms (B, 4) and gradients (B, n) of ``objectives`` at ``images``, one image
+        each: passes of one network and precision, at most ``chunk`` images each. An image
+        that does not fit even alone fails its own synthesis: ``runs``' ``failure`` (or
+        ``failed`` by position) gets the error, its row NaN."""
+        values = images.new_full((len(images), 4), float("nan"), dtype=torch.float64)
+        grads = images.new_zeros(len(images), images[0].numel())
+        groups: dict[tuple, list[int]] = {}
+        for i, objective in enumerate(objectives):
+            groups.setdefault((id(objective.network), str(objective.precision)), []).append(i)
+        for indices in groups.values():
+            start = 0
+            while start < len(indices):
+                part = indices[start : start + self.chunk]
+                outcome = self._evaluate([objectives[i] for i in part], _rows(images, part), part, members)
+                if outcome is None:  # ran out of memory: again in smaller passes
+                    continue
+                if isinstance(outcome, BaseException):  # one image alone did not fit
+                    if runs is not None:
+                        runs[part[0]].failure = outcome
+                    if failed is not None:
+                        failed[part[0]] = outcome
+                elif len(part) == len(images):
+                    values, grads = outcome
+                else:
+                    where = to_device(part, images.device)
+                    values.index_copy_(0, where, outcome[0])
+                    grads.index_copy_(0, where, outcome[1])
+                start += len(part)
+        return values, grads
+
+    def _evaluate(
+        self,
+        objectives: list[StyleTransferObjective],
+        chosen: torch.Tensor,
+        part: list[int],
+        members: Sequence[Member],
+    ) -> tuple[torch.Tensor, torch.Tensor] | BaseException | None:
+        """One pass over the images ``chosen`` (at ``part`` of the pass); None when it ran
+        out of memory (``chunk`` is smaller now), or, for a single image, the error its
+        synthesis fails with."""
         try:
-            self._evaluate_together(requests, measure=not self.memory.measured)
-            return
+            outcome = self._evaluate_together(objectives, chosen, measure=not self.memory.measured)
         except Exception as exc:
             if not is_out_of_memory(exc):
-                for request in requests:
-                    request.error, request.done = exc, True
-                return
-            alone = self._out_of_memory(requests[0], exc) if len(requests) == 1 else None
+                raise
+            alone = self._out_of_memory(members[part[0]], chosen, exc) if len(part) == 1 else None
+        else:
+            for i in part:
+                members[i].largest = max(members[i].largest, len(part))
+            return outcome
         # out of memory, handled outside the handler: its traceback holds the failed pass's
         # tensors, which the cache release and the halves need freed
+        self._stacked.clear()
         release_cached(self.device)
-        self.memory.ran_out(pixels)
+        self.memory.ran_out(chosen[0, 0].numel() * len(part))
         if alone is not None:
-            requests[0].error, requests[0].done = alone, True
-            return
-        half = len(requests) // 2
-        self.chunk = max(1, min(self.chunk, half))
-        self._evaluate(requests[:half])
-        self._evaluate(requests[half:])
+            return alone
+        self.chunk = max(1, min(self.chunk, len(part) // 2))
+        return None
 
-    def _evaluate_together(self, requests: list[_Request], measure: bool) -> None:
-        """Loss terms and input gradients of every request in one forward and backward."""
-        baseline = current_memory(self.device) if measure else 0
-        with PeakMemory(self.device) if measure else contextlib.nullcontext() as probe:
-            images = torch.cat([r.image for r in requests]).requires_grad_(True)
-            network = requests[0].objective.network
-            layers = sorted(set().union(*(r.objective.layers for r in requests)))
-            features = network(images, layers)
-            terms = [
-                r.objective.losses(images[i : i + 1], {k: f[i : i + 1] for k, f in features.items()})
-                for i, r in enumerate(requests)
-            ]
-            (grad,) = torch.autograd.grad(sum(t.total for t in terms), images)
-            del features
-            stacked = torch.stack([t.stacked() for t in terms]).tolist()  # one device sync
-        if probe is not None:
-            self.memory.observe(sum(r.image[0, 0].numel() for r in requests), probe.peak - baseline)
-        for request, values, image_grad in zip(requests, stacked, grad, strict=True):
-            total, content, style, tv = values
-            # a copy: a view would keep the whole batch's gradient alive in every member's run
-            request.values, request.grad = (total, content, style, tv), image_grad.reshape(-1).clone()
-            request.together, request.done = len(requests), True
+    def _evaluate_together(
+        self, objectives: list[StyleTransferObjective], images: torch.Tensor, measure: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss terms and input gradients of every image in one forward and backward;
+        ``measure``: the batch's first pass, run twice, its memory measured on the
+        second (the first autotunes cuDNN, whose workspaces are no activations)."""
+        objective = self._stack(objectives)
+        if not measure:
+            return objective.evaluate(images)
+        objective.evaluate(images)
+        baseline = current_memory(self.device)
+        with PeakMemory(self.device) as probe:
+            outcome = objective.evaluate(images)
+        self.memory.observe(images[0, 0].numel() * len(images), probe.peak - baseline)
+        return outcome
 
-    def _out_of_memory(self, request: _Request, exc: BaseException) -> Exception:
+    def _stack(self, objectives: list[StyleTransferObjective]) -> StyleTransferObjective:
+        """The objectives as one (``StyleTransferObjective.stack``), reused while the same
+        members meet: stacking copies their targets."""
+        key = tuple(id(o) for o in objectives)
+        stacked = self._stacked.pop(key, None)  # least recently used first out
+        if stacked is None:
+            while len(self._stacked) >= STACKED_OBJECTIVES:
+                self._stacked.pop(next(iter(self._stacked)))
+            stacked = StyleTransferObjective.stack(objectives)
+        self._stacked[key] = stacked
+        return stacked
+
+    def _out_of_memory(self, member: Member, image: torch.Tensor, exc: BaseException) -> Exception:
         """A single image's pass ran out of memory: final (``MemoryError``) when its
         synthesis was the batch's only one; beside others, whose memory it could have
         had, ``CrowdedOut`` (worth another attempt, in a smaller batch)."""
-        height, width = request.image.shape[-2:]
+        height, width = image.shape[-2:]
         others = len(self._admitted) - 1
         facts = (
-            f"predicted {request.need / 2**20:.0f} MiB, {self.memory.budget / 2**20:.0f} MiB "
+            f"predicted {member.need / 2**20:.0f} MiB, {self.memory.budget / 2**20:.0f} MiB "
             f"available on {self.device} ({type(exc).__name__})"
         )
         if others > 0:
             return CrowdedOut(f"{width}x{height} did not fit beside {others} other syntheses: {facts}")
         return MemoryError(f"{width}x{height} does not fit alone: {facts}")
+
+
+def _rows(images: torch.Tensor, part: list[int]) -> torch.Tensor:
+    """The images at ``part``: a view when they are consecutive, else one gather."""
+    if part == list(range(part[0], part[0] + len(part))):
+        return images[part[0] : part[0] + len(part)]
+    return images.index_select(0, to_device(part, images.device))
 
 
 class CrowdedOut(RuntimeError):

@@ -1,13 +1,39 @@
-"""The torch device a synthesis runs on, and the numeric precision it runs in."""
+"""The torch device a synthesis runs on, and the numeric precision its kernels run in.
+
+Precision modes: fp32 runs everything in IEEE float32; tf32 lets cuDNN run the network's
+convolutions on TF32 tensor cores; bf16 runs the network's forward in bfloat16 under
+autocast (its backward follows the forward's dtypes). In every mode the Gram matrices,
+the losses and their backward, and the optimizer run in float32: Gram sums over a whole
+image need float32's mantissa, and L-BFGS's curvature pairs are differences of nearby
+gradients.
+
+cuDNN's TF32 switch, its autotuning switch and cuBLAS's TF32 switch are process-wide and
+read when a kernel is launched, so a worker whose threads run items of different
+precisions must never toggle them per item. ``network_pass`` makes one owner hold them
+for the whole launch of a network pass (forward and backward) and sets all of them
+explicitly each time, so no pass inherits another's settings, nor PyTorch's default of
+TF32 convolutions.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Hashable, Iterator
 
 import torch
 
 from nst_engine.engine.errors import ConfigError
+
+#: Most distinct input shapes a process lets cuDNN autotune (``torch.backends.cudnn.benchmark``).
+#: Tuning a shape runs every candidate algorithm of every convolution once (and counts its
+#: workspace as memory in use); a worker meets a few shapes over and over (its batch sizes
+#: at its image sizes), which tuning pays for, but a long tail of one-off shapes would each
+#: pay the tuning again. Past this many, new shapes run on cuDNN's heuristics.
+AUTOTUNE_SHAPES = 16
+
+_switches = threading.RLock()  # held while a network pass launches its kernels
+_tuned: set[Hashable] = set()  # shapes cuDNN has autotuned in this process
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -25,21 +51,34 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def autocast(device: torch.device, mode: str) -> torch.autocast:
+    """Around a network's forward only: bfloat16 convolutions in bf16 mode, else nothing.
+    The losses and the backward call stay outside, in float32 (autocast would otherwise
+    also run the Gram matrices' backward products in bfloat16)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+
+
 @contextlib.contextmanager
-def precision(device: torch.device, mode: str) -> Iterator[None]:
-    """fp32: strict float32 everywhere; tf32: TF32 tensor cores (CUDA); bf16: the VGG
-    convolutions in bfloat16 by autocast, losses and the optimizer in float32."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+def network_pass(device: torch.device, mode: str, shape: Hashable | None = None) -> Iterator[None]:
+    """Hold the process-wide kernel switches for one network pass in ``mode`` (forward and
+    backward launched inside): TF32 convolutions only in tf32 mode, TF32 matrix products
+    never, and cuDNN autotuning for ``shape`` while the process's tuning budget
+    (``AUTOTUNE_SHAPES``) lasts or the shape is tuned already (``None``: a shape that keeps
+    changing, such as a moving tile, never tunes). A no-op on the CPU."""
     if device.type != "cuda":
-        with autocast:
-            yield
+        yield
         return
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    allow = mode == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        with autocast:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    with _switches:
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = _autotune(shape)
+        yield
+
+
+def _autotune(shape: Hashable | None) -> bool:
+    """Whether cuDNN may autotune (or reuse what it tuned for) ``shape``."""
+    if shape is None:
+        return False
+    if shape not in _tuned and len(_tuned) < AUTOTUNE_SHAPES:
+        _tuned.add(shape)
+    return shape in _tuned

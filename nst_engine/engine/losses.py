@@ -1,4 +1,10 @@
-"""The paper's losses (Gatys et al. 2016, eqs. 1-5), one small module per term."""
+"""The paper's losses (Gatys et al. 2016, eqs. 1-5), one small module per term.
+
+Every term takes a batch of B images' responses and gives one value per image ([B]):
+the images of a batch (``batch.EvaluationBatch``) share one network pass, and their
+losses then run as one set of batched kernels too, each image against its own targets.
+A lone synthesis is a batch of one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
+
+from nst_engine.engine.device import autocast, network_pass
+
+#: Profiler labels of an evaluation's parts (``benchmarks/launches.py`` counts by them); the
+#: backward of the losses is the autograd node ``_WeightedBackward``.
+NETWORK_LABEL = "nst.network"
+LOSSES_LABEL = "nst.losses"
+EVALUATION_LABEL = "nst.evaluation"  # what holds them together: inputs, the backward call
 
 
 def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
@@ -15,82 +30,164 @@ def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _flatten(features: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Features (1, N, H, W) as an (N, M) matrix (a strided view for channels_last input),
-    and the 1/(N·M) that normalises its Gram matrix."""
+    """Features (B, N, H, W) as (B, N, M) matrices (strided views for channels_last
+    input), and the 1/(N·M) that normalises their Gram matrices."""
     _, channels, height, width = features.shape
-    return features.flatten(2).squeeze(0), 1.0 / (channels * height * width)
+    return features.flatten(2), 1.0 / (channels * height * width)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """G / (N·M) for features (1, N, H, W), with M = H·W.
+    """G / (N·M) for features (B, N, H, W), with M = H·W: (B, N, N).
 
     Dividing by N·M turns the paper's E_l = 1/(4N²M²) Σ(G−A)² into ¼ Σ(Ĝ−Â)², which
     keeps float32 values small at any resolution without changing the loss.
     """
     with torch.autocast(features.device.type, enabled=False):
         flat, scale = _flatten(_full_precision(features))
-        return (flat @ flat.T) * scale
+        return torch.bmm(flat, flat.transpose(1, 2)) * scale
 
 
-class ContentLoss(nn.Module):
-    """½ Σ (F − P)² against the content image's response P (eq. 1)."""
+class Term(nn.Module):
+    """One loss term, per image: ``factor`` × ``raw`` of its input, with the gradient
+    written out by hand (``gradient``), so that all the terms of an objective are a
+    single node of the autograd graph (``_Weighted``): a few batched kernels per term
+    and per pass, whatever the batch, rather than autograd's bookkeeping for each."""
+
+    factor = 1.0
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The term without ``factor``, per image (B,), and what its gradient needs."""
+        raise NotImplementedError
+
+    def slope(self, x: torch.Tensor) -> float:
+        """The constant c in ∂raw/∂x = c·``gradient(…, 1)``, kept out of ``gradient`` so
+        that it rides on the weights (``_Weighted``) rather than costing a kernel."""
+        raise NotImplementedError
+
+    def gradient(self, saved: torch.Tensor, x: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+        """∂(Σ_b coefficient_b · raw_b)/∂x divided by ``slope``; ``coefficient`` (B,) in
+        ``x``'s dtype."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mix = torch.full((1, 1, x.shape[0]), self.factor, dtype=torch.float64, device=x.device)
+        return _Weighted.apply((self,), mix, mix * self.slope(x), x)[:, 0].to(x.dtype)
+
+
+def _per_image(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) coefficients shaped to scale a (B, ...) tensor."""
+    return coefficient.view(-1, *([1] * (like.dim() - 1)))
+
+
+class ContentLoss(Term):
+    """½ Σ (F − P)² against the content image's response P (eq. 1), per image;
+    ∂/∂F = F − P."""
+
+    factor = 0.5
 
     def __init__(self, target: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("target", _full_precision(target.detach()))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (features - self.target).pow(2).sum()
+    def raw(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        diff = features - self.target
+        return torch.einsum("bchw,bchw->b", diff, diff), diff
+
+    def slope(self, features: torch.Tensor) -> float:
+        return 2.0
+
+    def gradient(self, diff: torch.Tensor, features: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+        return diff * _per_image(coefficient, diff)
 
 
-class _GramDistance(torch.autograd.Function):
-    """¼ Σ (Ĝ − Â)² with Ĝ = s·F Fᵀ, differentiated by hand.
+class StyleLoss(Term):
+    """E_l = 1/(4N²M²) Σ (G − A)² against a target Gram matrix (eq. 4), per image:
+    ``target_gram`` is (N, N) for all images, or (B, N, N), one per image.
 
-    dL/dF = s (Ĝ − Â) F because Ĝ − Â is symmetric: one matrix product in the
-    backward pass where autograd would spend two on F Fᵀ.
+    With Ĝ = s·F Fᵀ (s = 1/(N·M), ``gram_matrix``) E_l = ¼ Σ (Ĝ − Â)², and
+    ∂E_l/∂F = s (Ĝ − Â) F because Ĝ − Â is symmetric: one matrix product where autograd
+    would spend two on F Fᵀ.
     """
 
-    @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, flat: torch.Tensor, target: torch.Tensor, scale: float
-    ) -> torch.Tensor:
-        diff = (flat @ flat.T) * scale - target
-        ctx.save_for_backward(flat, diff)
-        ctx.scale = scale
-        return 0.25 * diff.pow(2).sum()
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):  # type: ignore[override]
-        flat, diff = ctx.saved_tensors
-        # (Fᵀ D)ᵀ = D F for symmetric D, laid out like ``flat`` (channels_last friendly)
-        grad = (flat.T @ diff).T * (ctx.scale * grad_out)
-        return grad, None, None
-
-
-class StyleLoss(nn.Module):
-    """E_l = 1/(4N²M²) Σ (G − A)² against a target Gram matrix (eq. 4)."""
+    factor = 0.25
 
     def __init__(self, target_gram: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("target", _full_precision(target_gram.detach()))
+        target = _full_precision(target_gram.detach())
+        self.register_buffer("target", target if target.dim() == 3 else target.unsqueeze(0))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def raw(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat, scale = _flatten(features)
-        return _GramDistance.apply(flat, self.target, scale)
+        # Ĝ − Â in one kernel: −1·Â + s·F Fᵀ
+        diff = torch.baddbmm(self.target, flat, flat.transpose(1, 2), beta=-1.0, alpha=scale)
+        return torch.einsum("bij,bij->b", diff, diff), diff
+
+    def slope(self, features: torch.Tensor) -> float:
+        return 4.0 * _flatten(features)[1]  # ∂Σ(Ĝ − Â)²/∂F = 4s·(Ĝ − Â)·F
+
+    def gradient(self, diff: torch.Tensor, features: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+        flat, _ = _flatten(features)
+        # (Fᵀ D)ᵀ = D F for symmetric D, laid out like ``flat`` (channels_last friendly)
+        weighted = diff * _per_image(coefficient, diff)
+        return torch.bmm(flat.transpose(1, 2), weighted).transpose(1, 2).view_as(features)
 
 
-class TotalVariationLoss(nn.Module):
-    """Σ squared differences of neighbouring pixels; an image prior the paper did not use."""
+class TotalVariationLoss(Term):
+    """Σ squared differences of neighbouring pixels, per image; an image prior the paper
+    did not use."""
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def raw(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dy = image[..., 1:, :] - image[..., :-1, :]
         dx = image[..., :, 1:] - image[..., :, :-1]
-        return dy.pow(2).sum() + dx.pow(2).sum()
+        return dy.square().sum(dim=(1, 2, 3)) + dx.square().sum(dim=(1, 2, 3)), image
+
+    def slope(self, image: torch.Tensor) -> float:
+        return 2.0
+
+    def gradient(self, image: torch.Tensor, _: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+        weight = _per_image(coefficient, image)
+        dy = (image[..., 1:, :] - image[..., :-1, :]) * weight
+        dx = (image[..., :, 1:] - image[..., :, :-1]) * weight
+        grad = torch.zeros_like(image)
+        grad[..., 1:, :] += dy
+        grad[..., :-1, :] -= dy
+        grad[..., :, 1:] += dx
+        grad[..., :, :-1] -= dx
+        return grad
+
+
+class _Weighted(torch.autograd.Function):
+    """Rows r of Σ_t mix[r, t, b] · raw_t(x_t)_b for terms t and images b, as (B, R):
+    one node of the autograd graph for all of an objective's terms. ``mix`` (R, T, B)
+    holds each term's ``factor`` times each image's weights (float64: exact as given);
+    ``slopes`` is ``mix`` times each term's ``slope``, what the backward weighs by."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        terms: Sequence[Term],
+        mix: torch.Tensor,
+        slopes: torch.Tensor,
+        *inputs: torch.Tensor,
+    ) -> torch.Tensor:
+        raws, saved = zip(*(term.raw(x) for term, x in zip(terms, inputs, strict=True)), strict=True)
+        ctx.terms, ctx.saved, ctx.inputs, ctx.slopes = terms, saved, inputs, slopes  # type: ignore[attr-defined]
+        return (mix * torch.stack(raws)).sum(dim=1).t()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor):  # type: ignore[override]
+        terms, saved, inputs = ctx.terms, ctx.saved, ctx.inputs  # type: ignore[attr-defined]
+        # (T, B), in the terms' dtype in one cast
+        coefficients = (ctx.slopes * grad.t().unsqueeze(1)).sum(dim=0).to(inputs[0].dtype)  # type: ignore[attr-defined]
+        grads = [
+            term.gradient(s, x, c) for term, s, x, c in zip(terms, saved, inputs, coefficients, strict=True)
+        ]
+        return None, None, None, *grads
 
 
 @dataclass
 class StyleTargets:
-    """Target Gram matrices per layer, already blended over the style images.
+    """Target Gram matrices per layer, (1, N, N) each, already blended over the style images.
 
     Σ_s w_s ‖G − A_s‖² = ‖G − Σ_s w_s A_s‖² + const when Σ w_s = 1, so blending the
     targets gives the same gradients as summing one loss per style, at one style's cost.
@@ -113,25 +210,44 @@ Values = tuple[float, float, float, float]
 
 @dataclass
 class LossTerms:
-    """One evaluation of the objective; ``total`` carries the graph."""
+    """One evaluation of the objective over B images: ``table`` (B, 4) holds each
+    image's (total, content, style, tv) and carries the graph."""
 
-    total: torch.Tensor
-    content: torch.Tensor
-    style: torch.Tensor
-    tv: torch.Tensor
+    table: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.table[:, 0]
+
+    @property
+    def content(self) -> torch.Tensor:
+        return self.table[:, 1]
+
+    @property
+    def style(self) -> torch.Tensor:
+        return self.table[:, 2]
+
+    @property
+    def tv(self) -> torch.Tensor:
+        return self.table[:, 3]
 
     def stacked(self) -> torch.Tensor:
-        """(total, content, style, tv) as one detached tensor: a batch reads all in one sync."""
-        return torch.stack([t.detach() for t in (self.total, self.content, self.style, self.tv)])
+        """(B, 4), detached, for one read."""
+        return self.table.detach()
 
     def values(self) -> Values:
-        """(total, content, style, tv) as floats, in one device sync."""
-        total, content, style, tv = self.stacked().tolist()
+        """The one image's (total, content, style, tv) as floats, in one device sync."""
+        ((total, content, style, tv),) = self.table.tolist()
         return total, content, style, tv
 
 
 class StyleTransferObjective(nn.Module):
-    """α·L_content + β·L_style (+ λ·TV) for a fixed feature network and targets (eq. 7)."""
+    """α·L_content + β·L_style (+ λ·TV) (eq. 7) for B images at once, each with its own
+    targets and weights, over one frozen feature network run in ``precision``.
+
+    One item's objective has B = 1 (``Problem.build``); ``stack`` joins the objectives of a
+    batch's items of one shape into one whose every term is one batched kernel.
+    """
 
     def __init__(
         self,
@@ -143,11 +259,14 @@ class StyleTransferObjective(nn.Module):
         content_weight: float,
         style_weight: float,
         tv_weight: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.network = network
+        self.precision = precision
         self.content_losses = nn.ModuleDict({k: ContentLoss(v) for k, v in content_targets.items()})
         self.style_losses = nn.ModuleDict({k: StyleLoss(v) for k, v in style_targets.grams.items()})
+        # one item's weights, as given (the tiled evaluation reads them)
         self.content_layer_weights = dict(content_layer_weights)
         self.style_layer_weights = dict(style_layer_weights)
         self.content_weight = content_weight
@@ -155,27 +274,111 @@ class StyleTransferObjective(nn.Module):
         self.tv_weight = tv_weight
         self.tv_loss = TotalVariationLoss()
         self.layers = sorted(set(self.content_losses) | set(self.style_losses))
+        self.items = 1
+        # per image: its layer weights (0 where it has no such layer) and α, β, λ
+        self._set_weights([self])
 
-    def forward(self, image: torch.Tensor) -> LossTerms:
-        return self.losses(image, self.network(image, self.layers))  # in bf16 under --precision bf16
+    def _set_weights(self, parts: Sequence[StyleTransferObjective]) -> None:
+        """``mix`` (4, T, B): how each image's (total, content, style, tv) weigh the raw
+        terms (content layers, style layers, then TV when an image uses it), each term's
+        factor included; 0 for a layer an image has no loss at. float64: the weights are
+        exact as given, and (4, T, B) costs nothing."""
+        self.any_tv = any(p.tv_weight for p in parts)
+        rows: list[list[list[float]]] = [[], [], [], []]  # (4, T, B)
+        for name, term in self.content_losses.items():
+            per_image = [term.factor * p.content_layer_weights.get(name, 0.0) for p in parts]
+            rows[0].append([w * p.content_weight for w, p in zip(per_image, parts, strict=True)])
+            rows[1].append(per_image)
+            rows[2].append([0.0] * len(parts))
+            rows[3].append([0.0] * len(parts))
+        for name, term in self.style_losses.items():
+            per_image = [term.factor * p.style_layer_weights.get(name, 0.0) for p in parts]
+            rows[0].append([w * p.style_weight for w, p in zip(per_image, parts, strict=True)])
+            rows[1].append([0.0] * len(parts))
+            rows[2].append(per_image)
+            rows[3].append([0.0] * len(parts))
+        if self.any_tv:
+            rows[0].append([p.tv_weight for p in parts])
+            rows[1].append([0.0] * len(parts))
+            rows[2].append([0.0] * len(parts))
+            rows[3].append([1.0] * len(parts))
+        device = next(iter(self.style_losses.values())).target.device  # type: ignore[union-attr]
+        self.register_buffer("mix", torch.tensor(rows, dtype=torch.float64, device=device), persistent=False)
+        self._slopes_by_shape: dict[tuple, torch.Tensor] = {}
 
-    def losses(self, image: torch.Tensor, features: Mapping[str, torch.Tensor]) -> LossTerms:
-        """The terms for ``image`` (1, 3, H, W) given the network's responses to it: one
-        image's slice of a batch's responses too (``batch.EvaluationBatch``)."""
-        with torch.autocast(image.device.type, enabled=False):
-            return self._losses(image, {k: _full_precision(features[k]) for k in self.layers})
+    @classmethod
+    def stack(cls, parts: Sequence[StyleTransferObjective]) -> StyleTransferObjective:
+        """One objective over the images of ``parts`` (single-image objectives on one
+        network and device, in one precision), in that order: their targets stacked, a
+        layer one of them lacks weighted 0 for it."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        content = sorted(set().union(*(p.content_losses for p in parts)))
+        style = sorted(set().union(*(p.style_losses for p in parts)))
 
-    def _losses(self, image: torch.Tensor, features: dict[str, torch.Tensor]) -> LossTerms:
-        """Losses in float32 whatever the network ran in: Gram sums need the range."""
-        zero = image.new_zeros(())
-        content = sum(
-            (w * self.content_losses[k](features[k]) for k, w in self.content_layer_weights.items()), zero
-        )
-        style = sum(
-            (w * self.style_losses[k](features[k]) for k, w in self.style_layer_weights.items()), zero
-        )
-        tv = self.tv_loss(image) if self.tv_weight else zero
-        total = self.content_weight * content + self.style_weight * style
-        if self.tv_weight:
-            total = total + self.tv_weight * tv
-        return LossTerms(total=total, content=content, style=style, tv=tv)
+        def stacked(layer: str, losses: str) -> torch.Tensor:
+            targets = [
+                getattr(p, losses)[layer].target if layer in getattr(p, losses) else None for p in parts
+            ]
+            like = next(t for t in targets if t is not None)
+            return torch.cat([t if t is not None else torch.zeros_like(like) for t in targets])
+
+        joined = cls.__new__(cls)
+        nn.Module.__init__(joined)
+        joined.network = first.network
+        joined.precision = first.precision
+        joined.content_losses = nn.ModuleDict({k: ContentLoss(stacked(k, "content_losses")) for k in content})
+        joined.style_losses = nn.ModuleDict({k: StyleLoss(stacked(k, "style_losses")) for k in style})
+        joined.tv_loss = first.tv_loss
+        joined.layers = sorted(set(content) | set(style))
+        joined.items = len(parts)
+        joined.content_layer_weights = joined.style_layer_weights = {}  # per image only
+        joined._set_weights(parts)
+        return joined.to(first.mix.device)
+
+    def evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss terms (B, 4) and flat gradients (B, n) at ``images`` (B, 3, H, W), on the
+        device: one forward and backward, launched holding the process's kernel switches
+        (``device.network_pass``), the backward outside autocast."""
+        x = images.detach().requires_grad_(True)
+        shape = (tuple(x.shape), x.dtype, str(self.precision), getattr(self.network, "memory_format", None))
+        with (
+            network_pass(x.device, self.precision, shape),
+            torch.enable_grad(),
+            record_function(EVALUATION_LABEL),
+        ):
+            terms = self(x)
+            (grad,) = torch.autograd.grad(terms.total.sum(), x)
+        return terms.stacked(), grad.reshape(len(x), -1)
+
+    def forward(self, images: torch.Tensor) -> LossTerms:
+        """The terms for ``images`` (B, 3, H, W); the network's forward in ``precision``."""
+        with autocast(images.device, self.precision), record_function(NETWORK_LABEL):
+            features = self.network(images, self.layers)
+        with record_function(LOSSES_LABEL):
+            return self.losses(images, features)
+
+    def losses(self, images: torch.Tensor, features: Mapping[str, torch.Tensor]) -> LossTerms:
+        """Losses in float32 whatever the network ran in (Gram sums need the range), as
+        one node of the autograd graph."""
+        terms: list[Term] = [*self.content_losses.values(), *self.style_losses.values()]
+        inputs = [_full_precision(features[k]) for k in (*self.content_losses, *self.style_losses)]
+        if self.any_tv:
+            terms.append(self.tv_loss)
+            inputs.append(images)
+        return LossTerms(_Weighted.apply(tuple(terms), self.mix, self._slopes(terms, inputs), *inputs))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._slopes_by_shape = {}  # made for the old device or dtype
+        return super()._apply(fn, recurse)
+
+    def _slopes(self, terms: Sequence[Term], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``mix`` times each term's ``slope`` at these input shapes, made once per shape."""
+        shapes = tuple(tuple(x.shape) for x in inputs)
+        if shapes not in self._slopes_by_shape:
+            factors = torch.tensor(
+                [t.slope(x) for t, x in zip(terms, inputs, strict=True)], dtype=torch.float64
+            )
+            self._slopes_by_shape[shapes] = self.mix * factors.to(self.mix.device).view(1, -1, 1)
+        return self._slopes_by_shape[shapes]

@@ -4,9 +4,13 @@ The scaling study fits a synthesis's memory as c + d·pixels per device. A batch
 syntheses of P pixels each needs, beyond what the device holds already (c: the network,
 cached style targets, other processes), B · (d·P + s): d, the bytes of activations one
 evaluation keeps per pixel, is measured on the batch's first evaluation (run alone for
-that reason); s, the optimiser's own tensors, follows exactly from its settings (L-BFGS
-keeps ``history_size`` pairs of image-sized vectors). The batch admits a synthesis only
-while the sum stays within ``SAFETY_MARGIN`` of the memory free when it began.
+that reason, and twice: the first run warms the device up, and cuDNN's autotuning
+workspaces would otherwise count as activations); s, the optimiser's own tensors,
+follows exactly from its settings (L-BFGS keeps ``history_length`` pairs of image-sized
+vectors). The batch admits a synthesis only while the sum stays within
+``SAFETY_MARGIN`` of the memory the process may use when it began: what is free, and no
+more than its share of the device when several workers share it
+(``MemoryModel.for_device``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,24 @@ RUN_VECTORS = 8
 MIN_ACTIVATION_BYTES_PER_PIXEL = 290 * 4 * 2
 
 
+#: How allocation failures read when they are not ``torch.OutOfMemoryError``: the CPU
+#: allocator's, cuDNN's and cuBLAS's own (a workspace or handle they could not allocate),
+#: and CUDA's runtime error outside PyTorch's caching allocator (``torch.AcceleratorError``).
+ALLOCATION_FAILURES = (
+    "can't allocate memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUDA error: out of memory",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """An allocation failed: CUDA's error, Python's, or the CPU allocator's."""
+    """An allocation failed: PyTorch's, Python's, the CPU allocator's, or a CUDA
+    library's (``ALLOCATION_FAILURES``)."""
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in ALLOCATION_FAILURES)
 
 
 def release_cached(device: torch.device) -> None:
@@ -45,8 +62,9 @@ def release_cached(device: torch.device) -> None:
 
 
 def optimizer_state_bytes(settings: OptimizerSettings, pixels: int) -> int:
-    """Bytes an optimisation run of a 3-channel image of ``pixels`` keeps, exactly."""
-    vectors = RUN_VECTORS + (2 * settings.history_size if settings.name == "lbfgs" else 2)
+    """Bytes an optimisation run of a 3-channel image of ``pixels`` keeps, exactly (L-BFGS:
+    its ring of ``history_length`` pairs)."""
+    vectors = RUN_VECTORS + (2 * settings.history_length if settings.name == "lbfgs" else 2)
     return 4 * 3 * pixels * vectors
 
 

@@ -48,7 +48,7 @@ class Problem:
         style_targets = cache.style_targets(styles, content_rgb, config)
         network = cache.network(config.pooling, deepest(config.loss_layers), config.channels_last)
         with torch.no_grad():
-            features = network(content_input.to(cache.device).contiguous(), config.content_layers)
+            features = cache.features(content_input, config.content_layers, config, network)
             content_targets = {k: v.clone() for k, v in features.items()}
         objective = StyleTransferObjective(
             network,
@@ -59,6 +59,7 @@ class Problem:
             content_weight=1.0,
             style_weight=1.0 / config.ratio,  # only α/β matters (eq. 7)
             tv_weight=config.tv_weight,
+            precision=config.precision,
         )
         return cls(config, content_rgb, content_input, list(styles), objective, cache.device)
 

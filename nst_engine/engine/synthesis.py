@@ -20,12 +20,13 @@ from PIL import Image
 from nst_engine.engine.batch import EvaluationBatch, Member
 from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.device import precision, resolve_device
+from nst_engine.engine.device import resolve_device
 from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, save_png
 from nst_engine.engine.memory import MemoryModel
 from nst_engine.engine.optimize import (
-    Gradient,
+    Alone,
+    Evaluator,
     IterationCallback,
     IterationRecord,
     OptimizerSettings,
@@ -65,8 +66,6 @@ class Stylizer:
         self.memory_share = memory_share
         if threads:
             torch.set_num_threads(threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         self.cache = TargetCache(weights, self.device, target_cache_size)
         self._pending_load_seconds = load_seconds
         self._lock = threading.Lock()
@@ -131,7 +130,6 @@ class Stylizer:
             else 0
         )
         with (
-            precision(self.device, config.precision),
             # a tiled synthesis is too large to share its passes: it runs alone
             _place(None if tile else batch, content_img, config, settings) as member,
             # a batch's members share the peak of the batch, which the batch itself enters
@@ -141,8 +139,8 @@ class Stylizer:
             problem = Problem.build(content_img, style_imgs, config, self.cache)
             targets_seconds = time.perf_counter() - targets_start
             image = problem.initial_image()
-            gradient = _gradient(problem, tile, member)
-            run = start_run(problem.objective, image, settings, gradient)
+            evaluator = _evaluator(problem, tile, member)
+            run = start_run(problem.objective, image, settings, evaluator)
             hook = _iteration_hook(problem, on_iteration, snapshot_every, snapshot_path)
             resumed_from = 0
             if checkpoint is not None:
@@ -165,7 +163,8 @@ class Stylizer:
             output = problem.finish(image)
 
         # the tile the run ended with: an evaluation that ran out of memory halved it
-        final_tile = gradient.tile if isinstance(gradient, TiledGradient) else 0
+        tiled = evaluator.gradient if isinstance(evaluator, Alone) else None
+        final_tile = tiled.tile if isinstance(tiled, TiledGradient) else 0
         with self._lock:  # charged once, whichever member of a batch finishes first
             load_seconds, self._pending_load_seconds = self._pending_load_seconds, 0.0
         timings = Timings(
@@ -213,9 +212,10 @@ class Stylizer:
                 problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
             )
             tile = self.tile_side(problem.height, problem.width, scale) if member is None else 0
-            gradient = _gradient(problem, tile, member)
             trace = drive(
-                start_run(problem.objective, coarse, scale.optimizer_settings(), gradient),
+                start_run(
+                    problem.objective, coarse, scale.optimizer_settings(), _evaluator(problem, tile, member)
+                ),
                 None,
                 should_stop,
             )
@@ -232,11 +232,11 @@ class Stylizer:
         return tile_for(height, width, config, self._memory_model())
 
 
-def _gradient(problem: Problem, tile: int, member: Member | None) -> Gradient | None:
-    """How a run evaluates: in tiles, in its batch's shared passes, or alone (None)."""
+def _evaluator(problem: Problem, tile: int, member: Member | None) -> Evaluator:
+    """How a run evaluates: in tiles, in its batch's shared passes, or alone."""
     if tile:
-        return TiledGradient(problem.objective, tile)
-    return member.evaluate if member else None
+        return Alone(TiledGradient(problem.objective, tile))
+    return member if member is not None else Alone()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from PIL import Image
 
 from nst_engine.engine import color
 from nst_engine.engine.config import SynthesisConfig
+from nst_engine.engine.device import autocast, network_pass
 from nst_engine.engine.images import resize, to_tensor
 from nst_engine.engine.losses import StyleTargets, gram_matrix
 from nst_engine.engine.vgg import VGG19Features, check_side, deepest
@@ -40,9 +41,9 @@ def style_size(style: Image.Image, height: int, width: int, style_scale: float |
 class TargetCache:
     """VGG-19 networks and style targets on one device, reused across items.
 
-    Style targets are kept (least recently used first out) by style pixels, blend
-    weights, size, layers, pooling, colour mode and weights, so a style used across a
-    dataset is extracted once.
+    Style targets are kept (least recently used first out) by everything that changes
+    their numbers (``_key``), so a style used across a dataset is extracted once per
+    precision and size.
     """
 
     def __init__(self, weights: VGGWeights, device: torch.device, size: int = 32) -> None:
@@ -72,11 +73,19 @@ class TargetCache:
         return self._networks[key]
 
     def features(
-        self, image: torch.Tensor, layers: Sequence[str], config: SynthesisConfig
+        self,
+        image: torch.Tensor,
+        layers: Sequence[str],
+        config: SynthesisConfig,
+        network: VGG19Features | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Responses of ``layers`` to a CPU image (1, 3, H, W), on the device."""
-        network = self.network(config.pooling, deepest(layers), config.channels_last)
-        return network(image.to(self.device).contiguous(), layers)
+        """Responses of ``layers`` to a CPU image (1, 3, H, W), on the device, computed in
+        ``config.precision`` as the synthesis's own passes are (by ``network``, default
+        the one that ends at the deepest of ``layers``)."""
+        network = network or self.network(config.pooling, deepest(layers), config.channels_last)
+        image = image.to(self.device).contiguous()
+        with network_pass(self.device, config.precision, None), autocast(self.device, config.precision):
+            return network(image, layers)
 
     @torch.no_grad()
     def style_targets(
@@ -106,6 +115,8 @@ class TargetCache:
         return targets
 
     def _key(self, styles: Sequence[Image.Image], content: torch.Tensor, config: SynthesisConfig) -> Hashable:
+        """Everything that changes a target's numbers, so an item's targets never depend
+        on what this worker ran before it (precision and memory format change rounding)."""
         height, width = content.shape[-2:]
         return (
             tuple(image_digest(s) for s in styles),
@@ -116,7 +127,11 @@ class TargetCache:
             config.style_layers,
             config.pooling,
             config.color,
-            self.weights.digest,
+            config.precision,
+            config.channels_last,
+            str(self.device),
+            self.weights.digest,  # normalised weights have their own digest
+            self.weights.preprocessing.name,
             # colour modes adapt the style to the content's colours
             hashlib.sha256(content.cpu().numpy().tobytes()).hexdigest() if config.color != "none" else None,
         )

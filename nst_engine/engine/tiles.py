@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.losses import StyleTransferObjective, Values, _full_precision
+from nst_engine.engine.device import autocast, network_pass
+from nst_engine.engine.losses import StyleTransferObjective, _full_precision
 from nst_engine.engine.memory import MemoryModel, is_out_of_memory, optimizer_state_bytes, release_cached
 from nst_engine.engine.vgg import deepest, min_side, reach
 
@@ -86,8 +87,9 @@ def spans(extent: int, tile: int, halo: int, offset: int) -> list[Span]:
 
 
 class TiledGradient:
-    """An ``optimize.Gradient``: the objective's loss terms and flat gradient at an
-    image, computed in tiles of ``tile`` px (a multiple of the grid)."""
+    """An ``optimize.Gradient``: the objective's loss terms (1, 4) and flat gradient
+    (1, n) at one image (1, 3, H, W), computed in tiles of ``tile`` px (a multiple of the
+    grid). Tiles never autotune cuDNN: their shapes move with the grid."""
 
     def __init__(self, objective: StyleTransferObjective, tile: int) -> None:
         self.grid, self.halo = grid_and_halo(objective.layers)
@@ -103,7 +105,9 @@ class TiledGradient:
         cols = spans(width, self.tile, self.halo, offset)
         return [(r, c) for r in rows for c in cols]
 
-    def __call__(self, objective: StyleTransferObjective, image: torch.Tensor) -> tuple[Values, torch.Tensor]:
+    def __call__(
+        self, objective: StyleTransferObjective, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One evaluation; when it runs out of memory, again in tiles half as wide (any
         tile size gives the same result) until even one grid step does not fit."""
         while True:
@@ -119,25 +123,28 @@ class TiledGradient:
 
     def _evaluate(
         self, objective: StyleTransferObjective, image: torch.Tensor
-    ) -> tuple[Values, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.detach()
         tiles = self.tiles(*image.shape[-2:])
         self.evaluations += 1
-        sums, content = self._sums(objective, image, tiles)
-        slopes, style = _style(objective, sums, image.shape[-2:])
-        grad = torch.zeros_like(image)
-        for rows, cols in tiles:
-            grad[..., rows.pixels, cols.pixels] += self._tile_gradient(objective, image, rows, cols, slopes)
+        with network_pass(image.device, objective.precision, None):
+            sums, content = self._sums(objective, image, tiles)
+            slopes, style = _style(objective, sums, image.shape[-2:])
+            grad = torch.zeros_like(image)
+            for rows, cols in tiles:
+                grad[..., rows.pixels, cols.pixels] += self._tile_gradient(
+                    objective, image, rows, cols, slopes
+                )
         tv = image.new_zeros(())
         if objective.tv_weight:
             with torch.enable_grad():
                 x = image.detach().requires_grad_(True)
-                tv = objective.tv_loss(x)
+                tv = objective.tv_loss(x).sum()
                 (tv_grad,) = torch.autograd.grad(tv, x)
             grad.add_(tv_grad, alpha=objective.tv_weight)
         total = objective.content_weight * content + objective.style_weight * style
         total = total + objective.tv_weight * tv.detach()
-        read = torch.stack([total, content, style, tv.detach()]).tolist()  # one sync
-        return (read[0], read[1], read[2], read[3]), grad.reshape(-1)
+        return torch.stack([total, content, style, tv.detach()]).view(1, 4), grad.reshape(1, -1)
 
     def _owned(
         self, objective: StyleTransferObjective, x: torch.Tensor, rows: Span, cols: Span
@@ -145,7 +152,9 @@ class TiledGradient:
         """Per loss layer, the tile's responses (for backward), and the owned part of them
         in float32 with the matching part of the content target (None for style only)."""
         owned = {}
-        for name, f in objective.network(x, objective.layers).items():
+        with autocast(x.device, objective.precision):
+            features = objective.network(x, objective.layers)
+        for name, f in features.items():
             stride = min_side(name)
             mine = _full_precision(f[..., rows.owned_here(stride), cols.owned_here(stride)])
             target = None
@@ -165,13 +174,12 @@ class TiledGradient:
             for rows, cols in tiles:
                 x = image[..., rows.pixels, cols.pixels]
                 for name, (_, mine, target) in self._owned(objective, x, rows, cols).items():
-                    with torch.autocast(image.device.type, enabled=False):
-                        if name in objective.style_losses:
-                            flat = mine.flatten(2).squeeze(0)
-                            sums[name] = sums[name] + flat @ flat.T if name in sums else flat @ flat.T
-                        if target is not None:
-                            weight = objective.content_layer_weights[name]
-                            content += weight * 0.5 * (mine - target).pow(2).sum()
+                    if name in objective.style_losses:
+                        flat = mine.flatten(2).squeeze(0)
+                        sums[name] = sums[name] + flat @ flat.T if name in sums else flat @ flat.T
+                    if target is not None:
+                        weight = objective.content_layer_weights[name]
+                        content += weight * 0.5 * (mine - target).pow(2).sum()
         return sums, content
 
     def _tile_gradient(
@@ -188,7 +196,7 @@ class TiledGradient:
             x = image[..., rows.pixels, cols.pixels].detach().requires_grad_(True)
             outputs, grads = [], []
             for name, (f, mine, target) in self._owned(objective, x, rows, cols).items():
-                with torch.autocast(image.device.type, enabled=False), torch.no_grad():
+                with torch.no_grad():
                     owned_grad = torch.zeros_like(mine)
                     if name in slopes:
                         flat = mine.flatten(2).squeeze(0)
@@ -214,7 +222,7 @@ def _style(
     for name, weight in objective.style_layer_weights.items():
         stride = min_side(name)
         scale = 1.0 / (sums[name].shape[0] * _positions(size[0], stride) * _positions(size[1], stride))
-        diff = sums[name] * scale - objective.style_losses[name].target
+        diff = sums[name] * scale - objective.style_losses[name].target[0]
         style = style + weight * 0.25 * diff.pow(2).sum()
         slopes[name] = (weight * scale) * diff
     return slopes, style
