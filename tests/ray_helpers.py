@@ -80,6 +80,7 @@ class ScriptedWorker:
         board: Any = None,
         checkpoint_every: Any = None,
         max_batch: Any = None,
+        memory_share: Any = None,
     ):
         self.actor_id = ray.get_runtime_context().get_actor_id()
 
@@ -97,9 +98,9 @@ class ScriptedWorker:
         return make_row(item, "ok", attempt, run_kind=run_kind, actor_id=self.actor_id), False
 
 
-def render_in_one_batch_worker(manifest: Path) -> RunSummary:
+def render_in_one_batch_worker(manifest: Path, max_batch: int = 4) -> RunSummary:
     """Render ``manifest`` on a fresh local Ray with one 1-thread CPU worker that batches
-    up to 4 items; the run's summary."""
+    up to ``max_batch`` items; the run's summary."""
     from nst_engine.distributed.options import PoolOptions
     from nst_engine.distributed.runtime import connect
     from nst_engine.distributed.scheduler import run_render
@@ -110,7 +111,7 @@ def render_in_one_batch_worker(manifest: Path) -> RunSummary:
     plan = load_manifest(manifest)
     connect(num_cpus=2)
     try:
-        options = PoolOptions(threads_per_actor=1, cpu_actors=1, max_batch=4)
+        options = PoolOptions(threads_per_actor=1, cpu_actors=1, max_batch=max_batch)
         return run_render(expand(plan), plan.weights, OutputRoot(plan.output), options)
     finally:
         ray.shutdown()

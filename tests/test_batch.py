@@ -1,8 +1,10 @@
 """Several syntheses at once (engine.batch): each as if alone, isolated failures, memory-aware
-admission, real out-of-memory splits, and batched rows through a real local Ray."""
+admission, real out-of-memory splits, batched rows through a real local Ray, and calls that
+fill a worker's batch (the scheduler's share per worker, a later call joining the batch)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,3 +117,98 @@ def test_rows_record_the_batch_through_ray(tmp_path: Path) -> None:
     found = rows(tmp_path / "out")
     assert sorted(r["status"] for r in found) == ["ok"] * 4
     assert max(r["batch_size"] for r in found) >= 2  # the worker ran them together
+
+
+def test_a_batching_worker_gets_its_whole_share_in_one_call(tmp_path: Path) -> None:
+    """A share per worker, not per call slot: 40 items for a lone worker batching 32 go in
+    one call (two slots of 20 each would keep its batch below 32); with two workers the
+    queue is split between them, and the first, holding its half, gets no second call."""
+    from nst_engine.distributed.scheduler import Lane, Scheduler, _Worker
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from tests.ray_helpers import tiny_manifest
+
+    items = expand(load_manifest(tiny_manifest(tmp_path, contents=20, styles=2)))
+    assert len(items) == 40 and len({i.batch_key for i in items}) == 1
+
+    def pool(workers: int) -> tuple[Lane, list[_Worker]]:
+        lane = Lane("render", {}, "cpu", 1, workers, workers, items)
+        ready = [_Worker(k, lane, None, None, ready=True, info={"max_batch": "32"}) for k in range(workers)]
+        return lane, ready
+
+    lane, (alone,) = pool(1)
+    call = lane.hand_out(alone, Scheduler.batch_size(lane, 1, alone))
+    assert len(call) == 40 and not lane.queue  # all 40: its batch of 32 fills, the rest join
+
+    lane, (first, second) = pool(2)
+    calls = [lane.hand_out(first, Scheduler.batch_size(lane, 2, first))]
+    assert Scheduler.batch_size(lane, 2, first) == 0  # holds its share: its next slot stays empty
+    calls.append(lane.hand_out(second, Scheduler.batch_size(lane, 2, second)))
+    assert [len(c) for c in calls] == [20, 20] and not lane.queue
+    assert {i.item_id for c in calls for i, _ in c} == {i.item_id for i in items}
+
+
+def test_the_queue_keeps_each_batch_key_together(tmp_path: Path) -> None:
+    """Contents 125x100, 125x101 and 125x102 at 64: the last two share an output shape
+    (52x64), but the planner's pixel estimate truncates where the shape rounds, so by it
+    the first (51x64) sorts between them and no call could carry both."""
+    from nst_engine.distributed.scheduler import queue_order
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from tests.conftest import write_image
+    from tests.ray_helpers import tiny_manifest
+
+    manifest = tiny_manifest(tmp_path, contents=0, styles=1, sizes=(64,))
+    for height in (100, 101, 102):
+        write_image(tmp_path / "photos" / f"h{height}.png", 125, height, seed=height)
+    items = expand(load_manifest(manifest))
+    assert sorted(i.shape for i in items) == [(51, 64), (52, 64), (52, 64)]
+
+    def runs(order: list) -> int:  # stretches of one batch_key in queue order
+        return len(list(itertools.groupby(i.batch_key for i in order)))
+
+    assert runs(sorted(items, key=lambda i: (-i.pixels_estimate, i.batch_key))) == 3  # the old order
+    ordered = sorted(items, key=queue_order)
+    assert runs(ordered) == 2 and ordered[0].shape == (52, 64)  # still largest first
+
+
+def test_three_items_for_a_batch_of_three_run_as_one_batch(tmp_path: Path) -> None:
+    """One worker, --max-batch 3, three items of one shape: one call, one batch of three
+    (a share per call slot sent calls of two and one)."""
+    from tests.ray_helpers import render_in_one_batch_worker, rows, tiny_manifest
+
+    manifest = tiny_manifest(tmp_path, contents=3, styles=1, iterations=60)
+    summary = render_in_one_batch_worker(manifest, max_batch=3)
+    assert (summary.rendered, len(summary.failed)) == (3, 0)
+    assert [r["batch_size"] for r in rows(tmp_path / "out")] == [3, 3, 3]
+
+
+def test_a_later_call_joins_the_batch_of_the_running_one(tmp_path: Path) -> None:
+    """A worker batching six, sent calls of at most three: only items of both of its
+    calls in one pass can make a row's batch_size above three. Every item has one ok row
+    and one whole image."""
+    import ray
+
+    from nst_engine.distributed.options import PoolOptions
+    from nst_engine.distributed.runtime import connect
+    from nst_engine.distributed.scheduler import Lane, Scheduler
+    from nst_engine.planning.items import expand
+    from nst_engine.planning.manifest import load_manifest
+    from nst_engine.results.storage import OutputRoot
+    from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
+
+    plan = load_manifest(tiny_manifest(tmp_path, contents=6, styles=1, iterations=60))
+    items = expand(plan)
+    connect(num_cpus=2)
+    try:
+        options = PoolOptions(max_batch=6, max_in_flight=2)
+        scheduler = Scheduler(plan.weights, OutputRoot(plan.output), options)
+        scheduler.add_lane(Lane("render", {"num_cpus": 1}, "cpu", 1, 1, 1, items, max_batch=3))
+        summary = scheduler.run()
+    finally:
+        ray.shutdown()
+    assert (summary.rendered, summary.failed, summary.retried) == (6, [], 0)
+    found = rows(tmp_path / "out")
+    assert sorted(r["item_id"] for r in found) == sorted(i.item_id for i in items)  # none lost or twice
+    assert {r["status"] for r in found} == {"ok"} and len(assert_outputs_whole(tmp_path / "out")) == 6
+    assert max(r["batch_size"] for r in found) > 3, [r["batch_size"] for r in found]

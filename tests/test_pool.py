@@ -20,7 +20,7 @@ import yaml
 from ray.cluster_utils import Cluster
 
 from nst_engine.distributed.options import PoolOptions, parse_workers
-from nst_engine.distributed.scheduler import run_render
+from nst_engine.distributed.scheduler import Scheduler, pool_shape, render_lane, run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.results.storage import OutputRoot
@@ -100,6 +100,24 @@ def test_gpus_wait_for_a_gpu_node_that_joins_mid_run(cluster: Cluster, tmp_path:
     assert {r["device_type"] for r in table} == {expected}
     assert min(r["started_at"].timestamp() for r in table) >= joined_at - 1 > started
     assert len(assert_outputs_whole(tmp_path / "out")) == len(items)
+
+
+def test_workers_sharing_a_gpu_plan_on_their_share_of_its_memory(cluster: Cluster, tmp_path: Path) -> None:
+    """--workers-per-gpu 2 on a node with one GPU: two workers, each asking Ray for half
+    of it, and each one's Stylizer plans on half of its memory (``ready`` says so)."""
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    plan = load_manifest(tiny_manifest(tmp_path, contents=2, styles=1))
+    items = expand(plan)
+    options = PoolOptions(use_gpus=True, workers_per_gpu=2)
+    shape = pool_shape(options, len(items))
+    assert (shape.min_workers, shape.max_workers, shape.resources["num_gpus"]) == (2, 2, 0.5)
+    scheduler = Scheduler(plan.weights, OutputRoot(plan.output), options)
+    try:
+        lane = scheduler.add_lane(render_lane(items, shape))
+        infos = ray.get([w.ready_ref for w in lane.members.values()], timeout=120)
+    finally:
+        scheduler.shutdown()
+    assert [info["memory_share"] for info in infos] == ["0.5", "0.5"]
 
 
 def test_gpus_with_no_gpu_node_is_a_clear_error_not_a_cpu_run(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ class PoolShape:
     resources: dict[str, Any]  # Ray actor options of one worker
     device: str  # what the worker's Stylizer is given (auto: cuda when its torch sees one)
     threads: int | None  # torch threads (CPU workers)
+    memory_share: float = 1.0  # part of its device's memory a worker plans on (1/N of a shared GPU)
 
 
 def pool_shape(options: PoolOptions, items: int) -> PoolShape:
@@ -124,7 +125,8 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
 
     Default bounds (``workers`` / ``cpu_actors`` override them): GPU workers MIN = GPUs
     present, MAX = the most GPUs the autoscaler may bring up (at least MIN, at least 1),
-    each times ``workers_per_gpu`` (workers sharing a GPU ask Ray for a fraction of it);
+    each times ``workers_per_gpu`` (workers sharing a GPU ask Ray for a fraction of it,
+    and plan on that fraction of its memory: ``memory_share``);
     CPU workers MIN = the workers of ``threads`` CPUs that fit on the live nodes, MAX =
     as many as fit in the autoscaler's CPUs. MAX is capped at ``items``: a worker that
     could get no item is never requested.
@@ -137,17 +139,17 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
         share = options.workers_per_gpu  # workers that share one GPU, each with 1/share of it
         default = (gpus_now * share, max(gpus_now, gpus_max, 1) * share)
         resources: dict[str, Any] = {"num_gpus": 1 / share if share > 1 else 1, "num_cpus": 1}
-        device, threads = "auto", None
+        device, threads, memory_share = "auto", None, 1 / share
     else:
         # a worker must fit on one node: size threads by the largest node, count by every node
         node_cpus = alive_node_cpus()
         threads = cpu_worker_threads(options.threads_per_actor, node_cpus)
         fit_now = max(1, sum(c // threads for c in node_cpus))
         default = (fit_now, max(fit_now, int(ceiling.get("CPU", 0)) // threads))
-        resources, device = {"num_cpus": threads, "num_gpus": 0}, "cpu"
+        resources, device, memory_share = {"num_cpus": threads, "num_gpus": 0}, "cpu", 1.0
     low, high = options.worker_range or default
     high = max(1, min(high, items))
-    return PoolShape(min(low, high), high, resources, device, threads)
+    return PoolShape(min(low, high), high, resources, device, threads, memory_share)
 
 
 def skip_done(
@@ -208,7 +210,9 @@ class Lane:
     a final row, the lane's remaining items are dropped (the benchmark stops growing a
     device at its first out-of-memory size). ``max_batch`` 1 sends each item alone
     through the worker's ``render``; above 1, items travel in ``render_batch`` calls sized
-    by the lane's measured seconds per item (``Scheduler.batch_size``)."""
+    by the lane's measured seconds per item and its workers' batches
+    (``Scheduler.batch_size``), and a worker runs its calls side by side, so a later call's
+    items join the batch an earlier one opened (``RenderWorker``)."""
 
     name: str
     resources: dict[str, Any]
@@ -219,6 +223,7 @@ class Lane:
     items: list[WorkItem]  # in the order they are handed out
     max_in_flight: int | None = None  # calls on one worker (default: PoolOptions.max_in_flight)
     max_batch: int = MAX_BATCH  # items per call at most
+    memory_share: float = 1.0  # part of its device's memory a worker plans on (PoolShape)
     stop_when: Callable[[dict[str, Any]], bool] | None = None
     #: items per call when the item at the queue's head decides it (the scaling bench's
     #: batches of a set size); None: ``Scheduler.batch_size`` sizes the calls
@@ -242,6 +247,19 @@ class Lane:
         """An item to retry: it goes first, so retries do not wait behind the whole queue."""
         self.queue.appendleft((item, attempt))
 
+    def hand_out(self, worker: _Worker, count: int) -> list[tuple[WorkItem, int]]:
+        """Up to ``count`` queued items for one call to ``worker``, counted as in flight:
+        the next one and those after it of the same ``batch_key`` (the queue keeps them
+        together), so the worker can run them in one batch."""
+        items = [self.take()]
+        key = items[0][0].batch_key
+        while len(items) < count and self.queue and self.queue[0][0].batch_key == key:
+            items.append(self.take())
+        worker.in_flight += 1
+        worker.items += len(items)
+        self.in_flight_items += len(items)
+        return items
+
 
 @dataclass
 class _Worker:
@@ -251,7 +269,8 @@ class _Worker:
     ready_ref: Any
     ready: bool = False
     dead: bool = False
-    in_flight: int = 0
+    in_flight: int = 0  # calls
+    items: int = 0  # items of those calls
     failures: int = 0
     info: dict[str, str] = field(default_factory=dict)
 
@@ -274,15 +293,16 @@ class Scheduler:
 
     Rules: each worker holds at most its lane's ``max_in_flight`` calls, so it never
     idles between items; a call carries one item, or several when the lane's items are
-    short (``batch_size``); an attempt lost with its worker or node, or failed by a
-    transient error, is recorded as ``retried`` and queued again (first) for any worker
-    of the lane, up to ``max_attempts``; bad input and out-of-memory are final at once;
-    a worker is retired after ``max_worker_failures`` transient failures, or when it dies
-    or fails to start, and replaced while the lane has work (up to
-    ``max_worker_failures`` replacements per worker of ``max_workers``); when no worker
-    of a lane is ready for ``worker_start_timeout`` seconds its queued items fail, or,
-    when none ever was, the run stops with ``WorkerStartError``; when all have died and
-    no replacement is left, its queued items fail.
+    short or its workers batch (``batch_size``, a fair share per worker); an attempt
+    lost with its worker or node, or failed by a transient error, is recorded as
+    ``retried`` and queued again (first) for any worker of the lane, up to
+    ``max_attempts``; bad input and out-of-memory are final at once; a worker is retired
+    after ``max_worker_failures`` transient failures, or when it dies or fails to start,
+    and replaced while the lane has work (up to ``max_worker_failures`` replacements per
+    worker of ``max_workers``); when no worker of a lane is ready for
+    ``worker_start_timeout`` seconds its queued items fail, or, when none ever was, the
+    run stops with ``WorkerStartError``; when all have died and no replacement is left,
+    its queued items fail.
 
     The pool follows the cluster (``balance``, every tick): a lane requests as many
     workers as its queue can use, up to ``max_workers``, at once, whether or not a node
@@ -366,7 +386,13 @@ class Scheduler:
         return lane
 
     def start_worker(self, lane: Lane) -> _Worker:
-        remote = ray.remote(self.worker_class).options(max_restarts=0, max_task_retries=0, **lane.resources)
+        # calls of several items run side by side on their worker (threads), so a later
+        # call's items join the batch an earlier one opened; one more thread for ready()
+        limit = lane.max_in_flight or self.options.max_in_flight
+        concurrency = limit + 1 if lane.max_batch > 1 else 1
+        remote = ray.remote(self.worker_class).options(
+            max_restarts=0, max_task_retries=0, max_concurrency=concurrency, **lane.resources
+        )
         handle = remote.remote(
             self.weights,
             self.root.uri,
@@ -375,6 +401,7 @@ class Scheduler:
             self.board,
             checkpoint_every=self.options.checkpoint_every,
             max_batch=self.options.max_batch if lane.max_batch > 1 else 1,
+            memory_share=lane.memory_share,
         )
         worker = _Worker(next(self._keys), lane, handle, handle.ready.remote())
         self.workers[worker.key] = worker
@@ -422,27 +449,40 @@ class Scheduler:
                 self.item_done(ref)
 
     def dispatch(self) -> None:
-        """Hand queued items to ready workers of their lane, least loaded first, in calls
-        of ``batch_size`` items."""
+        """Hand queued items to ready workers of their lane in calls of ``batch_size``
+        items: one call to each free worker, least loaded first, before any worker's next,
+        so the tail is spread over every worker. A worker that holds its share already
+        (its first call took the whole queue) keeps its other slots empty: items sent there
+        would only be taken from a worker that could run them sooner."""
         for lane in self.lanes:
             if not lane.queue:
                 continue
             limit = lane.max_in_flight or self.options.max_in_flight
-            free = [w for w in lane.members.values() if w.live and w.in_flight < limit]
-            slots = sum(limit - w.in_flight for w in lane.members.values() if w.live)
-            for worker in sorted(free, key=lambda w: w.in_flight):
-                while worker.in_flight < limit and lane.queue:
-                    self.send(worker, self.batch_size(lane, slots, worker))
-                    slots -= 1
+            live = [w for w in lane.members.values() if w.live]
+            free = sorted((w for w in live if w.in_flight < limit), key=lambda w: w.items)
+            while free and lane.queue:
+                served = []
+                for worker in free:
+                    count = self.batch_size(lane, len(live), worker) if lane.queue else 0
+                    if count:
+                        self.send(worker, count)
+                        served.append(worker)
+                # a share only shrinks as others are served: a worker that got none is done
+                free = [w for w in served if w.in_flight < limit]
 
-    def batch_size(self, lane: Lane, slots: int, worker: _Worker | None = None) -> int:
-        """Items for the next call: enough for ``BATCH_SECONDS`` of worker time at the
-        lane's measured seconds per item (1 until an item has come back), and for a
-        worker that runs several syntheses at once (its ``max_batch``, from ``ready``)
-        twice that many, so the items that finish first are replaced by queued ones of
-        the same shape; at most ``lane.max_batch``, and no more than a fair share of the
-        queue over the free call ``slots`` of the live workers, so the tail is spread
-        over every worker."""
+    @staticmethod
+    def batch_size(lane: Lane, workers: int, worker: _Worker | None = None) -> int:
+        """Items for ``worker``'s next call; 0 when it holds its fair share already.
+
+        Enough for ``BATCH_SECONDS`` of worker time at the lane's measured seconds per item
+        (1 until an item has come back), and for a worker that runs several syntheses at
+        once (its ``max_batch``, from ``ready``) twice that many, so the items that finish
+        first are replaced by queued ones of the same shape; at most ``lane.max_batch``.
+        And no more than the worker's fair share: the lane's queued and in-flight items
+        spread over its ``workers`` live workers, less the items ``worker`` holds. A share
+        per worker, not per call slot: a lone worker's call takes all it can batch (a share
+        per slot split three items for a batch of three into calls of two and one), and the
+        tail is still spread over every worker."""
         if lane.max_batch <= 1:
             return 1
         if lane.call_size is not None:
@@ -450,25 +490,20 @@ class Scheduler:
         together = int(worker.info.get("max_batch", 1)) if worker is not None else 1
         by_time = 1 if lane.item_seconds is None else int(BATCH_SECONDS / max(lane.item_seconds, 1e-6))
         wanted = max(by_time, 2 * together if together > 1 else 1)
-        fair = -(-len(lane.queue) // max(1, slots))
-        return max(1, min(wanted, lane.max_batch, fair))
+        held = worker.items if worker is not None else 0
+        share = -(-(len(lane.queue) + lane.in_flight_items) // max(1, workers)) - held
+        return max(0, min(wanted, lane.max_batch, share, len(lane.queue)))
 
     def send(self, worker: _Worker, count: int) -> None:
-        """One remote call with up to ``count`` queued items of ``worker``'s lane: the next
-        one and those after it of the same ``batch_key`` (the queue keeps them together),
-        so the worker can run them in one batch."""
+        """One remote call to ``worker`` with up to ``count`` queued items (``Lane.hand_out``)."""
         lane = worker.lane
-        items = [lane.take()]
-        while len(items) < count and lane.queue and lane.queue[0][0].batch_key == items[0][0].batch_key:
-            items.append(lane.take())
+        items = lane.hand_out(worker, count)
         args = (self.started, self.run_kind, self.warmup)
         if lane.max_batch <= 1:
             ref = worker.handle.render.remote(*items[0], *args)
         else:
             ref = worker.handle.render_batch.remote(items, *args)
         self.in_flight[ref] = _Call(items, worker, batched=lane.max_batch > 1)
-        worker.in_flight += 1
-        lane.in_flight_items += len(items)
 
     # ------------------------------------------------------------------ events
 
@@ -495,6 +530,7 @@ class Scheduler:
         call = self.in_flight.pop(ref)
         worker, lane = call.worker, call.worker.lane
         worker.in_flight -= 1
+        worker.items -= len(call.items)
         lane.in_flight_items -= len(call.items)
         try:
             results = ray.get(ref)
@@ -572,8 +608,8 @@ class Scheduler:
     def balance(self, lane: Lane) -> None:
         """Size ``lane``'s pool to its queue (see the class docstring).
 
-        Called after ``dispatch``, so a non-empty queue means every live worker is full:
-        the lane wants its live workers plus one per queued item, within
+        Called after ``dispatch``, so a non-empty queue means every live worker is full or
+        holds its share: the lane wants its live workers plus one per queued item, within
         ``min_workers``..``max_workers``; it requests what is missing (within its starts
         left) and withdraws the newest requests beyond that (a short queue needs fewer
         new nodes). With an empty queue it wants only its busy workers: every request no
@@ -718,6 +754,16 @@ def run_render(
     return summary
 
 
+def queue_order(item: WorkItem) -> tuple[int, tuple]:
+    """Largest first (a shorter tail), and items that can share a batch side by side, so
+    a call (``Lane.hand_out``) can carry a whole batch: by the output's pixels, equal for
+    every item of a ``batch_key``, then by key. Not by ``pixels_estimate``: it truncates
+    where the output's shape rounds, so two contents of one shape (1000x800 and 1000x801
+    at 512) could sort apart with another shape between them."""
+    height, width = item.shape
+    return -(height * width or item.pixels_estimate), item.batch_key
+
+
 def _may_write(store: ResultStore) -> bool:
     """Whether this run may still write its output root (its lease is still its own)."""
     try:
@@ -757,18 +803,20 @@ def _render_todo(
             on_progress=on_progress,
             redo_reasons=redo_reasons,
         )
-        shape = pool_shape(options, len(todo))
-        scheduler.add_lane(
-            Lane(
-                name="render",
-                resources=shape.resources,
-                device=shape.device,
-                threads=shape.threads,
-                min_workers=shape.min_workers,
-                max_workers=shape.max_workers,
-                # largest first (shorter tail), items that can share a batch side by side;
-                # the sort is stable: otherwise equal items keep manifest order
-                items=sorted(todo, key=lambda i: (-i.pixels_estimate, i.batch_key)),
-            )
-        )
+        scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()
+
+
+def render_lane(todo: list[WorkItem], shape: PoolShape) -> Lane:
+    """``nst render``'s one lane: ``shape``'s workers over ``todo`` in ``queue_order``."""
+    return Lane(
+        name="render",
+        resources=shape.resources,
+        device=shape.device,
+        threads=shape.threads,
+        min_workers=shape.min_workers,
+        max_workers=shape.max_workers,
+        memory_share=shape.memory_share,
+        # the sort is stable: otherwise equal items keep manifest order
+        items=sorted(todo, key=queue_order),
+    )

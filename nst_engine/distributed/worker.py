@@ -7,19 +7,23 @@ input or running out of memory at that resolution.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import socket
+import threading
 import time
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import ray
 import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
-from nst_engine.engine.batch import EvaluationBatch, auto_batch, run_together
+from nst_engine.engine.batch import EvaluationBatch, auto_batch
 from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
@@ -33,13 +37,96 @@ from nst_engine.results.store import ITEM_ID_KEY
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board (the live view's period)
 OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
 
+T = TypeVar("T")
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(eq=False)
+class Turn:
+    """What holds a worker's device now: a batch of one ``batch_key`` and the threads
+    its syntheses run in, one per member at most, shared by every call in it (a call's
+    items beyond them wait in its queue, behind those of the calls before it, not inside
+    ``render`` where their wait would count as their time); or (``batch`` None) a group
+    of items running alone. ``users``: the calls inside it."""
+
+    key: tuple
+    batch: EvaluationBatch | None
+    threads: ThreadPoolExecutor | None = None
+    users: int = 0
+
+    def run(self, tasks: list[Callable[[], T]]) -> list[T | BaseException]:
+        """Each task's outcome in order, an exception as its outcome rather than raised."""
+        assert self.threads is not None
+        futures = [self.threads.submit(task) for task in tasks]
+        return [f.exception() or f.result() for f in futures]
+
+
+class DeviceTurns:
+    """Which of a worker's concurrent calls uses its device, and how.
+
+    Ray runs a batching worker's calls in threads (``max_concurrency``), so the items of
+    a later call need not wait for an earlier call's batch to drain: a call whose items
+    share the ``batch_key`` of the batch running now joins it (its syntheses are admitted
+    as members leave, ``EvaluationBatch.member``), and the batch closes when the last
+    call in it ends. Anything else waits for the device to be free: a second batch, or a
+    group that runs alone (tiles sized for the whole device), would plan on memory the
+    running batch holds. A call does not join while another waits, so none waits forever.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._now: Turn | None = None
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def take(self, key: tuple, start: Callable[[], EvaluationBatch | None]) -> Iterator[Turn]:
+        """The running batch of ``key``, joined; else, once the device is free, what
+        ``start`` returns (called with nothing else on the device): a new batch, which
+        this context enters and later calls of ``key`` may join, or None to run alone."""
+        with self._cond:
+            self._waiting += 1
+            try:
+                while not self._may_enter(key):
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            if self._now is None:
+                batch = start()
+                threads = None
+                if batch is not None:
+                    batch.__enter__()
+                    threads = ThreadPoolExecutor(batch.max_members, thread_name_prefix="synthesis")
+                self._now = Turn(key, batch, threads)
+            turn = self._now
+            turn.users += 1
+        try:
+            yield turn
+        finally:
+            with self._cond:
+                turn.users -= 1
+                if not turn.users:  # every call in it has its outcomes: the threads are idle
+                    if turn.threads is not None:
+                        turn.threads.shutdown()
+                    if turn.batch is not None:
+                        turn.batch.__exit__(None, None, None)
+                    self._now = None
+                    self._cond.notify_all()
+
+    def _may_enter(self, key: tuple) -> bool:
+        """With the lock held: the device is free, or runs a batch of ``key`` that no
+        other call waits behind (``_waiting`` counts the caller too)."""
+        now = self._now
+        return now is None or (now.batch is not None and now.key == key and self._waiting == 1)
+
+
 class RenderWorker:
-    """Holds a ``Stylizer`` (weights on its device, style-target cache) for its lifetime."""
+    """Holds a ``Stylizer`` (weights on its device, style-target cache) for its lifetime.
+
+    Its calls may run side by side (the scheduler makes a worker that gets
+    ``render_batch`` calls a threaded actor): ``turns`` decides which uses the device."""
 
     def __init__(
         self,
@@ -50,15 +137,23 @@ class RenderWorker:
         board: Any = None,
         checkpoint_every: float | None = None,
         max_batch: int | None = None,
+        memory_share: float = 1.0,
     ) -> None:
+        """``memory_share``: the part of its device's memory this worker plans on (1/N
+        for one of N workers sharing a GPU, ``PoolOptions.workers_per_gpu``)."""
         loaded, seconds = weights.load()
-        self.stylizer = Stylizer(loaded, device=device, threads=threads, load_seconds=seconds)
+        self.stylizer = Stylizer(
+            loaded, device=device, threads=threads, load_seconds=seconds, memory_share=memory_share
+        )
         # syntheses at once (PoolOptions.max_batch); auto: by device, within its memory
         self.max_batch = max_batch or auto_batch(self.stylizer.device)
         self.root = OutputRoot(output_uri)
         self.board = board
+        self.turns = DeviceTurns()  # render_batch calls run side by side (a threaded actor)
+        # the board's bookkeeping, shared by the calls' threads: re-entered by render_batch
+        self._reporting = threading.RLock()
         self.last_report = 0.0  # monotonic time of the last board update (``_report``)
-        self.batching = False  # inside render_batch: one idle report at its end
+        self.batching = 0  # render_batch calls running: one idle report when the last ends
         self.checkpoint_every = checkpoint_every  # PoolOptions.checkpoint_every
         context = ray.get_runtime_context()
         self.actor_id = context.get_actor_id() or "local"
@@ -72,6 +167,7 @@ class RenderWorker:
             "device": str(self.stylizer.device),
             "hostname": self.hostname,
             "max_batch": str(self.max_batch),
+            "memory_share": str(self.stylizer.memory_share),
         }
 
     def render_batch(
@@ -80,38 +176,52 @@ class RenderWorker:
         """``render`` of each (item, attempt), in one remote call, rows in the order given.
 
         Items that share a ``batch_key`` run together, up to ``max_batch`` at once, in one
-        ``EvaluationBatch`` (one thread per synthesis; as one leaves, the next joins); the
+        ``EvaluationBatch`` (one thread per synthesis; as one leaves, the next joins), the
+        batch of that key another call of this worker runs already if there is one; the
         rest one at a time. For items of milliseconds, a call (and a driver event) per
-        item would cost more than the items. One idle report at the end rather than one
-        per item."""
-        self.batching = True
+        item would cost more than the items. One idle report when the worker's last call
+        ends rather than one per item."""
+        with self._reporting:
+            self.batching += 1
         outcomes: dict[int, tuple[dict, bool]] = {}
         try:
             groups: dict[tuple, list[int]] = {}
             for index, (item, _) in enumerate(items):
                 groups.setdefault(item.batch_key, []).append(index)
-            for indices in groups.values():
-                rows = self._render_group([items[i] for i in indices], run_started, run_kind, warmup)
+            for key, indices in groups.items():
+                group = [items[i] for i in indices]
+                try:
+                    rows = self._render_group(key, group, run_started, run_kind, warmup)
+                except Exception as exc:  # opening the batch failed: retried, not lost
+                    rows = [self._crashed(item, attempt, run_kind, exc) for item, attempt in group]
                 outcomes.update(zip(indices, rows, strict=True))
             return [outcomes[i] for i in range(len(items))]
         finally:
-            self.batching = False
-            self._report(None)
+            with self._reporting:
+                self.batching -= 1
+                self._report(None)
 
     def _render_group(
-        self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str, warmup: int
+        self, key: tuple, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str, warmup: int
     ) -> list[tuple[dict, bool]]:
-        """Items of one ``batch_key``: together when batching, else one after the other;
-        items too large to fit whole run alone, each in tiles sized for the whole device."""
-        if self.max_batch <= 1 or len(items) <= 1 or self._too_large(items[0][0]):
-            return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
-        with self.stylizer.batch(self.max_batch) as batch:
-            outcomes = run_together(
+        """Items of one ``batch_key``: in the batch of that key, joined or opened, when
+        batching; else one after the other, the device to themselves. Items too large to
+        fit whole run alone, each in tiles sized for the whole device, and so does a lone
+        item when no batch of its key runs (a batch of one only costs its bookkeeping)."""
+
+        def start() -> EvaluationBatch | None:
+            if self.max_batch <= 1 or len(items) <= 1 or self._too_large(items[0][0]):
+                return None
+            return self.stylizer.batch(self.max_batch)
+
+        with self.turns.take(key, start) as turn:
+            if turn.batch is None:
+                return [self.render(item, attempt, run_started, run_kind, warmup) for item, attempt in items]
+            outcomes = turn.run(
                 [
-                    functools.partial(self.render, item, attempt, run_started, run_kind, warmup, batch)
+                    functools.partial(self.render, item, attempt, run_started, run_kind, warmup, turn.batch)
                     for item, attempt in items
-                ],
-                self.max_batch,
+                ]
             )
         # render never raises; should a thread still fail, the item is retried, not lost
         return [
@@ -136,16 +246,20 @@ class RenderWorker:
     def _report(self, item: WorkItem | None, iteration: int = 0, loss: float = float("nan")) -> None:
         """Post what this worker does to the board: an item's progress at most every
         ``PROGRESS_INTERVAL`` (a board call per tiny item would cost more than the item),
-        idle when an item ends outside a batch or when a batch ends."""
-        if self.board is None or (item is None and self.batching):
+        idle when an item ends outside a batch or when the last running batch call ends.
+        Under a lock: the syntheses of concurrent calls report from threads of their own."""
+        if self.board is None:
             return
-        now = time.monotonic()
-        if item is not None and now - self.last_report < PROGRESS_INTERVAL:
-            return
-        self.last_report = now
-        label = item.label if item else ""
-        total = item.config.iterations if item else 0
-        self.board.update.remote(self.actor_id, label, iteration, total, loss)
+        with self._reporting:
+            if item is None and self.batching:
+                return
+            now = time.monotonic()
+            if item is not None and now - self.last_report < PROGRESS_INTERVAL:
+                return
+            self.last_report = now
+            label = item.label if item else ""
+            total = item.config.iterations if item else 0
+            self.board.update.remote(self.actor_id, label, iteration, total, loss)
 
     def render(
         self,
