@@ -52,8 +52,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 REPORT = "gpu_check.json"
-#: Seconds a step gets after SIGTERM before SIGKILL, kept out of every step's timeout.
-KILL_GRACE = 5.0
+#: Seconds a step's processes get after SIGTERM before SIGKILL, and to be gone after it;
+#: kept out of every step's timeout.
+TERM_GRACE = 5.0
+KILL_WAIT = 3.0
+STOP_SECONDS = TERM_GRACE + KILL_WAIT
 #: A step is not started with less time than this left.
 MIN_STEP_SECONDS = 5.0
 DEFAULT_BUDGET = 450.0
@@ -568,31 +571,70 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
 
 
-def _run_child(command: list[str], log: Path, timeout: float) -> tuple[int | None, bool]:
-    """Run ``command`` in its own session (so a timeout reaches its whole tree: scripts,
-    `nst` processes, Ray's); (return code, timed out). SIGTERM first, so an `nst` command
-    stops its Ray cluster, then SIGKILL."""
+def _run_child(command: list[str], log: Path, timeout: float) -> tuple[int | None, bool, bool]:
+    """Run ``command`` in its own session and process group, so that a timeout reaches its
+    whole tree (scripts, `nst` processes, Ray's GCS, raylet and agents); (return code, timed
+    out, processes were left behind and stopped). Ray's workers, in groups of their own,
+    are stopped by the project's reaper when their driver goes."""
     with log.open("w") as handle:
         child = subprocess.Popen(
             command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=_child_env(),
         )  # fmt: skip
         try:
-            return child.wait(timeout=timeout), False
+            code, timed_out = child.wait(timeout=timeout), False
         except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 10.0)):
-                try:
-                    os.killpg(child.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    child.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            with open(log, "a") as tail:
-                tail.write(f"\n[gpu_check] killed after {timeout:.0f} s (the step's timeout)\n")
-            return child.returncode, True
+            code, timed_out = None, True
+        # a finished step's Ray processes may take a moment to exit after its driver
+        leftovers = _group_alive(child.pid, 0.0 if timed_out else 3.0, child)
+        if leftovers:
+            _stop_group(child)
+            code = child.returncode if code is None else code
+        if timed_out:
+            handle.write(f"\n[gpu_check] killed after {timeout:.0f} s (the step's timeout)\n")
+        elif leftovers:
+            handle.write("\n[gpu_check] the step left processes running; stopped them\n")
+        return code, timed_out, leftovers
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    """SIGTERM the child's process group (an `nst` command then stops its Ray cluster),
+    SIGKILL what is still there after ``TERM_GRACE``."""
+    for sig, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, KILL_WAIT)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        if not _group_alive(child.pid, wait, child):
+            break
+    child.poll()
+
+
+def _group_alive(pgid: int, wait: float = 0.0, child: subprocess.Popen | None = None) -> bool:
+    """Whether any process of group ``pgid`` still runs after up to ``wait`` seconds
+    (``child``, its leader, reaped meanwhile)."""
+    end = time.monotonic() + wait
+    while _group_members(pgid):
+        if time.monotonic() >= end:
+            return True
+        if child is not None:
+            child.poll()
+        time.sleep(0.1)
+    return False
+
+
+def _group_members(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` runs (zombies do not count: an orphan may wait
+    long to be reaped); from /proc, so on Linux only (elsewhere: False)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def run_all(args: argparse.Namespace) -> dict:
@@ -620,7 +662,7 @@ def run_all(args: argparse.Namespace) -> dict:
         planned = args.timeouts.get(step.name, (step.dry_seconds if args.dry_run else step.seconds) * scale)
         record: dict[str, Any] = {"name": step.name, "status": "running", "timeout_seconds": None}
         report["steps"].append(record)
-        timeout = min(planned, deadline - time.monotonic() - KILL_GRACE)
+        timeout = min(planned, deadline - time.monotonic() - STOP_SECONDS)
         if timeout < min(planned, MIN_STEP_SECONDS):
             reason = f"no time left in the {budget:.0f} s budget"
             record.update(status="skipped", reason=reason, headline=reason, seconds=0.0)
@@ -638,7 +680,7 @@ def run_all(args: argparse.Namespace) -> dict:
         log = out / f"{step.name}.log"
         print(f"[gpu_check] {step.name} (timeout {timeout:.0f} s) ...", flush=True)
         begin = time.monotonic()
-        code, timed_out = _run_child(command, log, timeout)
+        code, timed_out, leftovers = _run_child(command, log, timeout)
         seconds = time.monotonic() - begin
         child = json.loads(child_json.read_text()) if child_json.is_file() else {}
         if timed_out:
@@ -659,6 +701,7 @@ def run_all(args: argparse.Namespace) -> dict:
             summary=child.get("summary"),
             result=child.get("result"),
             log=log.name,
+            left_processes=leftovers,
         )
         if child.get("skipped"):
             record["reason"] = child["skipped"]

@@ -60,12 +60,13 @@ def test_dry_run_reports_every_step_and_goes_past_a_failure_and_a_hang(tmp_path:
     assert all(status == "ok" for _, status, _ in failing), failing
     for step in steps.values():
         assert step["seconds"] >= 0 and step["command"] and step["log"]
+    assert not any(steps[name]["left_processes"] for name in CPU_STEPS)  # Ray stopped with its driver
 
     assert steps["precision"]["status"] == "failed" and steps["precision"]["returncode"] == 1
     assert "injected failure" in steps["precision"]["error"]
     assert "injected failure" in steps["precision"]["output_tail"]
     assert steps["launches"]["status"] == "timeout" and steps["launches"]["timeout_seconds"] == 3
-    assert steps["launches"]["seconds"] < 30
+    assert steps["launches"]["seconds"] < 30 and steps["launches"]["left_processes"]  # stopped
 
     assert steps["device"]["result"]["torch"] and steps["device"]["result"]["embedded_weights"]
     assert [r["precision"] for r in steps["engine_speed"]["summary"]] == ["fp32", "bf16"]
