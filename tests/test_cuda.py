@@ -1,5 +1,5 @@
 """The engine on a CUDA GPU against float32 on the CPU: skipped where torch sees no GPU (CI);
-``benchmarks/gpu.sh`` runs it on a machine with one."""
+run it with pytest on a machine with one (``benchmarks/gpu_check.py`` is the short device call)."""
 
 from __future__ import annotations
 
