@@ -164,8 +164,13 @@ def step_precision(ctx: Context) -> Outcome:
     if not script.is_file():
         return Outcome(skipped="script missing")
     path = ctx.out / "precision.json"
-    ctx.run([str(script), "--device", ctx.device, "--json", str(path)])
-    return Outcome(result=_read_json(path))
+    sizing = "--size 32 --iterations 4 --weights random" if ctx.dry_run else "--size 256 --iterations 100"
+    ctx.run([str(script), "--device", ctx.device, *sizing.split(), "--json", str(path)])
+    rows = _read_json(path)
+    headline = ", ".join(
+        f"{r['check'][:4]} {r['precision']} {'ok' if r['ok'] else 'OUTSIDE'}" for r in rows if "ok" in r
+    )
+    return Outcome(result=rows, headline=headline)
 
 
 def step_engine_speed(ctx: Context) -> Outcome:
@@ -196,7 +201,9 @@ def step_launches(ctx: Context) -> Outcome:
         return Outcome(skipped="script missing")
     path = ctx.out / "launches.json"
     sizing = (
-        "--size 32 --history 5 --batches 1,2" if ctx.dry_run else "--size 256 --history 5,100 --batches 1,8"
+        "--size 32 --history 5 --batches 1,2 --iterations 4"
+        if ctx.dry_run
+        else "--size 256 --history 5,100 --batches 1,8 --iterations 30 --weights embedded --autotune"
     )
     ctx.run([str(script), "--device", ctx.device, *sizing.split(), "--json", str(path)])
     return Outcome(result=_read_json(path))

@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from nst_engine.engine import Stylizer, SynthesisConfig
+from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
 from nst_engine.engine.batch import EvaluationBatch, run_together
-from nst_engine.engine.memory import MemoryModel
+from nst_engine.engine.memory import MemoryModel, is_out_of_memory
 from nst_engine.engine.optimize import OptimizerSettings
 from tests.conftest import out_of_memory_report, write_image
 
@@ -87,6 +89,50 @@ def test_the_model_counts_the_optimizers_state_exactly() -> None:
     assert model.bytes_per_pixel == 10_000  # a budget of 0 teaches nothing lower
 
 
+class _Convolutions(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func.overloadpacket.__name__ == "convolution"
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_first_pass_is_measured_warm(images) -> None:
+    """A batch's first pass runs twice and its memory is measured on the second: the
+    first warms the device up (cuDNN autotunes there, and its workspaces are not the
+    activations the model plans for)."""
+    contents, style = images
+    config = replace(BASE, iterations=1)
+    passes = []
+    for memory in (MemoryModel(budget=2**40), MemoryModel(budget=2**40, bytes_per_pixel=5000.0)):
+        stylizer = Stylizer(random_weights(seed=0), device="cpu")  # no targets cached
+        with EvaluationBatch(stylizer.device, 2, memory) as batch, _Convolutions() as convolutions:
+            stylizer.synthesize(contents[0], [style], config, batch=batch)  # in this thread: counted
+        passes.append(convolutions.count)
+        assert memory.measured
+    forward = 13  # the network's convolutions up to conv5_1
+    assert passes[0] - passes[1] == forward  # one more pass
+    assert memory.bytes_per_pixel == 5000.0  # a measured model is not measured again
+
+
+def test_allocation_failures_of_cuda_libraries_are_out_of_memory() -> None:
+    """cuDNN and cuBLAS report a workspace or handle they could not allocate in their own
+    words, and CUDA's runtime outside PyTorch's allocator in its: all are out of memory (a
+    smaller batch or size may fit), not an item's fault to retry as is."""
+    for text in (
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory",
+    ):
+        assert is_out_of_memory(RuntimeError(text)), text
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
+    assert not is_out_of_memory(ValueError("CUDNN_STATUS_ALLOC_FAILED in a file name"))
+
+
 def test_a_pass_that_runs_out_of_memory_is_split_and_no_item_is_lost(tmp_path: Path) -> None:
     """A real allocation failure (RLIMIT_AS in a subprocess): a pass of four images that
     does not fit is evaluated again in halves; every synthesis ends as it would alone, or
@@ -96,8 +142,8 @@ def test_a_pass_that_runs_out_of_memory_is_split_and_no_item_is_lost(tmp_path: P
     assert report["chunk"] < 4, report  # the pass of four was split
     assert len(report["batch_sizes"]) + len(report["errors"]) == 4, report
     assert all(e.startswith("CrowdedOut: 256x256 did not fit beside") for e in report["errors"]), report
-    if report["batch_sizes"]:
-        assert max(report["batch_sizes"]) < 4 and report["max_difference"] < 1e-5, report
+    if report["batch_sizes"]:  # passes before the one that ran out may have held all four
+        assert report["max_difference"] < 1e-5, report
     single = report["single"]
     assert "does not fit alone: predicted" in single or "can't allocate memory" in single, report
     assert report["afterwards"] == "ok", report
