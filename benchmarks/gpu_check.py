@@ -18,7 +18,9 @@ cheapest and most important first:
 
 Each record: name, status (ok, failed, timeout, skipped, or running if killed), the
 commands run, return code, seconds, the step's parsed JSON, a summary, and the log's
-last lines unless ok; every step's full output is in ``OUT/<step>.log``.
+last lines unless ok. OUT holds two files, the report and ``gpu_check-files.tar.gz`` (every
+step's log ``<step>.log``, its JSON and its outputs, packed again after each step): the
+device tool brings back at most 8 files.
 
 On the device (wheels from benchmarks/gpu_wheels.py, carried as ``.whl``):
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
@@ -40,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -52,6 +55,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 REPORT = "gpu_check.json"
+#: Every step's log, JSON and outputs, packed (``_pack``): the report and this are all OUT holds.
+ARCHIVE = "gpu_check-files.tar.gz"
 #: Seconds a step's processes get after SIGTERM before SIGKILL, and to be gone after it;
 #: kept out of every step's timeout.
 TERM_GRACE = 5.0
@@ -647,8 +652,11 @@ def _group_members(pgid: int) -> bool:
 def run_all(args: argparse.Namespace) -> dict:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "steps").mkdir(exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="nst-gpu-check-"))
+    # what the steps write (logs, their JSON, their outputs) goes to ``files``, packed into
+    # one archive in OUT after each step: the device tool brings back 8 files at most
+    files = work / "files"
+    (files / "steps").mkdir(parents=True, exist_ok=True)
     budget = args.budget or (DRY_BUDGET if args.dry_run else DEFAULT_BUDGET)
     scale = budget / (DRY_BUDGET if args.dry_run else DEFAULT_BUDGET)
     selected = [s for s in STEPS if not args.only or s.name in args.only]
@@ -677,14 +685,14 @@ def run_all(args: argparse.Namespace) -> dict:
             continue
         record["timeout_seconds"] = round(timeout, 1)
         _write_atomic(out / REPORT, report)
-        command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--out", str(out)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name, "--out", str(files)]
         command += ["--work", str(work), "--device", args.device]
         command += ["--dry-run"] if args.dry_run else []
         if step.name in args.inject:
             command += ["--inject", f"{step.name}={args.inject[step.name]}"]
-        child_json = out / "steps" / f"{step.name}.json"
+        child_json = files / "steps" / f"{step.name}.json"
         child_json.unlink(missing_ok=True)
-        log = out / f"{step.name}.log"
+        log = files / f"{step.name}.log"
         print(f"[gpu_check] {step.name} (timeout {timeout:.0f} s) ...", flush=True)
         begin = time.monotonic()
         code, timed_out, leftovers = _run_child(command, log, timeout)
@@ -717,13 +725,24 @@ def run_all(args: argparse.Namespace) -> dict:
         if status in ("failed", "timeout"):
             record["output_tail"] = _tail(log)
         _write_atomic(out / REPORT, report)
+        _pack(files, out / ARCHIVE)
         print(f"[gpu_check] {step.name}: {status} in {seconds:.1f} s  {record['headline']}", flush=True)
     report["finished"] = True
     report["seconds"] = round(time.monotonic() - started, 2)
     _write_atomic(out / REPORT, report)
+    _pack(files, out / ARCHIVE)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _pack(files: Path, archive: Path) -> None:
+    """``files`` as a gzipped tar at ``archive``, replaced atomically (a run killed while
+    packing keeps the last whole archive)."""
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(files, arcname=".")
+    partial.replace(archive)
 
 
 def print_table(report: dict) -> None:

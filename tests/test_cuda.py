@@ -43,15 +43,30 @@ def test_reduced_precisions_reach_fp32s_loss(pair, precision: str) -> None:
     assert reduced.stats.final_total_loss == pytest.approx(full.stats.final_total_loss, rel=0.05)
 
 
-def test_a_batch_on_cuda_gives_the_images_alone(pair) -> None:
+def alone_and_together(pair, configs: list[SynthesisConfig]) -> tuple[list, list]:
+    """Each config rendered alone, then all of them as one batch, on a fresh CUDA stylizer."""
     stylizer = Stylizer(random_weights((64, 128, 256, 512, 512), seed=0), device="cuda")
-    configs = [replace(CONFIG, seed=s) for s in range(4)]
     alone = [stylizer.synthesize(pair[0], [pair[1]], c) for c in configs]
-    with stylizer.batch(4) as batch:
+    with stylizer.batch(len(configs)) as batch:
         together = run_together(
-            [lambda c=c: stylizer.synthesize(pair[0], [pair[1]], c, batch=batch) for c in configs], 4
+            [lambda c=c: stylizer.synthesize(pair[0], [pair[1]], c, batch=batch) for c in configs],
+            len(configs),
         )
+    return alone, together
+
+
+def test_a_batch_on_cuda_gives_the_images_alone(pair) -> None:
+    alone, together = alone_and_together(pair, [replace(CONFIG, seed=s) for s in range(4)])
     for a, b in zip(alone, together, strict=True):
         assert not isinstance(b, BaseException), b
         assert b.stats.batch_size == 4
         assert b.stats.final_total_loss == pytest.approx(a.stats.final_total_loss, rel=1e-3)
+
+
+def test_fp32_and_tf32_items_in_one_batch_each_render_as_alone(pair) -> None:
+    """cuDNN's TF32 switch is the process's: with one owner per pass, an fp32 item beside a
+    tf32 one still runs its convolutions in fp32 (and the tf32 one in TF32)."""
+    alone, together = alone_and_together(pair, [CONFIG, replace(CONFIG, precision="tf32")])
+    for a, b in zip(alone, together, strict=True):
+        assert not isinstance(b, BaseException), b
+        assert b.stats.total_losses[:3] == pytest.approx(a.stats.total_losses[:3], rel=1e-5)

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -78,12 +79,36 @@ def test_dry_run_reports_every_step_and_goes_past_a_failure_and_a_hang(tmp_path:
     render = steps["render"]["summary"]
     assert render["items"] == render["rows_ok"] == 16 and render["batch_sizes"] == {"1": 16}
     assert 0 < render["synthesis_span_seconds"] < render["wall_seconds"]
-    assert (out / "render" / "results.parquet").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check-files.tar.gz", "gpu_check.json"]
+    with tarfile.open(out / "gpu_check-files.tar.gz") as archive:
+        names = archive.getnames()
+    assert "./render/results.parquet" in names and "./precision.log" in names
     scaling = steps["scaling"]["summary"]
     assert scaling["largest_size_whole"] == 64 and len(scaling["fits"]) == 1
     assert steps["oom"]["summary"]["lost"] == 0 and steps["oom"]["summary"]["outcomes"] == {"ok": 4}
 
     assert "| render | ok |" in done.stdout and "| launches | timeout |" in done.stdout
+
+
+def test_dry_run_of_the_precision_and_launch_steps(tmp_path: Path) -> None:
+    """The two engine checks the first test makes fail and hang, run for real at tiny
+    sizes: each precision against float64, and the operator calls per iteration."""
+    out = tmp_path / "report"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)]
+    command += ["--only", "precision,launches"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
+    assert steps["precision"]["status"] == "ok" and steps["launches"]["status"] == "ok"
+    checks = {(r["check"], r["precision"]) for r in steps["precision"]["result"]}
+    assert {("evaluation", "fp32"), ("evaluation", "bf16"), ("synthesis", "fp32")} <= checks
+    fp32 = next(
+        r for r in steps["precision"]["result"] if r["check"] == "evaluation" and r["precision"] == "fp32"
+    )
+    assert fp32["ok"] and fp32["gradient_relative_error"] < 5e-3
+    rows = steps["launches"]["result"]["rows"]
+    assert [(r["history"], r["batch"]) for r in rows] == [(5, 1), (5, 2)]
+    assert all(r["launching_per_step"] > 0 and r["calls_by_part"]["optimizer"] > 0 for r in rows)
 
 
 def _wheel(path: Path, files: dict[str, tuple[bytes, int]]) -> Path:

@@ -81,7 +81,7 @@ def test_stacked_compact_directions_equal_the_two_loops() -> None:
     two-loop's to 1e-10."""
     n, m, runs = 40, 5, 3
     generator = torch.Generator().manual_seed(0)
-    lanes = Segments().seat(n, m, CPU, DOUBLE, runs)
+    lanes, _ = Segments().seat(n, m, CPU, DOUBLE, runs)
     segment = lanes[0].segment
     references = [TwoLoop(m) for _ in range(runs)]
     for step in range(14):
@@ -104,7 +104,7 @@ def test_stacked_compact_directions_equal_the_two_loops() -> None:
 
 
 def test_a_run_without_good_pairs_goes_down_the_gradient() -> None:
-    lanes = Segments().seat(10, 3, CPU, DOUBLE, 1)
+    lanes, _ = Segments().seat(10, 3, CPU, DOUBLE, 1)
     segment, generator = lanes[0].segment, torch.Generator().manual_seed(1)
     segment.g.copy_(torch.randn(1, 10, generator=generator, dtype=DOUBLE))
     write_pair(lanes[0], *random_pair(10, generator, good=False))
@@ -199,7 +199,7 @@ def test_a_direction_costs_the_same_kernels_at_any_history_and_batch(history: in
     per stored pair, and one set per run."""
 
     def calls(m: int, b: int) -> collections.Counter[str]:
-        lanes = Segments().seat(64, m, CPU, torch.float32, b)
+        lanes, _ = Segments().seat(64, m, CPU, torch.float32, b)
         generator = torch.Generator().manual_seed(3)
         segment = lanes[0].segment
         for _ in range(2):
@@ -213,3 +213,26 @@ def test_a_direction_costs_the_same_kernels_at_any_history_and_batch(history: in
         return counter.calls
 
     assert calls(history, runs) == calls(5, 1)
+
+
+def test_a_run_seated_alone_moves_into_the_segment_of_those_that_join_it() -> None:
+    """A batch's first member runs alone for a while (its pass measures memory); when the
+    others arrive, it moves into their new segment, with its ring, so the batch's
+    iterations are one set of kernels, and its directions stay the two-loop's."""
+    n, m, generator = 20, 4, torch.Generator().manual_seed(4)
+    segments = Segments()
+    (first,), _ = segments.seat(n, m, CPU, DOUBLE, 1)
+    reference = TwoLoop(m)
+    for step in range(6):  # wraps its ring of 4
+        s, y = random_pair(n, generator, good=step != 3)
+        write_pair(first, s, y)
+        reference.add(s, y)
+        first.segment.directions()
+    grad = torch.randn(n, generator=generator, dtype=DOUBLE)
+    first.segment.g[first.slot] = grad
+    others, moved = segments.seat(n, m, CPU, DOUBLE, 3, movable=[first])
+    lane = moved[first]
+    assert lane.segment is others[0].segment and lane.segment.capacity == 4
+    assert [len(found) for found in segments.segments.values()] == [1]  # the old one dropped
+    lane.segment.directions()
+    assert close(lane.segment.d[lane.slot], reference.direction(grad))

@@ -161,7 +161,8 @@ def test_a_size_too_large_to_fit_whole_is_planned_in_tiles(setup) -> None:
     fit = DeviceFit("Big GPU", "cuda", 3, A, B, 1.0, 0.9, 1.1, 1e9, 3000.0, 80 * 10**9, 2048**2, None)
 
     def item(side: int, history: int) -> WorkItem:
-        config = SynthesisConfig(size=side, history_size=history, iterations=10)
+        # L-BFGS keeps no more pairs than it has iterations: 10 iterations keep at most 10
+        config = SynthesisConfig(size=side, history_size=history, iterations=max(10, history))
         return replace(items[0], size=side, shape=(side, side), pixels_estimate=side * side, config=config)
 
     assert fit.tile(2048, 2048, item(2048, 10).config) == 0

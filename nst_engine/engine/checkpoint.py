@@ -6,7 +6,9 @@ the caller's business: a :class:`CheckpointPolicy` hands the engine two callable
 output roots (the batch worker stores the bytes in the output root, atomically).
 
 A checkpoint is ``torch.save`` of a plain dict — the optimisation run's ``state_dict()``
-(iterate, L-BFGS pairs or Adam moments, the iteration records so far) and a fingerprint of
+(iterate, L-BFGS's ring of pairs with their products SᵀY and YᵀY, or Adam's moments, the
+iteration records so far; the two-loop's list of pairs of older checkpoints still loads)
+and a fingerprint of
 the work — read back with ``torch.load(..., weights_only=True)``, which refuses anything
 but tensors and plain containers. The fingerprint hashes everything that decides the
 iterates (every parameter, the input images, the network weights, the output size), so a

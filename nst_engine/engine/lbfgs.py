@@ -119,6 +119,17 @@ class Segment:
     def release(self, lane: Lane) -> None:
         self.lanes[lane.slot] = None
 
+    def move_in(self, lane: Lane) -> Lane:
+        """A slot here holding a copy of ``lane``'s state (from another segment)."""
+        mine = self.take()
+        assert mine is not None
+        source, b, slot = lane.segment, lane.slot, mine.slot
+        with torch.no_grad():
+            for name in ("pairs", "x", "g", "d", "sy", "yy", "good", "gamma"):
+                getattr(self, name)[slot] = getattr(source, name)[b]
+        mine.written, mine.pending = lane.written, lane.pending
+        return mine
+
     @property
     def empty(self) -> bool:
         return all(lane is None for lane in self.lanes)
@@ -234,26 +245,54 @@ class Segment:
 
 class Segments:
     """Where the L-BFGS runs evaluated together keep their state: segments by (size,
-    history, device, dtype). Runs that start together share a new segment; a later one
-    takes a slot a finished run left, so a batch's runs stay in one or a few segments."""
+    history, device, dtype), each one set of kernels per iteration. Runs that start
+    together share a new segment; a later one takes a slot a finished run left; and when
+    new runs need a new segment anyway, the runs of smaller segments of their kind move
+    into it with them (a copy of their state, once), so a batch's runs stay in one
+    segment: its first member, which runs a pass alone to measure memory, does not keep
+    a segment of its own for the whole batch."""
 
     def __init__(self) -> None:
         self.segments: dict[Hashable, list[Segment]] = {}
         self._lock = threading.Lock()  # members release their slots from their own threads
 
-    def seat(self, n: int, m: int, device: torch.device, dtype: torch.dtype, count: int) -> list[Lane]:
-        """``count`` lanes for runs of that shape: free slots first, then a new segment."""
+    def seat(
+        self,
+        n: int,
+        m: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        count: int,
+        movable: Sequence[Lane] = (),
+    ) -> tuple[list[Lane], dict[Lane, Lane]]:
+        """``count`` lanes for new runs of that shape, and where lanes of ``movable`` (runs
+        between iterations) were moved: free slots first, then a new segment that also takes
+        the runs of segments holding no more runs than it gets new ones."""
         key = (n, m, str(device), dtype)
         with self._lock:
             lanes: list[Lane] = []
             for segment in self.segments.get(key, []):
                 while len(lanes) < count and (lane := segment.take()) is not None:
                     lanes.append(lane)
-            if len(lanes) < count:
-                segment = Segment(count - len(lanes), n, m, device, dtype)
+            moved: dict[Lane, Lane] = {}
+            need = count - len(lanes)
+            if need:
+                may_move = set(movable)
+                merged = [
+                    s
+                    for s in self.segments.get(key, [])
+                    if all(lane is None or lane in may_move for lane in s.lanes)
+                    and sum(lane is not None for lane in s.lanes) <= need
+                ]
+                riders = [lane for s in merged for lane in s.lanes if lane is not None]
+                segment = Segment(need + len(riders), n, m, device, dtype)
+                for old in riders:
+                    moved[old] = segment.move_in(old)
+                for s in merged:
+                    self.segments[key].remove(s)
                 self.segments.setdefault(key, []).append(segment)
-                lanes += [segment.take() for _ in range(count - len(lanes))]  # type: ignore[misc]
-            return lanes
+                lanes += [segment.take() for _ in range(need)]  # type: ignore[misc]
+            return lanes, moved
 
     def release(self, lane: Lane) -> None:
         """Free ``lane``'s slot; a segment with no run left is dropped (its memory freed)."""

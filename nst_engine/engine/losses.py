@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ class Term(nn.Module):
 
     factor = 1.0
 
-    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The term without ``factor``, per image (B,), and what its gradient needs."""
         raise NotImplementedError
 
@@ -64,7 +65,7 @@ class Term(nn.Module):
         that it rides on the weights (``_Weighted``) rather than costing a kernel."""
         raise NotImplementedError
 
-    def gradient(self, saved: torch.Tensor, x: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    def gradient(self, saved: Any, x: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
         """∂(Σ_b coefficient_b · raw_b)/∂x divided by ``slope``; ``coefficient`` (B,) in
         ``x``'s dtype."""
         raise NotImplementedError
@@ -116,20 +117,23 @@ class StyleLoss(Term):
         target = _full_precision(target_gram.detach())
         self.register_buffer("target", target if target.dim() == 3 else target.unsqueeze(0))
 
-    def raw(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw(self, features: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         flat, scale = _flatten(features)
+        flat_t = flat.transpose(1, 2)  # (B, M, N): contiguous for channels_last features
         # Ĝ − Â in one kernel: −1·Â + s·F Fᵀ
-        diff = torch.baddbmm(self.target, flat, flat.transpose(1, 2), beta=-1.0, alpha=scale)
-        return torch.einsum("bij,bij->b", diff, diff), diff
+        diff = torch.baddbmm(self.target, flat, flat_t, beta=-1.0, alpha=scale)
+        return torch.einsum("bij,bij->b", diff, diff), (diff, flat_t)
 
     def slope(self, features: torch.Tensor) -> float:
         return 4.0 * _flatten(features)[1]  # ∂Σ(Ĝ − Â)²/∂F = 4s·(Ĝ − Â)·F
 
-    def gradient(self, diff: torch.Tensor, features: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-        flat, _ = _flatten(features)
+    def gradient(
+        self, saved: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor, coefficient: torch.Tensor
+    ) -> torch.Tensor:
+        diff, flat_t = saved
         # (Fᵀ D)ᵀ = D F for symmetric D, laid out like ``flat`` (channels_last friendly)
         weighted = diff * _per_image(coefficient, diff)
-        return torch.bmm(flat.transpose(1, 2), weighted).transpose(1, 2).view_as(features)
+        return torch.bmm(flat_t, weighted).transpose(1, 2).view_as(features)
 
 
 class TotalVariationLoss(Term):

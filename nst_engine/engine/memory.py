@@ -22,9 +22,9 @@ from nst_engine.engine.optimize import OptimizerSettings
 #: Share of the free memory a batch plans to use: allocator fragmentation, cuDNN
 #: workspaces and the measurement's own error live in the rest.
 SAFETY_MARGIN = 0.8
-#: Image-sized float32 vectors an optimisation run keeps besides L-BFGS's pairs: the
-#: image, its gradient, the step's origin and direction, the new gradient and its
-#: difference, and the batch's stacked copy of the image with its gradient.
+#: Image-sized float32 vectors an optimisation run keeps besides L-BFGS's pairs: its
+#: own image, the iterate, gradient and direction in its slot (``lbfgs.Segment``), a
+#: trial image with its gradient, and the new pair before it is written to the ring.
 RUN_VECTORS = 8
 #: Activation bytes per pixel of one evaluation assumed before any is measured, and the
 #: least ever assumed: VGG-19 to conv5_1 keeps about 290 float32 responses per input

@@ -518,15 +518,20 @@ def _lockstep(runs: Sequence[LBFGSRun], segments: Segments, evaluate: RunsGradie
 
 def _seat(runs: Sequence[LBFGSRun], segments: Segments) -> None:
     """A slot for each run without one, its state (image, restored gradient and pairs)
-    moved in; runs that start together share a segment."""
+    moved in; runs that start together share a segment, and runs already seated may move
+    into it (``Segments.seat``)."""
     groups: dict[tuple, list[LBFGSRun]] = {}
     for run in runs:
         if run.lane is None:
             image = run._image
             key = (image.numel(), run.history_length, image.device, image.dtype)
             groups.setdefault(key, []).append(run)
+    seated = {run.lane: run for run in runs if run.lane is not None}
     for (n, m, device, dtype), group in groups.items():
-        for run, lane in zip(group, segments.seat(n, m, device, dtype, len(group)), strict=True):
+        lanes, moved = segments.seat(n, m, device, dtype, len(group), movable=list(seated))
+        for old, new in moved.items():
+            seated[old].lane = new
+        for run, lane in zip(group, lanes, strict=True):
             _install(run, lane)
 
 
