@@ -258,3 +258,47 @@ def test_a_later_call_joins_the_batch_of_the_running_one(tmp_path: Path) -> None
     assert sorted(r["item_id"] for r in found) == sorted(i.item_id for i in items)  # none lost or twice
     assert {r["status"] for r in found} == {"ok"} and len(assert_outputs_whole(tmp_path / "out")) == 6
     assert max(r["batch_size"] for r in found) > 3, [r["batch_size"] for r in found]
+
+
+def test_a_member_that_joins_later_is_evaluated_against_its_own_targets(stylizer: Stylizer, images) -> None:
+    """Members come and go: a later member takes a finished one's place in the batch (its
+    slot, its row of the stacked objective), yet every pass evaluates it against its own
+    targets, never a departed member's."""
+    contents, style = images
+    other_style = write_image(contents[0].parent / "other.png", 40, 48, seed=11)
+    jobs = [
+        (contents[0], [style], replace(BASE, iterations=80)),  # still running when the third joins
+        (contents[1], [style], replace(BASE, iterations=3)),  # leaves early
+        (contents[2], [other_style], replace(BASE, ratio=1e-2)),  # joins in its place
+    ]
+    alone = [stylizer.synthesize(*job) for job in jobs]
+    together = batched(stylizer, jobs, 2)
+    for a, b in zip(alone, together, strict=True):
+        assert not isinstance(b, BaseException), b
+        assert b.stats.total_losses[:2] == pytest.approx(a.stats.total_losses[:2], rel=1e-5)
+    assert together[2].stats.batch_size == 2
+
+
+def test_a_member_whose_callback_raises_hands_its_state_back(stylizer: Stylizer, images) -> None:
+    """A synthesis that fails outside its iterations (a snapshot or checkpoint write that
+    raises) still gives back its slot of the batch's optimizer state, and the other member
+    finishes."""
+    contents, style = images
+
+    def fail_at_third(record, _image) -> None:
+        if record.iteration == 2:
+            raise OSError("disk full")
+
+    with EvaluationBatch(stylizer.device, 2, MemoryModel(budget=2**40, bytes_per_pixel=1.0)) as batch:
+        outcomes = run_together(
+            [
+                lambda: stylizer.synthesize(contents[0], [style], BASE, batch=batch),
+                lambda: stylizer.synthesize(
+                    contents[1], [style], BASE, batch=batch, on_iteration=fail_at_third
+                ),
+            ],
+            2,
+        )
+        assert not isinstance(outcomes[0], BaseException) and outcomes[0].stats.iterations == 12
+        assert isinstance(outcomes[1], OSError)
+        assert batch.segments.segments == {}  # every slot given back, every segment freed

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from nst_engine.engine import SynthesisConfig, random_weights
 from nst_engine.engine.images import load_image
 from nst_engine.engine.lbfgs import Lane, Segments
-from nst_engine.engine.optimize import LBFGSRun, OptimizerSettings, _seat, start_run
+from nst_engine.engine.optimize import LBFGSRun, OptimizerSettings, _seat, lockstep, start_run
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.targets import TargetCache
 
@@ -236,3 +236,24 @@ def test_a_run_seated_alone_moves_into_the_segment_of_those_that_join_it() -> No
     assert [len(found) for found in segments.segments.values()] == [1]  # the old one dropped
     lane.segment.directions()
     assert close(lane.segment.d[lane.slot], reference.direction(grad))
+
+
+def test_a_run_whose_state_does_not_fit_fails_alone(content_path: Path, style_path: Path) -> None:
+    """Runs iterate together, but a run's own fault stays its own: a saved ring longer than
+    the run's history fails that run, and the run beside it takes its step."""
+    built = problem(content_path, style_path)
+    settings = OptimizerSettings(iterations=20, history_size=2)
+    donor = start_run(built.objective, built.initial_image().double(), OptimizerSettings(iterations=20))
+    for _ in range(4):
+        donor.step()
+    bad = start_run(built.objective, torch.zeros_like(built.initial_image().double()), settings)
+    bad.load_state_dict(donor.state_dict())  # 4 pairs for a ring of 2
+    good = start_run(built.objective, built.initial_image().double(), settings)
+
+    def evaluate(runs: list, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return built.objective.stack([r.objective for r in runs]).evaluate(images)
+
+    segments = Segments()
+    lockstep([bad, good], segments, evaluate)
+    assert isinstance(bad.failure, ValueError) and bad.lane is None
+    assert good.failure is None and good.outcome is not None and good.outcome[0].evaluations >= 1

@@ -82,3 +82,26 @@ def test_objective_gradient_check_in_float64() -> None:
     )
     image = torch.rand(1, 3, 8, 8, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: objective(x).total, (image,), eps=1e-6, atol=1e-5)
+
+
+def test_a_stacked_objective_keeps_each_images_terms() -> None:
+    """Stacked beside one that uses the TV prior, an image without it reports no TV, and
+    each image's terms are its own objective's."""
+    weights = random_weights(widths=(2, 3, 3, 4, 4), seed=3)
+    net = VGG19Features(weights.convs, weights.preprocessing, pooling="avg", last_layer="conv3_1").double()
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+
+    def objective(tv: float, ratio: float) -> StyleTransferObjective:
+        with torch.no_grad():
+            content = net(torch.rand(1, 3, 8, 8, generator=gen, dtype=torch.float64), ["conv2_2"])
+            style = {k: gram_matrix(v) for k, v in net(images[:1] * 0.5, ["conv1_1", "conv3_1"]).items()}
+        return StyleTransferObjective(
+            net, content, StyleTargets(style), {"conv2_2": 1.0}, {k: 0.5 for k in style}, 1.0, ratio, tv
+        )
+
+    parts = [objective(0.1, 10.0), objective(0.0, 100.0)]
+    stacked = StyleTransferObjective.stack(parts)(images).table
+    for i, part in enumerate(parts):
+        assert torch.allclose(stacked[i], part(images[i : i + 1]).table[0], rtol=1e-12)
+    assert stacked[1, 3] == 0.0 and stacked[0, 3] > 0

@@ -32,7 +32,8 @@ from typing import TypeVar
 
 import torch
 
-from nst_engine.engine.lbfgs import Segments, to_device
+from nst_engine.engine.device import to_device
+from nst_engine.engine.lbfgs import Segments
 from nst_engine.engine.losses import StyleTransferObjective
 from nst_engine.engine.memory import MemoryModel, is_out_of_memory, release_cached
 from nst_engine.engine.optimize import LBFGSRun, OptimizerSettings, lockstep
@@ -42,9 +43,9 @@ T = TypeVar("T")
 
 #: Most syntheses a GPU runs at once under ``auto``; its memory model may admit fewer.
 AUTO_MAX_BATCH_CUDA = 32
-#: Stacked objectives kept for reuse: a batch's full membership, and a few subsets
-#: (members still searching for a step).
-STACKED_OBJECTIVES = 4
+#: Stacked objectives kept for reuse: a batch's whole membership, and the latest subset
+#: (members still searching for a step), which is selected from it.
+STACKED_OBJECTIVES = 2
 
 
 def auto_batch(device: torch.device) -> int:
@@ -121,7 +122,9 @@ class EvaluationBatch:
         # member's first evaluation is always in the pass after its set-up
         self._admitted: list[Member] = []
         self._waiting: list[_Request] = []
-        self._stacked: dict[tuple[int, ...], StyleTransferObjective] = {}
+        # (the objectives, stacked): the parts are kept, so an entry is never mistaken for
+        # the objectives of later members (``id`` values are reused)
+        self._stacked: list[tuple[tuple[StyleTransferObjective, ...], StyleTransferObjective]] = []
 
     def __enter__(self) -> EvaluationBatch:
         self.peak.__enter__()
@@ -145,6 +148,7 @@ class EvaluationBatch:
         finally:
             with self._cond:
                 self._admitted.remove(member)
+                self._stacked.clear()  # the members' targets stacked: not worth keeping now
                 self._run_if_all_waiting()
                 self._cond.notify_all()
 
@@ -186,13 +190,26 @@ class EvaluationBatch:
                         [r.objective for r in runs], images, [members[r] for r in runs], runs
                     ),
                 )
-        except Exception as exc:  # a fault of the pass itself: every waiting member gets it
+        except BaseException as exc:  # a fault of the pass itself: every waiting member gets it
+            error = self._pass_failed(exc, len(waiting))
             for request in waiting:
                 if not request.done:
-                    request.error = exc
+                    request.error = error
         for request in waiting:
             request.done = True
         self._cond.notify_all()
+
+    def _pass_failed(self, exc: BaseException, members: int) -> BaseException:
+        """What the members of a pass that failed outside its evaluations get: running out
+        of memory in the optimizer's own work beside others is worth another attempt in a
+        smaller batch (``CrowdedOut``, retried), not a final failure of every member."""
+        if not is_out_of_memory(exc):
+            return exc
+        self._stacked.clear()
+        release_cached(self.device)
+        if members <= 1:
+            return exc
+        return CrowdedOut(f"the optimizer's state of {members} syntheses did not fit together: {exc}")
 
     def _evaluations(self, requests: list[_Request]) -> None:
         """Single evaluations, one pass per network, image shape and precision."""
@@ -288,25 +305,43 @@ class EvaluationBatch:
         ``measure``: the batch's first pass, run twice, its memory measured on the
         second (the first autotunes cuDNN, whose workspaces are no activations)."""
         objective = self._stack(objectives)
+        # cuDNN tunes the passes of the whole batch, not the shapes of passing subsets
+        tune = len(objectives) == len(self._admitted)
         if not measure:
-            return objective.evaluate(images)
-        objective.evaluate(images)
+            return objective.evaluate(images, tune)
+        objective.evaluate(images, tune)
         baseline = current_memory(self.device)
         with PeakMemory(self.device) as probe:
-            outcome = objective.evaluate(images)
+            outcome = objective.evaluate(images, tune)
         self.memory.observe(images[0, 0].numel() * len(images), probe.peak - baseline)
         return outcome
 
     def _stack(self, objectives: list[StyleTransferObjective]) -> StyleTransferObjective:
         """The objectives as one (``StyleTransferObjective.stack``), reused while the same
-        members meet: stacking copies their targets."""
-        key = tuple(id(o) for o in objectives)
-        stacked = self._stacked.pop(key, None)  # least recently used first out
-        if stacked is None:
+        members meet (stacking copies their targets); a subset of a stacked set (members
+        still searching for a step, a half after running out of memory) is selected from
+        it on the device (``rows``)."""
+        parts = tuple(objectives)
+        for i, (stacked_parts, stacked) in enumerate(self._stacked):
+            if len(stacked_parts) == len(parts) and all(
+                a is b for a, b in zip(stacked_parts, parts, strict=True)
+            ):
+                self._stacked.append(self._stacked.pop(i))  # most recently used last
+                return stacked
+        for stacked_parts, stacked in reversed(self._stacked):
+            position = {id(p): i for i, p in enumerate(stacked_parts)}
+            rows = [position.get(id(o), -1) for o in parts]
+            if all(i >= 0 and stacked_parts[i] is o for i, o in zip(rows, parts, strict=True)):
+                return self._keep(parts, stacked.rows(rows))
+        return self._keep(parts, StyleTransferObjective.stack(objectives))
+
+    def _keep(
+        self, parts: tuple[StyleTransferObjective, ...], stacked: StyleTransferObjective
+    ) -> StyleTransferObjective:
+        if len(parts) > 1:
             while len(self._stacked) >= STACKED_OBJECTIVES:
-                self._stacked.pop(next(iter(self._stacked)))
-            stacked = StyleTransferObjective.stack(objectives)
-        self._stacked[key] = stacked
+                self._stacked.pop(0)
+            self._stacked.append((parts, stacked))
         return stacked
 
     def _out_of_memory(self, member: Member, image: torch.Tensor, exc: BaseException) -> Exception:

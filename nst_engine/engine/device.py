@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 
 import torch
 
@@ -49,6 +49,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{device}: no CUDA GPU is visible; use cpu", field="device")
     return resolved
+
+
+def to_device(values: Sequence[float], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A short host list as a tensor on ``device`` without waiting: a plain copy from
+    pageable memory to a GPU waits for every kernel queued before it, which would make
+    each index or step list a hidden sync; from pinned memory it is queued like a kernel."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def autocast(device: torch.device, mode: str) -> torch.autocast:

@@ -32,19 +32,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nst_engine.engine.device import to_device
+
 #: A pair is kept only when sᵀy exceeds this times |s|·|y|: the test is relative, as losses
 #: range over many orders of magnitude between weight sources.
 CURVATURE = 1e-10
-
-
-def to_device(values: Sequence[float], device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A short host list as a tensor on ``device`` without waiting: a plain copy from
-    pageable memory to a GPU waits for every kernel queued before it, which would make
-    each index or step list a hidden sync; from pinned memory it is queued like a kernel."""
-    tensor = torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 _serials = itertools.count()
@@ -98,12 +90,6 @@ class Segment:
         self.good = torch.zeros(c, m, device=self.device, dtype=torch.bool)
         self.gamma = torch.full((c,), math.nan, **like)  # NaN: no good pair yet
         self.lanes = [None] * c
-
-    @property
-    def bytes(self) -> int:
-        """What the segment holds on its device."""
-        tensors = (self.pairs, self.x, self.g, self.d, self.sy, self.yy, self.gamma)
-        return sum(t.numel() * t.element_size() for t in tensors) + self.good.numel()
 
     def take(self) -> Lane | None:
         """A free slot, or None when all are taken."""
@@ -212,7 +198,7 @@ class Segment:
         self.yy[b, k, :] = with_y[:, m:]
         self.yy[b, :, k] = with_y[:, m:]
         sy, ss, yy = with_y[rows, k], with_s[rows, k], with_y[rows, k + m]
-        good = sy > CURVATURE * torch.sqrt(ss * yy)  # False for NaN too
+        good = sy > CURVATURE * ss.sqrt() * yy.sqrt()  # False for NaN too; no overflow of ss·yy
         self.good[b, k] = good
         self.gamma[b] = torch.where(good, sy / yy, self.gamma[b])
         for lane in pending:

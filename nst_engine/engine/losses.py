@@ -8,6 +8,7 @@ A lone synthesis is a batch of one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from nst_engine.engine.device import autocast, network_pass
+from nst_engine.engine.device import autocast, network_pass, to_device
 
 #: Profiler labels of an evaluation's parts (``benchmarks/launches.py`` counts by them); the
 #: backward of the losses is the autograd node ``_WeightedBackward``.
@@ -305,9 +306,11 @@ class StyleTransferObjective(nn.Module):
             rows[0].append([p.tv_weight for p in parts])
             rows[1].append([0.0] * len(parts))
             rows[2].append([0.0] * len(parts))
-            rows[3].append([1.0] * len(parts))
+            rows[3].append([1.0 if p.tv_weight else 0.0 for p in parts])
         device = next(iter(self.style_losses.values())).target.device  # type: ignore[union-attr]
-        self.register_buffer("mix", torch.tensor(rows, dtype=torch.float64, device=device), persistent=False)
+        flat = [w for row in rows for term in row for w in term]
+        mix = to_device(flat, device, torch.float64).view(4, len(rows[0]), len(parts))
+        self.register_buffer("mix", mix, persistent=False)
         self._slopes_by_shape: dict[tuple, torch.Tensor] = {}
 
     @classmethod
@@ -341,12 +344,14 @@ class StyleTransferObjective(nn.Module):
         joined._set_weights(parts)
         return joined.to(first.mix.device)
 
-    def evaluate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, images: torch.Tensor, tune: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss terms (B, 4) and flat gradients (B, n) at ``images`` (B, 3, H, W), on the
         device: one forward and backward, launched holding the process's kernel switches
-        (``device.network_pass``), the backward outside autocast."""
+        (``device.network_pass``), the backward outside autocast. ``tune``: a shape worth
+        cuDNN's autotuning (one that recurs), else its heuristics."""
         x = images.detach().requires_grad_(True)
         shape = (tuple(x.shape), x.dtype, str(self.precision), getattr(self.network, "memory_format", None))
+        shape = shape if tune else None
         with (
             network_pass(x.device, self.precision, shape),
             torch.enable_grad(),
@@ -379,10 +384,27 @@ class StyleTransferObjective(nn.Module):
 
     def _slopes(self, terms: Sequence[Term], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``mix`` times each term's ``slope`` at these input shapes, made once per shape."""
-        shapes = tuple(tuple(x.shape) for x in inputs)
+        shapes = tuple(tuple(x.shape[1:]) for x in inputs)  # the same for any count of images
         if shapes not in self._slopes_by_shape:
-            factors = torch.tensor(
-                [t.slope(x) for t, x in zip(terms, inputs, strict=True)], dtype=torch.float64
-            )
-            self._slopes_by_shape[shapes] = self.mix * factors.to(self.mix.device).view(1, -1, 1)
+            factors = [t.slope(x) for t, x in zip(terms, inputs, strict=True)]
+            scale = to_device(factors, self.mix.device, torch.float64).view(1, -1, 1)
+            self._slopes_by_shape[shapes] = self.mix * scale
         return self._slopes_by_shape[shapes]
+
+    def rows(self, index: Sequence[int]) -> StyleTransferObjective:
+        """The objective of the images at ``index`` of this one (a stacked objective):
+        their targets and weights selected on the device, no host copy, no restacking."""
+        where = to_device(list(index), self.mix.device)
+        picked = copy.copy(self)
+        nn.Module.__init__(picked)  # its own modules and buffers, set below
+        picked.network, picked.tv_loss = self.network, self.tv_loss
+        picked.content_losses = nn.ModuleDict(
+            {k: ContentLoss(v.target.index_select(0, where)) for k, v in self.content_losses.items()}
+        )
+        picked.style_losses = nn.ModuleDict(
+            {k: StyleLoss(v.target.index_select(0, where)) for k, v in self.style_losses.items()}
+        )
+        picked.items = len(index)
+        picked.register_buffer("mix", self.mix.index_select(2, where), persistent=False)
+        picked._slopes_by_shape = {k: v.index_select(2, where) for k, v in self._slopes_by_shape.items()}
+        return picked

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch.profiler import record_function
 
-from nst_engine.engine.lbfgs import Lane, Segment, Segments, to_device
+from nst_engine.engine.device import to_device
+from nst_engine.engine.lbfgs import Lane, Segment, Segments
 from nst_engine.engine.line_search import Probed, Search, Step, backtracking, strong_wolfe
 from nst_engine.engine.losses import LossTerms, Values
 
@@ -185,6 +186,10 @@ class Run:
             self.stop_reason = reason
             self.final = self._final()
 
+    def close(self) -> None:
+        """Give back what the run holds on its evaluator's behalf (an L-BFGS slot); its
+        image stays. ``drive`` closes a run it leaves, however it leaves."""
+
     def state_dict(self) -> dict[str, Any]:
         """A snapshot: tensors, numbers, strings and lists only, for ``torch.save``."""
         return {
@@ -314,24 +319,28 @@ class LBFGSRun(Run):
         return record
 
     def stop(self, reason: str) -> None:
-        super().stop(reason)
+        try:
+            super().stop(reason)
+        finally:
+            self._leave()
+
+    def close(self) -> None:
         self._leave()
 
     def _leave(self) -> None:
-        """Hand the slot back: the image into the run's own tensor, the history kept
-        host-side (a saved state still has it)."""
+        """Hand the slot back (the batch's memory), the image copied into the run's own
+        tensor first. A run that left is never stepped again, so its ring is not kept."""
         lane = self.lane
         if lane is None:
             return
-        self._history = self._lane_history()
-        grad = self.grad
-        self._grad = grad.clone() if grad is not None else None
-        with torch.no_grad():
-            self._image.copy_(self.image)
         self.lane = None
-        segments = getattr(self.evaluator, "segments", None)
-        if segments is not None:
-            segments.release(lane)
+        try:
+            with torch.no_grad():
+                self._image.copy_(lane.segment.x[lane.slot].view_as(self._image))
+        finally:
+            segments = getattr(self.evaluator, "segments", None)
+            if segments is not None:
+                segments.release(lane)
 
     def _first_step(self, largest: float, curved: bool) -> float:
         """Without curvature pairs the gradient's scale says nothing about a good step
@@ -462,6 +471,7 @@ def lockstep(runs: Sequence[LBFGSRun], segments: Segments, evaluate: RunsGradien
 
 def _lockstep(runs: Sequence[LBFGSRun], segments: Segments, evaluate: RunsGradient) -> None:
     _seat(runs, segments)
+    runs = [run for run in runs if run.failure is None]
     fresh = [run for run in runs if run.values is None]
     if fresh:  # a run's first iteration first evaluates its start
         for run, probed in zip(
@@ -480,23 +490,25 @@ def _lockstep(runs: Sequence[LBFGSRun], segments: Segments, evaluate: RunsGradie
     if restart:
         for i, row in zip(restart, _steepest([runs[i] for i in restart]), strict=True):
             slope[i], largest[i], curved[i] = row
-    searches = {
-        run: run._search(s, v, bool(c)) for run, s, v, c in zip(runs, slope, largest, curved, strict=True)
-    }
-    trials = {run: next(search) for run, search in searches.items()}
+    searches: dict[LBFGSRun, Search] = {}
+    trials: dict[LBFGSRun, float] = {}
+    for run, s, v, c in zip(runs, slope, largest, curved, strict=True):
+        searches[run] = run._search(s, v, bool(c))
+        _advance(run, searches[run], None, trials, {})
     steps: dict[LBFGSRun, Step] = {}
     while trials:
         waiting = list(trials)
         probed = _probe(waiting, [trials[run] for run in waiting], evaluate)
-        trials = {}
+        trials, ended = {}, {}
         for run, result in zip(waiting, probed, strict=True):
-            if run.failure is not None:
-                continue
-            try:
-                trials[run] = searches[run].send(result)
-            except StopIteration as done:
-                steps[run] = done.value
-    _accept([(run, step.point) for run, step in steps.items() if step.accepted])
+            if run.failure is None:
+                _advance(run, searches[run], result, trials, ended)
+        # moved now, not after every search has ended: a round's trial images and
+        # gradients are freed as soon as no search holds them
+        _accept([(run, step.point) for run, step in ended.items() if step.accepted])
+        for run, step in ended.items():
+            step.point = None
+            steps[run] = step
     seconds = time.perf_counter() - started
     for run, evaluations in zip(runs, before, strict=True):
         if run not in steps:  # failed: its iteration raises
@@ -516,6 +528,24 @@ def _lockstep(runs: Sequence[LBFGSRun], segments: Segments, evaluate: RunsGradie
         run.outcome = (record, reason)
 
 
+def _advance(
+    run: LBFGSRun,
+    search: Search,
+    probed: Probed | None,
+    trials: dict[LBFGSRun, float],
+    ended: dict[LBFGSRun, Step],
+) -> None:
+    """Send ``probed`` to ``run``'s search (None: start it): its next trial step goes to
+    ``trials``, its final step to ``ended``; an error is the run's own (``failure``), not
+    its batch's."""
+    try:
+        trials[run] = next(search) if probed is None else search.send(probed)
+    except StopIteration as done:
+        ended[run] = done.value
+    except Exception as exc:
+        run.failure = exc
+
+
 def _seat(runs: Sequence[LBFGSRun], segments: Segments) -> None:
     """A slot for each run without one, its state (image, restored gradient and pairs)
     moved in; runs that start together share a segment, and runs already seated may move
@@ -532,7 +562,11 @@ def _seat(runs: Sequence[LBFGSRun], segments: Segments) -> None:
         for old, new in moved.items():
             seated[old].lane = new
         for run, lane in zip(group, lanes, strict=True):
-            _install(run, lane)
+            try:
+                _install(run, lane)
+            except Exception as exc:  # its restored state does not fit: the run's failure alone
+                segments.release(lane)
+                run.failure = exc
 
 
 def _install(run: LBFGSRun, lane: Lane) -> None:
@@ -753,14 +787,18 @@ def drive(
     on_iteration: IterationCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> OptimizationTrace:
-    """Step ``run`` to its end (a fresh one, or one restored from a state)."""
-    while not run.done:
-        if run.iteration < run.settings.iterations and should_stop is not None and should_stop():
-            run.stop("cancelled")
-            break
-        record = run.step()
-        if record is not None and on_iteration is not None and run.stop_reason != NO_PROGRESS:
-            on_iteration(record, run.image)
+    """Step ``run`` to its end (a fresh one, or one restored from a state), and close it,
+    also when a callback raises."""
+    try:
+        while not run.done:
+            if run.iteration < run.settings.iterations and should_stop is not None and should_stop():
+                run.stop("cancelled")
+                break
+            record = run.step()
+            if record is not None and on_iteration is not None and run.stop_reason != NO_PROGRESS:
+                on_iteration(record, run.image)
+    finally:
+        run.close()
     return run.trace
 
 
