@@ -492,7 +492,7 @@ def _read_json(path: Path) -> Any:
 
 def _rows(output: Path, keep: Path) -> list[dict]:
     """The result rows an `nst` command wrote under ``output``; its table is copied to ``keep``."""
-    from nst_engine.results.store import RESULTS_FILE, read_results
+    from nst_engine.results.table import RESULTS_FILE, read_results
 
     table = read_results(str(output))
     if table.num_rows == 0:

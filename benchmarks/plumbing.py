@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from nst_engine.results.store import read_results
+from nst_engine.results.table import read_results
 
 NST = [sys.executable, "-m", "nst_engine.cli.main"]
 

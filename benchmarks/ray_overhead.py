@@ -36,7 +36,7 @@ from nst_engine.engine import Stylizer, load_weights
 from nst_engine.engine.stats import cpu_model
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.results.store import read_results
+from nst_engine.results.table import read_results
 
 
 def write_manifest(folder: Path, sizes: list[int], iterations: int) -> Path:
@@ -100,7 +100,7 @@ def throughput(count: int) -> dict:
     from nst_engine.distributed.options import PoolOptions
     from nst_engine.distributed.runtime import connect
     from nst_engine.distributed.scheduler import run_render
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.roots import OutputRoot
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = load_manifest(tiny_manifest(Path(tmp), count))

@@ -3,7 +3,7 @@ columns they ask for against the whole table.
 
 Writes N synthetic rows (real ``make_row`` rows with loss curves of ``--iterations``
 points, as a render writes them) into one compacted results.parquet, then times, each
-``--repeat`` times: ``ResultStore.completed()`` (item_id and output_path of ok rows: what
+``--repeat`` times: ``resume.completed`` (item_id and output_path of ok rows: what
 resume reads), the report's scalar columns, and every column. Prints medians and ratios.
 """
 
@@ -20,9 +20,10 @@ from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem
 from nst_engine.reports.selection import REPORT_COLUMNS
+from nst_engine.results.resume import completed
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import RESULTS_FILE, ResultStore, read_results
+from nst_engine.results.table import RESULTS_FILE, ResultTable, read_results
+from nst_engine.storage.roots import OutputRoot
 
 
 def synthetic_rows(count: int, iterations: int) -> list[dict]:
@@ -65,18 +66,18 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = OutputRoot(folder)
-        store = ResultStore(root)
+        store = ResultTable(root)
         rows = synthetic_rows(args.rows, args.iterations)
         for start in range(0, len(rows), 10_000):
             store.append(rows[start : start + 10_000])
         store.compact()
         size = (Path(folder) / RESULTS_FILE).stat().st_size
-        resume = median_seconds(store.completed, args.repeat)
+        resume = median_seconds(lambda: completed(store), args.repeat)
         report = median_seconds(lambda: read_results(root, REPORT_COLUMNS), args.repeat)
         everything = median_seconds(lambda: read_results(root), args.repeat)
     print(f"{args.rows:,} rows, {args.iterations}-point loss curves, results.parquet {size / 2**20:.1f} MiB")
     table = [
-        ("resume (`ResultStore.completed`)", "item_id, output_path where ok", resume),
+        ("resume (`resume.completed`)", "item_id, output_path where ok", resume),
         ("report rows", f"{len(REPORT_COLUMNS)} scalar columns", report),
         ("every column", "all, loss curves included", everything),
     ]

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from nst_engine.results.schema import make_row
-from nst_engine.results.store import read_results
+from nst_engine.results.table import read_results
 from tests.conftest import write_image
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def render_in_one_batch_worker(manifest: Path, max_batch: int = 4) -> RunSummary
     from nst_engine.distributed.scheduler import run_render
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.roots import OutputRoot
 
     plan = load_manifest(manifest)
     connect(num_cpus=2)

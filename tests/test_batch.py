@@ -240,7 +240,7 @@ def test_a_later_call_joins_the_batch_of_the_running_one(tmp_path: Path) -> None
     from nst_engine.distributed.scheduler import Lane, Scheduler
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.roots import OutputRoot
     from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
     plan = load_manifest(tiny_manifest(tmp_path, contents=6, styles=1, iterations=60))

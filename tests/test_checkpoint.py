@@ -27,7 +27,7 @@ from nst_engine.engine.checkpoint import CheckpointPolicy
 from nst_engine.engine.result import SynthesisResult
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
 

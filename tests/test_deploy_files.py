@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from nst_engine.distributed.jobs import entrypoint, is_job_file, load_job
-from nst_engine.engine.errors import NSTError
+from nst_engine.errors import NSTError
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_FILES = sorted(

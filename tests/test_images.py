@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_engine.engine.errors import ConfigError, ImageInputError
 from nst_engine.engine.images import (
     MAX_DECODE_PIXELS,
     MAX_SIDE,
@@ -22,6 +21,7 @@ from nst_engine.engine.images import (
     save_png,
     to_pil,
 )
+from nst_engine.errors import ConfigError, ImageInputError
 
 W, H = 12, 8
 

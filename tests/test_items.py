@@ -10,8 +10,8 @@ import pytest
 
 from nst_engine.planning.items import ID_LENGTH, expand, output_relative_path
 from nst_engine.planning.manifest import ManifestError, load_manifest
-from nst_engine.planning.paths import UnsafePathError
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.paths import UnsafePathError
+from nst_engine.storage.roots import OutputRoot
 from tests.conftest import write_image
 
 

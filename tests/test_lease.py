@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from nst_engine.results.lease import (
+from nst_engine.results.runs import read_runs
+from nst_engine.storage.lease import (
     LEASE_FILE,
     SETTLE_SECONDS,
     Holder,
@@ -29,8 +30,7 @@ from nst_engine.results.lease import (
     lease_note,
     read_holder,
 )
-from nst_engine.results.runs import read_runs
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.roots import OutputRoot
 from tests.conftest import S3Server
 from tests.ray_helpers import rows, tiny_manifest
 

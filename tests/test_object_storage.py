@@ -23,15 +23,15 @@ from PIL import Image
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.runtime import connect
 from nst_engine.distributed.scheduler import run_render
-from nst_engine.engine.errors import ImageInputError
 from nst_engine.engine.images import load_image
-from nst_engine.engine.uris import InputNotFoundError, is_uri, read_bytes, resolve
+from nst_engine.errors import ImageInputError
 from nst_engine.planning.fingerprints import CACHE_FILE, ImageIndex
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import ManifestError, load_manifest
 from nst_engine.planning.sources import list_images
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import read_results
+from nst_engine.results.table import read_results
+from nst_engine.storage.roots import OutputRoot
+from nst_engine.storage.uris import InputNotFoundError, is_uri, read_bytes, resolve
 from tests.conftest import S3Server, write_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,9 +20,10 @@ from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.reports.plan import RenderPlan, format_duration, predict
 from nst_engine.reports.scaling import DeviceFit
+from nst_engine.results.resume import ITEM_ID_KEY
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ITEM_ID_KEY, ResultStore, read_results
+from nst_engine.results.table import ResultTable, read_results
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import tiny_manifest
 from tests.test_results import fake_stats
 
@@ -40,7 +41,7 @@ def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
     by_name = {Path(i.content_path).name: i for i in items}
     done, lost = by_name["c0.png"], by_name["c1.png"]
     root = OutputRoot(str(tmp_path / "out"))
-    ResultStore(root).append([make_row(done, "ok", 1)])
+    ResultTable(root).append([make_row(done, "ok", 1)])
     for item in (done, lost):
         png = encode_png(Image.new("RGB", (32, 27)), {ITEM_ID_KEY: item.item_id})
         root.write_bytes(item.output_path, png)
@@ -60,7 +61,7 @@ def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
             device_memory_bytes=2_000_000,
         )
         rows.append(make_row(items[0], "ok", 1, stats=stats, run_kind="bench"))
-    ResultStore(OutputRoot(str(bench))).append(rows)
+    ResultTable(OutputRoot(str(bench))).append(rows)
     return manifest, items, bench
 
 

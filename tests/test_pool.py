@@ -23,7 +23,7 @@ from nst_engine.distributed.options import PoolOptions, parse_workers
 from nst_engine.distributed.scheduler import Scheduler, pool_shape, render_lane, run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]

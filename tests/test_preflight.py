@@ -31,14 +31,14 @@ import torch
 import yaml
 from PIL import Image
 
-from nst_engine.engine.files import TMP_PREFIX, NotWritableError
 from nst_engine.engine.vgg import VGG19_WIDTHS, conv_shapes
 from nst_engine.engine.weights import TORCHVISION_CONV_INDICES
 from nst_engine.planning import fingerprints
 from nst_engine.planning.fingerprints import CACHE_FILE, IMAGE, ImageIndex, check_image
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import ManifestError, load_manifest
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.files import TMP_PREFIX, NotWritableError
+from nst_engine.storage.roots import OutputRoot
 from tests.conftest import S3Server, write_image
 from tests.ray_helpers import tiny_manifest
 

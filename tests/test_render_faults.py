@@ -20,7 +20,7 @@ from nst_engine.distributed.scheduler import run_render
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.results.runs import read_runs
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_driver_sigkill_then_rerun_completes_only_the_rest(tmp_path: Path) -> No
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
     # finished items are the images written; their rows may still have been in the
-    # driver's buffer (results.store): the rerun records those from the images
+    # driver's buffer (results.table): the rerun records those from the images
     finished = {p: p.stat().st_mtime_ns for p in output.rglob("*.png")}
     assert len(finished) >= 2 and not (output / "results.parquet").exists()  # killed before compaction
     [killed] = read_runs(str(output)).to_pylist()

@@ -1,7 +1,7 @@
 """``nst report`` on a real results file: pages, escaping, pagination, thumbnails, a real browser.
 
 The results are made once per module without Ray: real tiny syntheses (random VGG, 32-48
-px, 2 iterations, well under a second each) written by the project's own ResultStore.
+px, 2 iterations, well under a second each) written by the project's own ResultTable.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.reports.build import build_report
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ResultStore
+from nst_engine.results.table import ResultTable
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import tiny_manifest
 
 EVIL = '<script>alert("boom")</script> & out of memory'
@@ -43,7 +43,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     items = expand(plan)
     assert len(items) == 12
     root = OutputRoot(plan.output)
-    store = ResultStore(root)
+    store = ResultTable(root)
     stylizer = Stylizer(random_weights(seed=0), device="cpu")
     rows = []
     for n, item in enumerate(items[:-1]):
@@ -160,7 +160,7 @@ def test_cli_report_and_bad_input(results: Path, tmp_path: Path) -> None:
 def test_report_from_parts_of_a_running_render(results: Path, tmp_path: Path) -> None:
     """A folder with only results.parts/ (a render still going, or killed) is reported too."""
     running = tmp_path / "running"
-    ResultStore(OutputRoot(str(running))).append(pq.read_table(results).to_pylist()[:3])
+    ResultTable(OutputRoot(str(running))).append(pq.read_table(results).to_pylist()[:3])
     summary = build_report(running, tmp_path / "report")
     page = (tmp_path / "report" / "index.html").read_text()
     assert summary.items == gallery_rows(page) >= 1

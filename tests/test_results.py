@@ -22,20 +22,21 @@ from nst_engine.engine.images import encode_png
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
-from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.results.resume import check_done, completed
 from nst_engine.results.runs import RUNS_FILE, RUNS_SCHEMA, RunLog, read_runs
 from nst_engine.results.runs import markdown_table as runs_markdown_table
 from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, markdown_table, to_table
-from nst_engine.results.storage import TMP_PREFIX, OutputRoot
-from nst_engine.results.store import (
+from nst_engine.results.table import (
     PARTS_DIR,
     RESULTS_FILE,
     ROW_GROUP_ROWS,
     ResultsError,
-    ResultStore,
+    ResultTable,
     merge_files,
     read_results,
 )
+from nst_engine.storage.paths import UnsafePathError, safe_relative
+from nst_engine.storage.roots import TMP_PREFIX, OutputRoot
 from tests.conftest import write_image
 
 
@@ -98,10 +99,10 @@ def part_files(root: Path) -> list[Path]:
 
 def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> None:
     out = tmp_path / "out"
-    store = ResultStore(OutputRoot(str(out)))
+    store = ResultTable(OutputRoot(str(out)))
     assert read_results(store.root).num_rows == 0
     assert read_results(store.root).schema == SCHEMA
-    assert store.completed() == {}
+    assert completed(store) == {}
     assert store.compact() == 0
     assert not (out / RESULTS_FILE).exists()
 
@@ -136,7 +137,7 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     assert o["started_at"] == started and o["finished_at"] is None
     assert o["output_path"] == work[0].output_path
 
-    assert store.completed() == {
+    assert completed(store) == {
         work[0].item_id: work[0].output_path,
         work[1].item_id: work[1].output_path,
     }
@@ -163,20 +164,20 @@ def test_append_read_completed_compact(tmp_path: Path, work: list[WorkItem]) -> 
     assert sorted(again["item_id"].to_pylist()) == sorted(
         [work[0].item_id, work[0].item_id, work[1].item_id, work[2].item_id, work[3].item_id]
     )
-    assert set(store.completed()) == {work[0].item_id, work[1].item_id, work[2].item_id}
+    assert set(completed(store)) == {work[0].item_id, work[1].item_id, work[2].item_id}
     assert store.compact() == 2
     assert pq.read_table(out / RESULTS_FILE).num_rows == 5
     assert part_files(out) == []
 
 
 def test_a_second_store_on_the_same_root_sees_the_rows(tmp_path: Path, work: list[WorkItem]) -> None:
-    ResultStore(OutputRoot(str(tmp_path / "out"))).append([make_row(work[0], "ok", 1)])
-    reader = ResultStore(OutputRoot(f"file://{tmp_path / 'out'}"))
-    assert reader.completed() == {work[0].item_id: work[0].output_path}
+    ResultTable(OutputRoot(str(tmp_path / "out"))).append([make_row(work[0], "ok", 1)])
+    reader = ResultTable(OutputRoot(f"file://{tmp_path / 'out'}"))
+    assert completed(reader) == {work[0].item_id: work[0].output_path}
 
 
 def test_parts_folder_reads_as_a_dataset(tmp_path: Path, work: list[WorkItem]) -> None:
-    store = ResultStore(OutputRoot(str(tmp_path)))
+    store = ResultTable(OutputRoot(str(tmp_path)))
     for item in work:
         store.append([make_row(item, "ok", 1)])
     dataset = pq.read_table(tmp_path / PARTS_DIR)
@@ -193,7 +194,7 @@ def test_unknown_row_keys_are_refused(work: list[WorkItem]) -> None:
 
 def test_duckdb_reads_the_results(tmp_path: Path, work: list[WorkItem], monkeypatch) -> None:
     duckdb = pytest.importorskip("duckdb")
-    store = ResultStore(OutputRoot(str(tmp_path)))
+    store = ResultTable(OutputRoot(str(tmp_path)))
     store.append([make_row(item, "ok", 1) for item in work])
     store.compact()
     monkeypatch.chdir(tmp_path)
@@ -285,7 +286,7 @@ def test_file_uri_roots(tmp_path: Path, work: list[WorkItem]) -> None:
     assert plain_root.read_bytes("x/y.txt") == b"via uri"
     assert uri_root.local_path("x/y.txt") == tmp_path / "out" / "x" / "y.txt"
     assert uri_root.display("x/y.txt") == str(tmp_path / "out" / "x" / "y.txt")
-    store = ResultStore(uri_root)
+    store = ResultTable(uri_root)
     store.append([make_row(work[0], "ok", 1)])
     assert store.compact() == 1
     assert pq.read_table(tmp_path / "out" / RESULTS_FILE).num_rows == 1
@@ -341,7 +342,7 @@ def test_readme_schema_table_matches_the_schema() -> None:
 
 
 def test_read_results_reads_only_the_columns_asked_for(tmp_path: Path, work: list[WorkItem]) -> None:
-    store = ResultStore(OutputRoot(str(tmp_path)))
+    store = ResultTable(OutputRoot(str(tmp_path)))
     store.append([make_row(work[0], "ok", 1, stats=fake_stats(work[0]))])
     store.compact()
     store.append([make_row(work[1], "failed", 1, error="bad")])  # one compacted file + one part
@@ -361,7 +362,7 @@ def test_tables_written_before_a_column_existed_read_it_as_null(tmp_path: Path, 
     row = make_row(work[0], "ok", 1, stats=fake_stats(work[0]))
     old = to_table([row]).drop_columns(["final_tv_loss", "engine_seconds"])
     pq.write_table(old, tmp_path / RESULTS_FILE)
-    ResultStore(OutputRoot(str(tmp_path))).append([row])
+    ResultTable(OutputRoot(str(tmp_path))).append([row])
     table = read_results(tmp_path, ["item_id", "final_tv_loss", "final_total_loss"])
     assert table.num_rows == 2
     assert sorted(table["final_tv_loss"].to_pylist(), key=str) == [0.0, None]
@@ -382,7 +383,7 @@ def test_no_timed_iteration_is_null_not_nan(tmp_path: Path, work: list[WorkItem]
     time: null in Parquet (and JSON), which the fits skip, never NaN."""
     empty = replace(fake_stats(work[0]), iteration_seconds=[], total_losses=[], iterations=0)
     assert empty.seconds_per_iteration is None and empty.seconds_per_iteration_p75 is None
-    store = ResultStore(OutputRoot(str(tmp_path)))
+    store = ResultTable(OutputRoot(str(tmp_path)))
     store.append([make_row(work[0], "ok", 1, stats=empty)])
     row = read_results(tmp_path, ["seconds_per_iteration", "seconds_per_iteration_p25"]).to_pylist()[0]
     assert row == {"seconds_per_iteration": None, "seconds_per_iteration_p25": None}
@@ -405,7 +406,7 @@ def test_an_unknown_filesystem_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_buffered_appends_write_few_part_files(tmp_path: Path, work: list[WorkItem]) -> None:
     """5,000 rows appended one at a time, as a run's driver does, make 5 part files, not 5,000."""
-    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=3600)
+    store = ResultTable(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=3600)
     for n in range(5000):
         store.append([make_row(work[n % 4], "ok", n + 1)])
         if n == 998:
@@ -421,7 +422,7 @@ def test_buffered_appends_write_few_part_files(tmp_path: Path, work: list[WorkIt
 
 
 def test_an_old_buffer_is_written_when_the_next_row_arrives(tmp_path: Path, work: list[WorkItem]) -> None:
-    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=0.05)
+    store = ResultTable(OutputRoot(str(tmp_path)), flush_rows=1000, flush_seconds=0.05)
     store.append([make_row(work[0], "ok", 1)])
     assert store.buffered == 1
     time.sleep(0.06)
@@ -433,7 +434,7 @@ def test_incremental_compaction_keeps_every_row_once(tmp_path: Path, work: list[
     """Levels of compact_at files merge into one file of the next level as parts arrive,
     so the part count stays bounded; every row is there exactly once, before and after
     the final compaction."""
-    store = ResultStore(OutputRoot(str(tmp_path)), compact_at=4)  # every append is a part
+    store = ResultTable(OutputRoot(str(tmp_path)), compact_at=4)  # every append is a part
     most = 0
     for n in range(1, 101):
         store.append([make_row(work[n % 4], "ok", n)])
@@ -448,7 +449,7 @@ def test_incremental_compaction_keeps_every_row_once(tmp_path: Path, work: list[
 
 
 def test_a_merge_streams_in_row_groups(tmp_path: Path, work: list[WorkItem]) -> None:
-    store = ResultStore(OutputRoot(str(tmp_path)), flush_rows=30_000)
+    store = ResultTable(OutputRoot(str(tmp_path)), flush_rows=30_000)
     store.append([make_row(work[n % 4], "ok", n) for n in range(ROW_GROUP_ROWS * 2 + 5)])
     store.compact()
     metadata = pq.ParquetFile(tmp_path / RESULTS_FILE).metadata
@@ -464,14 +465,14 @@ def test_parts_left_by_a_crash_after_a_merge_count_once(tmp_path: Path, work: li
     """A merge that was not followed by the deletion of its sources (the driver died
     between the two) neither doubles rows for readers nor gets merged twice."""
     root = OutputRoot(str(tmp_path))
-    store = ResultStore(root)
+    store = ResultTable(root)
     for n in range(1, 4):
         store.append([make_row(work[0], "ok", n)])
     parts = root.list_files(PARTS_DIR, ".parquet")
     merge_files(root, parts, RESULTS_FILE)  # merged, sources still there: as after a crash
     assert len(part_files(tmp_path)) == 3
     assert sorted(read_results(tmp_path, ["attempt"])["attempt"].to_pylist()) == [1, 2, 3]
-    again = ResultStore(root)
+    again = ResultTable(root)
     again.append([make_row(work[1], "ok", 4)])
     assert again.compact() == 1  # only the new part: the leftovers were deleted, not merged
     assert part_files(tmp_path) == []
@@ -490,7 +491,7 @@ def test_an_image_without_its_row_is_recovered_not_rerendered(tmp_path: Path, wo
     """The driver was killed with rows in its buffer: the images carry their item ids, so
     the next run records them as ok (from the image) instead of rendering them again."""
     root = OutputRoot(str(tmp_path / "out"))
-    store = ResultStore(root)
+    store = ResultTable(root)
     done, lost, stranger, missing = work
     store.append([make_row(done, "ok", 1)])
     _write_output(root, done, done.item_id)
@@ -498,28 +499,28 @@ def test_an_image_without_its_row_is_recovered_not_rerendered(tmp_path: Path, wo
     _write_output(root, stranger, "another-item")  # another item's image at this path
     (tmp_path / "out" / missing.output_path).parent.mkdir(parents=True, exist_ok=True)
 
-    check = store.check_done(work)
+    check = check_done(store, work)
     assert (check.done, check.recovered) == ([done], [lost])
     assert check.todo == [stranger, missing]
     assert read_results(root).num_rows == 1  # checking writes nothing
 
     resumed = skip_done(work, store, force=False)
     assert resumed.todo == [stranger, missing]
-    assert set(store.completed()) == {done.item_id, lost.item_id}
+    assert set(completed(store)) == {done.item_id, lost.item_id}
     row = next(r for r in read_results(root).to_pylist() if r["item_id"] == lost.item_id)
     assert (row["status"], row["attempt"], row["error"]) == ("ok", 0, None)
     assert (row["width"], row["height"], row["pixels"], row["iterations"]) == (32, 21, 672, 7)
     assert (row["final_total_loss"], row["seconds_per_iteration"]) == (3.0, None)
     assert row["output_path"] == lost.output_path and row["content_hash"] == lost.content_hash
     # recorded once: the next check finds both done
-    assert store.check_done(work).done == [done, lost]
+    assert check_done(store, work).done == [done, lost]
     assert skip_done(work, store, force=True).todo == work
 
 
 def test_a_damaged_output_is_rendered_again(tmp_path: Path, work: list[WorkItem]) -> None:
     root = OutputRoot(str(tmp_path))
     root.write_bytes(work[0].output_path, b"\x89PNG\r\n\x1a\n truncated")
-    assert ResultStore(root).check_done(work[:1]).todo == work[:1]
+    assert check_done(ResultTable(root), work[:1]).todo == work[:1]
 
 
 def test_the_runs_table_records_each_run(tmp_path: Path) -> None:

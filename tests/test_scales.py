@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nst_engine.engine import Stylizer, SynthesisConfig
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.scales import coarser_scales, upsample
+from nst_engine.errors import ConfigError
 from tests.conftest import write_image
 
 CONFIG = SynthesisConfig(size=96, iterations=15)

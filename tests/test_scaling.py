@@ -15,7 +15,7 @@ import pytest
 
 from nst_engine.distributed.scheduler import cpu_worker_threads
 from nst_engine.reports.scaling import fit_devices, format_k
-from nst_engine.results.store import read_results
+from nst_engine.results.table import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = np.array([128, 256, 384, 512, 768, 1024])
@@ -192,7 +192,7 @@ def test_bench_lane_stores_lost_attempts_and_stops_at_out_of_memory(tmp_path: Pa
     from nst_engine.distributed.runtime import connect
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.roots import OutputRoot
     from tests import ray_helpers
 
     plan = load_manifest(ray_helpers.tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32, 40, 48, 56)))

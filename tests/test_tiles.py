@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import load_image
 from nst_engine.engine.losses import StyleTransferObjective
 from nst_engine.engine.memory import MemoryModel, optimizer_state_bytes
 from nst_engine.engine.problem import Problem
 from nst_engine.engine.targets import TargetCache
 from nst_engine.engine.tiles import TiledGradient, grid_and_halo, spans, tile_for
+from nst_engine.errors import ConfigError
 from tests.conftest import out_of_memory_report, write_image
 
 

@@ -25,9 +25,10 @@ from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.reports.plan import make_plan
+from nst_engine.results.resume import ITEM_ID_KEY, check_done, reason_kind
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ITEM_ID_KEY, ResultStore, read_results, reason_kind
+from nst_engine.results.table import ResultTable, read_results
+from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,14 +75,14 @@ def test_older_rows_without_output_bytes_are_verified_by_decoding(tmp_path: Path
     trusts them by size alone; damaged ones are redone with the reason."""
     whole, half, foreign, anonymous = items
     root = OutputRoot(str(tmp_path / "out"))
-    store = ResultStore(root)
+    store = ResultTable(root)
     store.append([make_row(i, "ok", 1) for i in items])  # no output_bytes: an older table
     whole_png = write(root, whole, png_of(whole.item_id))
     write(root, half, png_of(half.item_id)[:1000])
     write(root, foreign, png_of(whole.item_id))
     write(root, anonymous, png_of(None))
 
-    check = store.check_done(items)
+    check = check_done(store, items)
     assert check.images_read == 4
     assert (check.done, check.recovered, check.todo) == ([whole], [], [half, foreign, anonymous])
     assert check.redo[half.item_id].startswith("image does not decode (")
@@ -94,13 +95,13 @@ def test_older_rows_without_output_bytes_are_verified_by_decoding(tmp_path: Path
     assert read_results(root).num_rows == 4  # checking writes nothing
 
     skip_done(items, store, force=False)  # records the verified image's size, once
-    again = store.check_done(items)
+    again = check_done(store, items)
     assert again.done == [whole] and again.rows == []
     assert again.images_read == 3  # the damaged ones only: the whole one is trusted by size now
     # trusted by size alone: same-size damage passes the default check, not a full one
     (tmp_path / "out" / whole.output_path).write_bytes(b"\0" * len(whole_png))
-    assert store.check_done(items).done == [whole]
-    full = store.check_done(items, verify=True)
+    assert check_done(store, items).done == [whole]
+    full = check_done(store, items, verify=True)
     assert whole in full.todo and full.redo[whole.item_id] == "image does not decode (not an image)"
 
 
@@ -108,7 +109,7 @@ def test_a_checksum_that_differs_is_redone(tmp_path: Path, items) -> None:
     """An image that decodes and carries its id, but is not the bytes the worker wrote."""
     same_size, other_size, _, _ = items
     root = OutputRoot(str(tmp_path))
-    store = ResultStore(root)
+    store = ResultTable(root)
     written = [(i, png_of(i.item_id)) for i in (same_size, other_size)]
     store.append(
         [make_row(i, "ok", 1, output_bytes=len(png), output_sha256=sha256(png)) for i, png in written]
@@ -120,11 +121,11 @@ def test_a_checksum_that_differs_is_redone(tmp_path: Path, items) -> None:
     recorded = len(written[1][1])
     assert len(replaced) != recorded
 
-    check = store.check_done(items[:2])
+    check = check_done(store, items[:2])
     assert check.done == [same_size] and check.images_read == 1  # the same size is trusted unread
     why = f"checksum differs; image is {len(replaced)} bytes, the ok row recorded {recorded}"
     assert check.redo == {other_size.item_id: why}
-    full = store.check_done(items[:2], verify=True)
+    full = check_done(store, items[:2], verify=True)
     assert full.images_read == 2 and full.done == []
     assert full.redo[same_size.item_id] == "checksum differs"
 
@@ -132,7 +133,7 @@ def test_a_checksum_that_differs_is_redone(tmp_path: Path, items) -> None:
 def test_the_plan_counts_redo_apart_from_new_items(tmp_path: Path, items) -> None:
     zero, also_zero, missing, fine = items
     root = OutputRoot(str(tmp_path / "out"))
-    store = ResultStore(root)
+    store = ResultTable(root)
     done = [zero, also_zero, missing, fine]
     pngs = {i.item_id: png_of(i.item_id) for i in done}
     store.append([make_row(i, "ok", 1, output_bytes=len(pngs[i.item_id])) for i in done])
@@ -237,7 +238,7 @@ def test_damaged_outputs_are_redone_with_their_reason(local_ray, tmp_path: Path)
     assert len(redone) == 1 and redone[0]["redo_reason"].startswith("image does not decode (")
     assert flipped.read_bytes() != flipped_bytes
     assert len(assert_outputs_whole(output)) == 8
-    final = ResultStore(OutputRoot(str(output))).check_done(items, verify=True)
+    final = check_done(ResultTable(OutputRoot(str(output))), items, verify=True)
     assert len(final.done) == 8 and final.redo == {}
 
 
@@ -263,5 +264,5 @@ def test_an_image_without_its_row_is_adopted_with_its_size(local_ray, tmp_path: 
         data = pngs[row["output_path"]].read_bytes()
         assert (row["status"], row["attempt"], row["redo_reason"]) == ("ok", 0, None)
         assert (row["output_bytes"], row["output_sha256"]) == (len(data), sha256(data))
-    check = ResultStore(OutputRoot(str(output))).check_done(items)
+    check = check_done(ResultTable(OutputRoot(str(output))), items)
     assert len(check.done) == 2 and check.images_read == 0  # trusted by size from now on

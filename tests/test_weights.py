@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_engine.engine.errors import WeightsError
 from nst_engine.engine.vgg import CAFFE, CONV_NAMES, TORCHVISION, conv_shapes
 from nst_engine.engine.weights import (
     TORCHVISION_CONV_INDICES,
@@ -16,6 +15,7 @@ from nst_engine.engine.weights import (
     load_weights,
     random_weights,
 )
+from nst_engine.errors import WeightsError
 
 VGG19_SHAPES = conv_shapes()
 

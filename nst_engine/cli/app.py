@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 app = typer.Typer(
     help="Neural style transfer after Gatys, Ecker & Bethge (CVPR 2016): one image, or batches on Ray.",

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from nst_engine.cli.app import app, err, fail, stop_on_sigterm
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -32,7 +32,7 @@ def _read_fit_rows(locations: list[str]) -> pa.Table:
     import pyarrow as pa
 
     from nst_engine.reports.scaling import FIT_COLUMNS
-    from nst_engine.results.store import read_results
+    from nst_engine.results.table import read_results
 
     tables = []
     for location in locations:
@@ -145,8 +145,8 @@ def scaling(
     from nst_engine.engine.weights_spec import sample_images
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import manifest_from_dict
-    from nst_engine.results.storage import OutputRoot
-    from nst_engine.results.store import RESULTS_FILE
+    from nst_engine.results.table import RESULTS_FILE
+    from nst_engine.storage.roots import OutputRoot
 
     try:
         size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.engine.errors import NSTError
+from nst_engine.errors import NSTError
 
 ADDRESS_HELP = (
     "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)."

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from nst_engine.cli.app import STORAGE_ERRORS, ManifestArgument, OutputOption, app, err, fail
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     from nst_engine.planning.items import WorkItem
@@ -38,7 +38,7 @@ def check_output_root(output: str) -> None:
     """Exit 2 with one line when ``output`` cannot take results (no folder, no permission,
     a bucket that refuses writes), found by writing, renaming and deleting a probe there:
     before any work starts, not after rendering, when the results would be lost."""
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.roots import OutputRoot
 
     try:
         OutputRoot(output).probe_writable()
@@ -90,12 +90,12 @@ def plan_render(
     results is one ``error:`` line and exit code 2."""
 
     from nst_engine.reports.plan import load_fits, make_plan
-    from nst_engine.results.storage import OutputRoot
-    from nst_engine.results.store import ResultStore
+    from nst_engine.results.table import ResultTable
+    from nst_engine.storage.roots import OutputRoot
 
     try:
         fits, used = load_fits(fit_locations(manifest, fits_from), required=bool(fits_from))
-        store = ResultStore(OutputRoot(str(manifest.output)))
+        store = ResultTable(OutputRoot(str(manifest.output)))
         return make_plan(str(source), items, store, force=force, fits=fits, fits_from=used, verify=verify)
     except NSTError as exc:
         raise fail(exc) from None
@@ -106,7 +106,7 @@ def plan_render(
 def print_plan(plan: RenderPlan) -> None:
     """The plan for people, on stderr like every command's report."""
     from nst_engine.reports.plan import format_duration
-    from nst_engine.results.lease import lease_note
+    from nst_engine.storage.lease import lease_note
 
     styles = ", ".join(plan.styles[:SHOWN]) + (
         f", ... ({len(plan.styles)})" if len(plan.styles) > SHOWN else ""

@@ -40,12 +40,12 @@ from nst_engine.distributed.options import (
     parse_max_batch,
     parse_workers,
 )
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
-    from nst_engine.results.lease import Lease
-    from nst_engine.results.storage import OutputRoot
+    from nst_engine.storage.lease import Lease
+    from nst_engine.storage.roots import OutputRoot
 
 
 class RenderView:
@@ -108,7 +108,7 @@ def take_lease(ctx: typer.Context, root: OutputRoot, command: str, manifest: str
     """The output root's lease for this command, held until the command ends (any way:
     ``ctx.with_resource``); a root another run holds is one ``error:`` line naming it and
     exit 2, or with ``wait`` a line saying whom we wait for, then the wait."""
-    from nst_engine.results.lease import Lease
+    from nst_engine.storage.lease import Lease
 
     def warn(line: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
@@ -221,8 +221,8 @@ def render(
     from nst_engine.cli.plan import load_and_expand, plan_render
     from nst_engine.distributed.runtime import connect, disconnect
     from nst_engine.distributed.scheduler import run_render
-    from nst_engine.results.storage import OutputRoot
-    from nst_engine.results.store import RESULTS_FILE
+    from nst_engine.results.table import RESULTS_FILE
+    from nst_engine.storage.roots import OutputRoot
 
     try:
         checkpoint_seconds = parse_checkpoint_every(checkpoint_every)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from nst_engine.cli.app import app, err, fail
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 
 @app.command()

@@ -14,13 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nst_engine.cli.app import app, err, fail
 from nst_engine.cli.options import config_from_options, engine_options
 from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResult, load_image
-from nst_engine.engine.errors import one_line
-from nst_engine.engine.files import probe_writable, write_atomic
 from nst_engine.engine.memory import is_out_of_memory
 from nst_engine.engine.optimize import IterationRecord
 from nst_engine.engine.problem import synthesis_size
 from nst_engine.engine.tiles import tile_count
 from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.errors import one_line
+from nst_engine.storage.files import probe_writable, write_atomic
 
 
 def _check_writable(path: Path, option: str) -> None:

@@ -30,8 +30,8 @@ from nst_engine.distributed.scheduler import (
 from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import ID_LENGTH, WorkItem
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ResultStore
+from nst_engine.results.table import ResultTable
+from nst_engine.storage.roots import OutputRoot
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def run_scaling(
         size is also run as a batch of each of those many syntheses at once, in one call
         (``batched_items``); their rows record ``batch_size``, and ``items_per_second`` reads
     the throughput off them."""
-    store = ResultStore(root)
+    store = ResultTable(root)
     rows: list[dict] = []
     by_lane = {slot.label: slot for slot in slots}
 

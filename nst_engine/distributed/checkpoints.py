@@ -10,8 +10,8 @@ import posixpath
 from collections.abc import Iterable
 
 from nst_engine.engine.checkpoint import AUTO_EVERY_SECONDS, AUTO_MIN_PREDICTED_SECONDS, CheckpointPolicy
-from nst_engine.engine.files import TMP_PREFIX
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.files import TMP_PREFIX
+from nst_engine.storage.roots import OutputRoot
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from nst_engine.distributed.options import parse_checkpoint_every, parse_max_batch, parse_workers
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 
 @dataclass(frozen=True)

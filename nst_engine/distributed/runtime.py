@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 
 from nst_engine.distributed import reaper
-from nst_engine.engine.errors import NSTError
+from nst_engine.errors import NSTError
 
 LOCALHOST = "127.0.0.1"
 #: Ray's switch for "a cluster of one machine on the loopback interface" (its default on

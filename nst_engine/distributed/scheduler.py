@@ -25,13 +25,14 @@ from nst_engine.distributed.checkpoints import remove_checkpoints
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS, PoolOptions
 from nst_engine.distributed.runtime import autoscaler_max_resources
 from nst_engine.distributed.worker import OUT_OF_MEMORY, ProgressBoard, RenderWorker
-from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.errors import NSTError, one_line
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.resume import DoneCheck, check_done
 from nst_engine.results.runs import RunLog
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import FLUSH_ROWS, FLUSH_SECONDS, DoneCheck, ResultStore
+from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
+from nst_engine.storage.roots import OutputRoot
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,12 @@ def pool_shape(options: PoolOptions, items: int) -> PoolShape:
 
 def skip_done(
     items: list[WorkItem],
-    store: ResultStore,
+    store: ResultTable,
     force: bool,
     run_kind: str = "render",
     check: DoneCheck | None = None,
 ) -> DoneCheck:
-    """Which items are already done (``ResultStore.check_done``: one read of the ok rows,
+    """Which items are already done (``resume.check_done``: one read of the ok rows,
     one listing of the output root, or ``check`` when the caller's plan made it already);
     items whose image survived a killed driver without its row are recorded as ok now
     rather than rendered again, and so are images verified for rows from before
@@ -168,7 +169,7 @@ def skip_done(
     ``redo`` saying why (the scheduler puts it on their rows)."""
     if force:
         return DoneCheck(todo=list(items))
-    check = check or store.check_done(items, run_kind)
+    check = check or check_done(store, items, run_kind)
     store.append(check.rows)
     return check
 
@@ -341,7 +342,7 @@ class Scheduler:
         root: OutputRoot,
         options: PoolOptions = PoolOptions(),
         *,
-        store: ResultStore | None = None,
+        store: ResultTable | None = None,
         summary: RunSummary | None = None,
         run_kind: str = "render",
         warmup: int = 0,
@@ -354,7 +355,7 @@ class Scheduler:
         self.weights = weights
         self.root = root
         self.options = options
-        self.store = store or ResultStore(root)
+        self.store = store or ResultTable(root)
         self.summary = summary or RunSummary()
         self.run_kind = run_kind
         self.warmup = warmup
@@ -710,14 +711,14 @@ def run_render(
     still_ours: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
-    (buffered, see ``results.store``) and the run itself to its runs table. ``done`` is
+    (buffered, see ``results.table``) and the run itself to its runs table. ``done`` is
     the plan's split of ``items`` into done and to do, if the caller made one.
     ``still_ours`` (the output root's lease check) raises once this run may no longer
     write there: checked before every write of results and once per scheduler tick, so
     the run stops (its unwritten rows are rebuilt from the images by the next run).
     Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set."""
     started = time.time()
-    store = ResultStore(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours)
+    store = ResultTable(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours)
     root.remove_stale_temporaries()
     summary = RunSummary(total=len(items))
     check = skip_done(items, store, force, run_kind, done)
@@ -764,7 +765,7 @@ def queue_order(item: WorkItem) -> tuple[int, tuple]:
     return -(height * width or item.pixels_estimate), item.batch_key
 
 
-def _may_write(store: ResultStore) -> bool:
+def _may_write(store: ResultTable) -> bool:
     """Whether this run may still write its output root (its lease is still its own)."""
     try:
         store.guard()
@@ -778,7 +779,7 @@ def _render_todo(
     weights: WeightsSpec,
     root: OutputRoot,
     options: PoolOptions,
-    store: ResultStore,
+    store: ResultTable,
     summary: RunSummary,
     run_kind: str,
     started: float,

@@ -24,15 +24,15 @@ import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.engine.batch import EvaluationBatch, auto_batch
-from nst_engine.engine.errors import NSTError, one_line
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.errors import NSTError, one_line
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.resume import ITEM_ID_KEY
 from nst_engine.results.schema import make_row
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ITEM_ID_KEY
+from nst_engine.storage.roots import OutputRoot
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board (the live view's period)
 OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
@@ -314,7 +314,7 @@ class RenderWorker:
             self.root.write_bytes(item.output_path, png)
             checkpoint.discard()  # only once the image is in place
             stats = result.stats.with_warmup(warmup)
-            # what a rerun verifies the image by (results.store: check_done), from these bytes
+            # what a rerun verifies the image by (results.resume: check_done), from these bytes
             extra.update(output_bytes=len(png), output_sha256=hashlib.sha256(png).hexdigest())
         except NSTError as exc:  # bad input: another attempt would fail the same way
             error = one_line(exc)

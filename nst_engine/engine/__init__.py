@@ -8,7 +8,6 @@
 
 from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision
 from nst_engine.engine.config import CONTENT_LAYERS, STYLE_LAYERS, SynthesisConfig
-from nst_engine.engine.errors import ConfigError, ImageInputError, NSTError, WeightsError
 from nst_engine.engine.images import load_image, read_png_metadata, save_png
 from nst_engine.engine.losses import StyleTargets, gram_matrix
 from nst_engine.engine.normalization import normalize_weights
@@ -16,6 +15,7 @@ from nst_engine.engine.stats import SynthesisStats
 from nst_engine.engine.synthesis import Stylizer, SynthesisResult, resolve_device
 from nst_engine.engine.vgg import LAYER_NAMES, VGG19Features
 from nst_engine.engine.weights import VGGWeights, load_weights, random_weights
+from nst_engine.errors import ConfigError, ImageInputError, NSTError, WeightsError
 
 __all__ = [
     "CONTENT_LAYERS",

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision, parse_choice
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.optimize import OptimizerSettings
-from nst_engine.engine.uris import is_uri
 from nst_engine.engine.vgg import check_layers, deepest, min_side
+from nst_engine.errors import ConfigError
+from nst_engine.storage.uris import is_uri
 
 #: Fields added after item ids were first issued, with the value that reproduces the
 #: outputs from before them (``SynthesisConfig.to_params`` leaves them out then).

@@ -23,7 +23,7 @@ from collections.abc import Hashable, Iterator, Sequence
 
 import torch
 
-from nst_engine.engine.errors import ConfigError
+from nst_engine.errors import ConfigError
 
 #: Most distinct input shapes a process lets cuDNN autotune (``torch.backends.cudnn.benchmark``).
 #: Tuning a shape runs every candidate algorithm of every convolution once (and counts its

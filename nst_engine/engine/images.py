@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
-from nst_engine.engine.errors import ConfigError, ImageInputError
-from nst_engine.engine.files import write_atomic
-from nst_engine.engine.uris import InputNotFoundError, is_uri, read_bytes
+from nst_engine.errors import ConfigError, ImageInputError
+from nst_engine.storage.files import write_atomic
+from nst_engine.storage.uris import InputNotFoundError, is_uri, read_bytes
 
 #: Refuse to decode images with more pixels than this (decompression-bomb guard).
 MAX_DECODE_PIXELS = 64_000_000

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from nst_engine.engine.files import write_atomic
 from nst_engine.engine.images import ImageLike, load_image, output_size, resize, to_tensor
 from nst_engine.engine.vgg import CONV_NAMES, VGG19Features
 from nst_engine.engine.weights import VGGWeights, _torch_load
+from nst_engine.storage.files import write_atomic
 
 
 def cache_dir() -> Path:

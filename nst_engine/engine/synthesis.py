@@ -21,7 +21,6 @@ from nst_engine.engine.batch import EvaluationBatch, Member
 from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.device import resolve_device
-from nst_engine.engine.errors import ConfigError
 from nst_engine.engine.images import ImageLike, load_image, save_png
 from nst_engine.engine.memory import MemoryModel
 from nst_engine.engine.optimize import (
@@ -41,6 +40,7 @@ from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
 from nst_engine.engine.tiles import TiledGradient, tile_count, tile_for
 from nst_engine.engine.weights import VGGWeights
+from nst_engine.errors import ConfigError
 
 __all__ = ["CheckpointPolicy", "Stylizer", "SynthesisResult", "resolve_device"]
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nst_engine.engine.choices import Pooling, parse_choice
-from nst_engine.engine.errors import ConfigError
+from nst_engine.errors import ConfigError
 
 #: Convolutions per block of VGG-19; a pooling layer closes each block.
 BLOCK_DEPTHS = (2, 2, 4, 4, 4)

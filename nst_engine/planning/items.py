@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from nst_engine.engine.config import INITS, SynthesisConfig
-from nst_engine.engine.errors import WeightsError
 from nst_engine.engine.images import output_size
 from nst_engine.engine.vgg import deepest
 from nst_engine.engine.weights import check_source
 from nst_engine.engine.weights_spec import WeightsSpec
+from nst_engine.errors import WeightsError
 from nst_engine.planning.fingerprints import ImageIndex
 from nst_engine.planning.manifest import Manifest, ManifestError
-from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.storage.paths import UnsafePathError, safe_relative
 
 ID_LENGTH = 20
 #: What to do about bad inputs, shown after them (not one of the problems).

@@ -23,10 +23,8 @@ from typing import Any
 import yaml
 
 from nst_engine.engine.config import INITS, SynthesisConfig, coerce
-from nst_engine.engine.errors import ConfigError, NSTError, one_line
-from nst_engine.engine.uris import is_uri
 from nst_engine.engine.weights_spec import WeightsSpec
-from nst_engine.planning.paths import UnsafePathError, safe_relative
+from nst_engine.errors import ConfigError, NSTError, one_line
 from nst_engine.planning.sources import (
     DEFAULT_MAX_IMAGES,
     MAX_IMAGES_KEY,
@@ -35,6 +33,8 @@ from nst_engine.planning.sources import (
     list_images,
     locate,
 )
+from nst_engine.storage.paths import UnsafePathError, safe_relative
+from nst_engine.storage.uris import is_uri
 
 DEFAULT_LAYOUT = "{style}/{size}/{content}.png"
 LAYOUT_FIELDS = ("style", "size", "content", "content_name", "id")

@@ -26,7 +26,7 @@ from stat import S_ISDIR as stat_is_dir
 
 import pyarrow.fs as pafs
 
-from nst_engine.engine.uris import display, is_uri, resolve
+from nst_engine.storage.uris import display, is_uri, resolve
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 GLOB_CHARS = "*?["

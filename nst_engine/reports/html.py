@@ -28,11 +28,11 @@ from urllib.parse import quote
 import pyarrow.fs as pafs
 from PIL import Image
 
-from nst_engine.engine.files import write_atomic
 from nst_engine.reports.plots import Plot
 from nst_engine.reports.scaling import DeviceFit, format_k
 from nst_engine.reports.selection import Results
-from nst_engine.results.storage import OutputRoot
+from nst_engine.storage.files import write_atomic
+from nst_engine.storage.roots import OutputRoot
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 256

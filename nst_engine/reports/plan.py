@@ -20,7 +20,8 @@ import pyarrow as pa
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.planning.items import WorkItem
 from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
-from nst_engine.results.store import DoneCheck, ResultsError, ResultStore, read_results, reason_kind
+from nst_engine.results.resume import DoneCheck, check_done, reason_kind
+from nst_engine.results.table import ResultsError, ResultTable, read_results
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def predict(fit: DeviceFit, items: Sequence[WorkItem]) -> DevicePrediction:
 def make_plan(
     manifest: str,
     items: Sequence[WorkItem],
-    store: ResultStore,
+    store: ResultTable,
     *,
     force: bool = False,
     fits: Sequence[DeviceFit] = (),
@@ -189,11 +190,11 @@ def make_plan(
     verify: bool = False,
 ) -> RenderPlan:
     """The plan of rendering ``items`` into ``store``'s output root: the same split into
-    done and to do that ``run_render`` makes (``ResultStore.check_done``; ``verify``
+    done and to do that ``run_render`` makes (``resume.check_done``; ``verify``
     reads every done image rather than trusting its size), read-only."""
     bad = [i for i in items if i.input_error]
     # bad inputs land in ``todo`` without any I/O; ``nst render`` reuses this check
-    check = DoneCheck(todo=list(items)) if force else store.check_done(items, verify=verify)
+    check = DoneCheck(todo=list(items)) if force else check_done(store, items, verify=verify)
     kinds = Counter(reason_kind(r) for r in check.redo.values())
     todo = [i for i in check.todo if not i.input_error]
     return RenderPlan(

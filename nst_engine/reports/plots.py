@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nst_engine.engine.files import write_atomic
 from nst_engine.reports.scaling import DeviceFit, format_k
 from nst_engine.reports.selection import Results, loss_curve_rows
+from nst_engine.storage.files import write_atomic
 
 PLOTS_DIR = "plots"
 MIB = 1024**2

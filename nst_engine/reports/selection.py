@@ -14,11 +14,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 from nst_engine.reports.scaling import FIT_COLUMNS
 from nst_engine.results.schema import STATUSES, columns
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ResultsError, locate, read_results
+from nst_engine.results.table import ResultsError, locate, read_results
+from nst_engine.storage.roots import OutputRoot
 
 #: The columns the gallery, the tables and the plots show, and the fits need (loss
 #: curves are read apart).

@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nst_engine import __version__
-from nst_engine.engine.errors import one_line
 from nst_engine.engine.stats import stat as run_field  # a field with its column's meaning
+from nst_engine.errors import one_line
 from nst_engine.results.schema import COLUMNS
-from nst_engine.results.storage import OutputRoot
-from nst_engine.results.store import ResultsError, locate
+from nst_engine.results.table import ResultsError, locate
+from nst_engine.storage.roots import OutputRoot
 
 RUNS_FILE = "runs.parquet"
 _RESULT_MEANINGS = {c.name: c.meaning for c in COLUMNS}

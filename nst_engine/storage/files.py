@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from nst_engine.engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line
 
 #: Prefix of the temporary sibling a write goes to before its rename; a killed writer
 #: leaves only such a file, which the next batch run removes.

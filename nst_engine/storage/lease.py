@@ -62,9 +62,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from nst_engine.engine.errors import NSTError, one_line
-from nst_engine.engine.files import TMP_PREFIX, write_atomic
-from nst_engine.results.storage import OutputRoot
+from nst_engine.errors import NSTError, one_line
+from nst_engine.storage.files import TMP_PREFIX, write_atomic
+from nst_engine.storage.roots import OutputRoot
 
 log = logging.getLogger(__name__)
 

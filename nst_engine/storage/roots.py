@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from nst_engine.engine import uris
-from nst_engine.engine.files import TMP_PREFIX, probe_writable, write_atomic
-from nst_engine.planning.paths import safe_relative
+from nst_engine.storage import uris
+from nst_engine.storage.files import TMP_PREFIX, probe_writable, write_atomic
+from nst_engine.storage.paths import safe_relative
 
 #: How the temporary files of a write probe end (``OutputRoot.probe_writable``) ...
 PROBE_SUFFIX = "-probe"
