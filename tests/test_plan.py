@@ -47,7 +47,7 @@ def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
         root.write_bytes(item.output_path, png)
     bench = tmp_path / "bench"
     rows = []
-    for side in (16, 32, 64):  # square sizes; memory 1 MB + 1 kB per pixel on a 2 MB device
+    for side in (16, 32, 64):  # square sizes; memory 1 MB + 1 kB per pixel on a 2.2 MB device
         pixels = side * side
         stats = replace(
             fake_stats(items[0]),
@@ -58,7 +58,7 @@ def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
             device_name="Fake GPU",
             device_type="cuda",
             peak_memory_bytes=1_000_000 + 1000 * pixels,
-            device_memory_bytes=2_000_000,
+            device_memory_bytes=2_200_000,
         )
         rows.append(make_row(items[0], "ok", 1, stats=stats, run_kind="bench"))
     ResultTable(OutputRoot(str(bench))).append(rows)
@@ -80,8 +80,9 @@ def test_plan_json(setup, tmp_path: Path) -> None:
     expected = todo.config.iterations * (A + B * todo.pixels_estimate)
     assert (fake["device"], fake["device_type"]) == ("Fake GPU", "cuda")
     assert fake["seconds"] == pytest.approx(expected, rel=0.05)
-    # 2 MB fits (2e6 - 1e6) / 1000 = 1000 pixels: a 32x27 item (864 px) fits
-    assert fake["largest_square"] == 31 and fake["sizes_too_large"] == []
+    # 2.2 MB fits (2.2e6 - 1e6) / 1000 = 1200 pixels, of which the engine plans on 80%
+    # (memory.SAFETY_MARGIN, placement.place): a 32x27 item (864 px) fits
+    assert fake["largest_square"] == 34 and fake["sizes_too_large"] == []
     assert plan["fits_from"] == [str(bench)]
     assert read_results(tmp_path / "out").num_rows == 1  # planning writes nothing
     assert not (tmp_path / "out" / "runs.parquet").exists()
@@ -101,7 +102,7 @@ def test_plan_for_people_with_a_memory_warning(setup, tmp_path: Path) -> None:
         assert line in text
     assert "missing.png × s0 @ 32" in text and "image file not found" in text
     assert "Fake GPU (cuda)" in text
-    assert "warning: size 64 will not fit in the memory of Fake GPU; largest square that fits: 31²" in text
+    assert "warning: size 64 will not fit in the memory of Fake GPU; largest square that fits: 34²" in text
 
 
 def test_plan_without_fits(setup) -> None:

@@ -17,7 +17,6 @@ from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, SynthesisResu
 from nst_engine.engine.memory import is_out_of_memory
 from nst_engine.engine.optimize import IterationRecord
 from nst_engine.engine.problem import synthesis_size
-from nst_engine.engine.tiles import tile_count
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import one_line
 from nst_engine.storage.files import probe_writable, write_atomic
@@ -125,11 +124,11 @@ def stylize(
 def _print_tiling(stylizer: Stylizer, content: Image.Image, config: SynthesisConfig) -> None:
     """Say so when the output is computed in tiles, and why."""
     height, width = synthesis_size(content, config)
-    tile = stylizer.tile_side(height, width, config)
-    if tile:
+    placement = stylizer.place(height, width, config)
+    if placement.tile:
         why = "--tile" if config.tile else "the whole image would not fit in memory"
-        tiles = tile_count(height, width, tile)
-        err.print(f"tiled: {width}x{height} in {tile} px tiles, {tiles} per evaluation ({why})")
+        tiles = placement.tiles(height, width)
+        err.print(f"tiled: {width}x{height} in {placement.tile} px tiles, {tiles} per evaluation ({why})")
 
 
 def _run(

@@ -233,7 +233,7 @@ class RenderWorker:
         """Whether ``item`` would not fit whole on this worker's device (then it runs in
         tiles, or fails in ``render`` with the memory in its row)."""
         try:
-            return bool(all(item.shape) and self.stylizer.tile_side(*item.shape, item.config))
+            return bool(all(item.shape) and self.stylizer.place(*item.shape, item.config).tile)
         except MemoryError:
             return True
 

@@ -105,9 +105,13 @@ def _proc_kib(path: str, key: str) -> int:
 class MemoryModel:
     """B · (d·pixels + state) against a budget; ``d`` learnt from measured evaluations."""
 
-    def __init__(self, budget: int, bytes_per_pixel: float | None = None) -> None:
+    def __init__(
+        self, budget: int, bytes_per_pixel: float | None = None, floor: float = MIN_ACTIVATION_BYTES_PER_PIXEL
+    ) -> None:
         self.budget = budget
         self.bytes_per_pixel = bytes_per_pixel  # None until an evaluation was measured
+        #: the least believed per pixel; 0 for a model fitted to whole runs' measured peaks
+        self.floor = floor
 
     @classmethod
     def for_device(cls, device: torch.device, share: float = 1.0) -> MemoryModel:
@@ -123,7 +127,7 @@ class MemoryModel:
     @property
     def activation_bytes_per_pixel(self) -> float:
         """What one evaluation keeps per input pixel: measured, never below the floor."""
-        return max(self.bytes_per_pixel or 0.0, MIN_ACTIVATION_BYTES_PER_PIXEL)
+        return max(self.bytes_per_pixel or 0.0, self.floor)
 
     def need(self, pixels: int, settings: OptimizerSettings) -> int:
         """Predicted bytes of one more synthesis of ``pixels`` in the batch."""

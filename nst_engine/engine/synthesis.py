@@ -33,12 +33,13 @@ from nst_engine.engine.optimize import (
     drive,
     start_run,
 )
+from nst_engine.engine.placement import How, Placement, place
 from nst_engine.engine.problem import Problem, synthesis_size
 from nst_engine.engine.result import SynthesisResult, png_metadata
 from nst_engine.engine.scales import coarser_scales, schedule_text, upsample
 from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
-from nst_engine.engine.tiles import TiledGradient, tile_count, tile_for
+from nst_engine.engine.tiles import TiledGradient, tile_count
 from nst_engine.engine.weights import VGGWeights
 from nst_engine.errors import ConfigError
 
@@ -100,12 +101,15 @@ class Stylizer:
         should_stop: Callable[[], bool] | None = None,
         checkpoint: CheckpointPolicy | None = None,
         batch: EvaluationBatch | None = None,
+        placement: Placement | None = None,
     ) -> SynthesisResult:
         """Run one synthesis; ``content``/``styles`` are paths or PIL images.
 
         With ``batch`` (``Stylizer.batch``, entered), the synthesis is one member of it:
         it waits until the batch's memory model admits it, and its evaluations run in the
         batch's shared passes; called from one thread per synthesis (``run_together``).
+        ``placement`` is how it runs (``placement.place``), when the caller has decided
+        already (a worker, before it puts an item in its batch); else it is decided here.
 
         With ``checkpoint``, a checkpoint of the same work (same parameters, inputs,
         weights) is resumed from, and the run saves itself as the policy says, so a
@@ -121,17 +125,10 @@ class Stylizer:
         content_id = content_id or image_digest(content_img)
         style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
         settings = config.optimizer_settings()
-        # in a batch the worker has decided already (items too large to fit whole run
-        # alone); deciding again from the memory the other members hold now could tile an
-        # item the batch's own model admits
-        tile = (
-            self.tile_side(*synthesis_size(content_img, config), config)
-            if batch is None or config.tile
-            else 0
-        )
+        placement = placement or self.place(*synthesis_size(content_img, config), config, batch)
+        tile = placement.tile
         with (
-            # a tiled synthesis is too large to share its passes: it runs alone
-            _place(None if tile else batch, content_img, config, settings) as member,
+            _join(batch if placement.how is How.BATCHED else None, content_img, config, settings) as member,
             # a batch's members share the peak of the batch, which the batch itself enters
             contextlib.nullcontext(batch.peak) if batch is not None else PeakMemory(self.device) as memory,
         ):
@@ -211,7 +208,7 @@ class Stylizer:
             coarse = (
                 problem.initial_image() if start is None else upsample(start, problem.height, problem.width)
             )
-            tile = self.tile_side(problem.height, problem.width, scale) if member is None else 0
+            tile = self.place(problem.height, problem.width, scale, member and member.batch).tile
             trace = drive(
                 start_run(
                     problem.objective, coarse, scale.optimizer_settings(), _evaluator(problem, tile, member)
@@ -226,10 +223,15 @@ class Stylizer:
                 image.copy_(upsample(start, *image.shape[-2:]))
         return ran
 
-    def tile_side(self, height: int, width: int, config: SynthesisConfig) -> int:
-        """The tile side for a ``height`` × ``width`` synthesis on this device (0: untiled;
-        ``tiles.tile_for``)."""
-        return tile_for(height, width, config, self._memory_model())
+    def place(
+        self, height: int, width: int, config: SynthesisConfig, batch: EvaluationBatch | None = None
+    ) -> Placement:
+        """How a ``height`` × ``width`` synthesis runs here (``placement.place``): against
+        ``batch``'s memory model when it joins one (the budget its members were admitted
+        by; what the others hold now must not make it tile), else against this device's
+        memory free now."""
+        memory = batch.memory if batch is not None else self._memory_model()
+        return place(height, width, config, memory, batch is not None)
 
 
 def _evaluator(problem: Problem, tile: int, member: Member | None) -> Evaluator:
@@ -240,7 +242,7 @@ def _evaluator(problem: Problem, tile: int, member: Member | None) -> Evaluator:
 
 
 @contextlib.contextmanager
-def _place(
+def _join(
     batch: EvaluationBatch | None, content: Image.Image, config: SynthesisConfig, settings: OptimizerSettings
 ) -> Iterator[Member | None]:
     """The synthesis's place in ``batch`` (None without one), sized by its pixels."""

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.memory import SAFETY_MARGIN, MemoryModel, optimizer_state_bytes
-from nst_engine.engine.tiles import TILED_PASS_COST, tile_areas, tile_for
+from nst_engine.engine.placement import place
+from nst_engine.engine.tiles import TILED_PASS_COST, tile_areas
 from nst_engine.results.schema import columns
 
 #: The result columns the fits read.
@@ -58,22 +59,19 @@ class DeviceFit:
     def tile(self, height: int, width: int, config: SynthesisConfig) -> int | None:
         """The tile side a ``height`` × ``width`` synthesis would run in on this device: 0
         for the whole image at once, None when it would not fit even in tiles. As the
-        engine decides (``tiles.tile_for``), with the fit standing in for the measured
+        engine decides (``placement.place``), with the fit standing in for the measured
         model: the budget is ``SAFETY_MARGIN`` of what fits (``max_pixels``), and the
         activations' share of the fit's bytes per pixel is what remains after this
         config's optimizer state (approximate: the fit was measured with its runs' own
         history size)."""
         limit = self.max_pixels()
-        if config.tile is None and (limit is None or height * width <= limit):
-            return 0
         activations = max(self.mem_d - optimizer_state_bytes(config.optimizer_settings(), 1), 1.0)
-        budget = int(SAFETY_MARGIN * (limit or 0) * self.mem_d)
+        budget = int(SAFETY_MARGIN * (limit or 0) * self.mem_d)  # 0: no memory known, never tiles
         try:
-            tile = tile_for(height, width, config, MemoryModel(budget, bytes_per_pixel=activations))
+            fitted = MemoryModel(budget, bytes_per_pixel=activations, floor=0.0)  # measured peaks: no floor
+            return place(height, width, config, fitted).tile
         except MemoryError:
             return None
-        # automatic tiling of an image that does not fit whole found no tile: none fits
-        return tile if tile or config.tile is not None else None
 
     def predict_tiled_seconds(
         self, height: int, width: int, config: SynthesisConfig, tile: int | None
