@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from nst_engine.cli.bench import _estimate_cell
 from nst_engine.cli.main import app
-from nst_engine.cli.plan import plan_render
 from nst_engine.engine import SynthesisConfig
 from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import WorkItem, expand
@@ -23,6 +22,7 @@ from nst_engine.reports.scaling import DeviceFit
 from nst_engine.results.resume import ITEM_ID_KEY
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import ResultTable, read_results
+from nst_engine.runs.prepare import Prepared, plan
 from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import tiny_manifest
 from tests.test_results import fake_stats
@@ -113,9 +113,9 @@ def test_plan_without_fits(setup) -> None:
 
 
 def test_the_line_nst_render_prints_first(setup) -> None:
-    """``nst render`` prints this line (``plan_render(...).one_line()``) before it connects to Ray."""
+    """``nst render`` prints this line (``runs.prepare.plan(...).one_line()``) before it connects to Ray."""
     manifest, items, bench = setup
-    line = plan_render(manifest, load_manifest(manifest), items, False, [str(bench)]).one_line()
+    line = plan(Prepared(manifest, load_manifest(manifest), items), False, [str(bench)]).one_line()
     assert line.startswith(
         "plan: 4 items (1 style, 1 size): 1 done, 1 recovered from their images, 1 to render, "
         "1 bad input; predicted "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
-import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,10 +29,6 @@ ManifestArgument = Annotated[
 OutputOption = Annotated[
     str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
 ]
-
-#: What reading or writing an output root or input location raises besides ``NSTError``: an
-#: unusable URI (``ValueError``), storage that refuses (``OSError``), pyarrow's own errors.
-STORAGE_ERRORS = (OSError, ValueError, pa.ArrowException)
 
 #: The CLI's flags for fields that are not spelled ``--field-name``.
 FLAG_NAMES = {"source": "--weights", "preprocessing": "--weights-preprocessing"}
@@ -56,6 +53,48 @@ def fail(problem: str | BaseException, code: int = 2) -> typer.Exit:
     """Print ``error: ...`` (no markup, no emoji codes) and return the exit to raise."""
     err.print(f"[bold red]error:[/] {escape(message(problem))}", soft_wrap=True)
     return typer.Exit(code)
+
+
+class Printer:
+    """A run's listener (``runs.events.Listener``) that prints its lines on stderr;
+    commands override what they show more of."""
+
+    live = False
+
+    def note(self, line: str) -> None:
+        err.print(escape(line), soft_wrap=True)
+
+    def warn(self, line: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+
+    def connected(self, line: str, total: int = 0) -> None:
+        stop_on_sigterm()  # again: ray.init installed its own handler, which dumps a C++ stack
+        self.note(line)
+
+    def progress(self, progress: object) -> None:
+        pass
+
+    def row(self, where: str, row: dict) -> None:
+        pass
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """The one place a command's errors become exit codes: anything the user must fix
+    (``NSTError``, from the run layer or an option) is one ``error:`` line and exit 2; a
+    command's other outcomes (1: items failed; 130/143: stopped) it raises itself."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except NSTError as exc:
+            raise fail(exc) from None
+
+    return wrapper
 
 
 #: The last stopping signal this process received (SIGINT unless a handler saw SIGTERM).

@@ -9,60 +9,29 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nst_engine.cli.app import app, err, fail, stop_on_sigterm
+from nst_engine.cli.app import Printer, app, err, reports_errors
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS
-from nst_engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from nst_engine.engine.config import SynthesisConfig
     from nst_engine.reports.scaling import DeviceFit
 
 bench_app = typer.Typer(help="Benchmarks that write result rows (run_kind 'bench').", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-DEFAULT_RESULTS = "out/bench/results.parquet"
-
-
-def _read_fit_rows(locations: list[str]) -> pa.Table:
-    """The columns the fits read (``reports.scaling.FIT_COLUMNS``) of every results
-    location: a .parquet file, an output folder, or a URI such as file:///abs/out/bench
-    or s3://bucket/out; as one table."""
-    import pyarrow as pa
-
-    from nst_engine.reports.scaling import FIT_COLUMNS
-    from nst_engine.results.table import read_results
-
-    tables = []
-    for location in locations:
-        try:
-            table = read_results(location, FIT_COLUMNS)
-        except NSTError as exc:  # ResultsError: not a result table
-            raise fail(exc) from None
-        except (OSError, ValueError, pa.ArrowException) as exc:  # unreachable or malformed location
-            raise fail(f"{location}: cannot read results ({one_line(exc)})") from None
-        if table.num_rows == 0:
-            raise fail(f"{location}: no results there; run 'nst bench scaling' (or nst render) first")
-        tables.append(table)
-    return pa.concat_tables(tables)
-
 
 def _print_fits(locations: list[str], size: int | None = None, iterations: int | None = None) -> None:
     from nst_engine.engine.config import SynthesisConfig
-    from nst_engine.reports.scaling import fit_devices, format_k
+    from nst_engine.reports.scaling import format_k
+    from nst_engine.runs.bench import fits
 
-    fits = fit_devices(_read_fit_rows(locations))
-    if not fits:
-        raise fail(
-            "no device has ok rows at 3 or more sizes; run 'nst bench scaling --sizes 128,256,384,...'"
-        )
     table = Table(title="time per iteration = a + b·pixels^k, memory = c + d·pixels", show_edge=False)
     for column in ("device", "sizes", "exponent (95% interval)", "a (s)", "largest square that fits"):
         table.add_column(column)
     if size:
         table.add_column(f"{size}² × {iterations} iterations")
-    for fit in fits:
+    for fit in fits(locations):
         side = fit.max_square_side()
         row = [
             escape(fit.device),
@@ -104,9 +73,33 @@ def _print_throughput(rates: dict[tuple[str, int, int], float]) -> None:
     err.print(table)
 
 
+class ScalingListener(Printer):
+    """What ``nst bench scaling`` shows as it goes: a line per size and device."""
+
+    def row(self, where: str, row: dict) -> None:
+        if row["status"] == "ok":
+            err.print(
+                f"  {where}: {row['width']}x{row['height']} "
+                f"{row['seconds_per_iteration']:.3f} s/iteration "
+                f"[{row['seconds_per_iteration_p25']:.3f}, {row['seconds_per_iteration_p75']:.3f}], "
+                f"{row['loss_evaluations'] / max(row['iterations'], 1):.2f} evaluations/iteration, "
+                f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB"
+            )
+        else:
+            err.print(f"  {where}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}")
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    """Comma-separated whole numbers, or an error naming ``option``."""
+    try:
+        return sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise NSTError(f"{option}: expected comma-separated whole numbers, got {text!r}") from None
+
+
 @bench_app.command("scaling")
+@reports_errors
 def scaling(
-    ctx: typer.Context,
     sizes: Annotated[
         str, typer.Option(help="Comma-separated sizes (longer side, px).")
     ] = "128,256,384,512,768,1024",
@@ -139,87 +132,34 @@ def scaling(
 ) -> None:
     """The same synthesis at each size on every device type of the cluster; prints the fitted
     exponent k per device (the paper predicts k ≈ 1) and writes rows to OUTPUT/results.parquet."""
-    from nst_engine.cli.render import take_lease
-    from nst_engine.distributed.bench import batched_items, device_slots, items_per_second, run_scaling
-    from nst_engine.distributed.runtime import connect, disconnect
-    from nst_engine.engine.weights_spec import sample_images
-    from nst_engine.planning.items import expand
-    from nst_engine.planning.manifest import manifest_from_dict
-    from nst_engine.results.table import RESULTS_FILE
-    from nst_engine.storage.roots import OutputRoot
+    from nst_engine.runs.bench import ScalingRequest
+    from nst_engine.runs.bench import scaling as measure
 
-    try:
-        size_list = sorted({int(s) for s in sizes.split(",") if s.strip()})
-    except ValueError:
-        raise fail(f"--sizes: expected comma-separated whole numbers, got {sizes!r}") from None
-    try:
-        batch_list = sorted({int(b) for b in batches.split(",") if b.strip()} | {1})
-    except ValueError:
-        batch_list = [0]
-    if min(batch_list) < 1:
-        raise fail(f"--batches: expected comma-separated whole numbers >= 1, got {batches!r}")
-    kinds = {d.strip() for d in devices.split(",") if d.strip()}
-    if not size_list or kinds - {"cpu", "gpu"} or not kinds:
-        raise fail("--sizes needs at least one size and --devices is cpu, gpu or cpu,gpu")
-    if iterations < 2 or not 0 <= warmup < iterations:
-        raise fail(
-            f"--iterations must be at least 2 and --warmup between 0 and iterations - 1 (got {warmup})"
-        )
-    samples = {p.stem: p for p in sample_images()}
-    data = {
-        "name": "scaling",
-        "output": str(output.resolve()),
-        "layout": "{size}/{content}_{style}.png",
-        "contents": [str((content or samples["tubingen"]).resolve())],
-        "styles": [str((style or samples["starry_night"]).resolve())],
-        "sizes": size_list,
-        "params": {"iterations": iterations, "tolerance": 0},
-        "weights": {"source": weights},
-    }
-    try:
-        plan = manifest_from_dict(data, Path.cwd())
-        items = expand(plan)
-    except NSTError as exc:  # a manifest's problems, deliberately one per line
-        raise fail(exc) from None
-    root = OutputRoot(plan.output)
-    lease = take_lease(ctx, root, "nst bench scaling", None, wait)  # its rows and compaction share the root
-    try:
-        where = connect(address)
-        stop_on_sigterm()  # ray.init installed its own handler, which dumps a C++ stack
-    except NSTError as exc:
-        raise fail(exc) from None
-    try:
-        slots = device_slots(kinds, cpu_threads)
-        if not slots:
-            raise fail(f"the cluster has no device of kind {devices}")
-        err.print(f"scaling on {where}: {', '.join(s.label for s in slots)}; sizes {size_list}")
-
-        def on_row(slot: object, row: dict) -> None:
-            if row["status"] == "ok":
-                err.print(
-                    f"  {slot.label}: {row['width']}x{row['height']} "
-                    f"{row['seconds_per_iteration']:.3f} s/iteration "
-                    f"[{row['seconds_per_iteration_p25']:.3f}, {row['seconds_per_iteration_p75']:.3f}], "
-                    f"{row['loss_evaluations'] / max(row['iterations'], 1):.2f} evaluations/iteration, "
-                    f"peak {row['peak_memory_bytes'] / 2**20:.0f} MiB"
-                )
-            else:
-                err.print(
-                    f"  {slot.label}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}"
-                )
-
-        rows = run_scaling(items, plan.weights, root, slots, warmup, on_row, batches=batch_list)
-    finally:
-        disconnect()
-    if len(batch_list) > 1:
-        _print_throughput(items_per_second(rows, batched_items(items, batch_list)[1]))
-    err.print(f"results: {escape(root.display(RESULTS_FILE))}")
-    if lease.lost:  # taken over mid-run (the heartbeat warned then)
-        raise fail(lease.lost)
-    _print_fits([root.uri])
+    request = ScalingRequest(
+        sizes=_numbers(sizes, "--sizes"),
+        iterations=iterations,
+        warmup=warmup,
+        devices=frozenset(d.strip() for d in devices.split(",") if d.strip()),
+        batches=sorted(set(_numbers(batches, "--batches")) | {1}),
+        cpu_threads=cpu_threads,
+        address=address,
+        output=output,
+        content=content,
+        style=style,
+        weights=weights,
+        wait=wait,
+    )
+    measured = measure(request, ScalingListener())
+    if measured.throughput:
+        _print_throughput(measured.throughput)
+    err.print(f"results: {escape(measured.results)}")
+    if measured.lost:  # taken over mid-run (the heartbeat warned then)
+        raise NSTError(measured.lost)
+    _print_fits([measured.root])
 
 
 @app.command()
+@reports_errors
 def estimate(
     size: Annotated[int, typer.Option(help="Longer side of a square image, in pixels.")] = 1024,
     iterations: Annotated[int, typer.Option(help="Iterations.")] = 500,
@@ -232,7 +172,9 @@ def estimate(
     ] = None,
 ) -> None:
     """Predict time and memory fit for a size from earlier scaling or render results."""
+    from nst_engine.runs.prepare import DEFAULT_BENCH_RESULTS
+
     if size <= 0 or iterations <= 0:
-        raise fail("--size and --iterations must be positive")
-    _print_fits(results or [DEFAULT_RESULTS], size, iterations)
+        raise NSTError("--size and --iterations must be positive")
+    _print_fits(results or [DEFAULT_BENCH_RESULTS], size, iterations)
     err.print(f"(a square {size}x{size} image is {size * size:,} pixels; set-up time is not included)")

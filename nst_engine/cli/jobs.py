@@ -44,9 +44,9 @@ def submit(
     from this machine: with shared storage (s3://, a shared folder) a bad job is refused
     here, before the cluster is contacted; with --no-check only the job file and the
     manifest's own fields are, and the render checks the rest on the cluster."""
-    from nst_engine.cli.plan import load_and_expand, load_checked_manifest
     from nst_engine.distributed.jobs import JobSpec, is_job_file, load_job
     from nst_engine.distributed.jobs import submit as submit_job
+    from nst_engine.runs import prepare
 
     if not manifest_or_job.is_file():
         raise fail(f"{manifest_or_job}: file not found")
@@ -59,10 +59,13 @@ def submit(
         raise fail(exc) from None
     if output:
         job.output = output if "://" in output else str(Path(output).resolve())
-    if check:
-        load_and_expand(Path(job.manifest), job.output, job.skip_bad_inputs)  # exits 2 on any problem
-    else:
-        load_checked_manifest(Path(job.manifest), job.output)
+    try:
+        if check:
+            prepare.prepare(Path(job.manifest), job.output, job.skip_bad_inputs)
+        else:
+            prepare.load(Path(job.manifest), job.output)
+    except NSTError as exc:
+        raise fail(exc) from None
     try:
         job_id = submit_job(_address(address or job.address), job, submission_id)
     except NSTError as exc:
