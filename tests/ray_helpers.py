@@ -10,6 +10,7 @@ import ray
 import yaml
 from PIL import Image
 
+from nst_engine.distributed.protocol import Attempt, Outcome
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import read_results
 from tests.conftest import write_image
@@ -63,9 +64,10 @@ def assert_outputs_whole(output: Path) -> list[Path]:
 
 
 class ScriptedWorker:
-    """Stands in for ``RenderWorker`` (same constructor, ``ready`` and ``render``) without
-    rendering: its process dies at the first attempt of size ``die_at``, and sizes from
-    ``oom_at`` run out of memory; other items are ok. Pickled by value for Ray workers
+    """Stands in for ``RenderWorker`` (same constructor, ``ready`` and ``render``, which
+    returns an ``Attempt`` as the worker's does) without rendering: its process dies at
+    the first attempt of size ``die_at``, and sizes from ``oom_at`` run out of memory;
+    other items are ok. Pickled by value for Ray workers
     (``ray.cloudpickle.register_pickle_by_value(tests.ray_helpers)``)."""
 
     die_at = 40
@@ -87,15 +89,16 @@ class ScriptedWorker:
     def ready(self) -> dict[str, str]:
         return {"actor_id": self.actor_id}
 
-    def render(self, item: Any, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0):
+    def render(
+        self, item: Any, attempt: int, run_started: float, run_kind: str = "render", warmup: int = 0
+    ) -> Attempt:
         if item.size == self.die_at and attempt == 1:
             os._exit(1)
         if item.size >= self.oom_at:
             error = f"out of memory at size {item.size} on cpu: scripted"
-            return make_row(
-                item, "failed", attempt, error=error, run_kind=run_kind, actor_id=self.actor_id
-            ), False
-        return make_row(item, "ok", attempt, run_kind=run_kind, actor_id=self.actor_id), False
+            row = make_row(item, "failed", attempt, error=error, run_kind=run_kind, actor_id=self.actor_id)
+            return Attempt(row, Outcome.OUT_OF_MEMORY)
+        return Attempt(make_row(item, "ok", attempt, run_kind=run_kind, actor_id=self.actor_id), Outcome.OK)
 
 
 def render_in_one_batch_worker(manifest: Path, max_batch: int = 4) -> RunSummary:

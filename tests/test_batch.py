@@ -169,7 +169,8 @@ def test_a_batching_worker_gets_its_whole_share_in_one_call(tmp_path: Path) -> N
     """A share per worker, not per call slot: 40 items for a lone worker batching 32 go in
     one call (two slots of 20 each would keep its batch below 32); with two workers the
     queue is split between them, and the first, holding its half, gets no second call."""
-    from nst_engine.distributed.scheduler import Lane, Scheduler, _Worker
+    from nst_engine.distributed.pool import Lane, Worker
+    from nst_engine.distributed.scheduler import Scheduler
     from nst_engine.planning.items import expand
     from nst_engine.planning.manifest import load_manifest
     from tests.ray_helpers import tiny_manifest
@@ -177,9 +178,9 @@ def test_a_batching_worker_gets_its_whole_share_in_one_call(tmp_path: Path) -> N
     items = expand(load_manifest(tiny_manifest(tmp_path, contents=20, styles=2)))
     assert len(items) == 40 and len({i.batch_key for i in items}) == 1
 
-    def pool(workers: int) -> tuple[Lane, list[_Worker]]:
+    def pool(workers: int) -> tuple[Lane, list[Worker]]:
         lane = Lane("render", {}, "cpu", 1, workers, workers, items)
-        ready = [_Worker(k, lane, None, None, ready=True, info={"max_batch": "32"}) for k in range(workers)]
+        ready = [Worker(k, lane, None, None, ready=True, info={"max_batch": "32"}) for k in range(workers)]
         return lane, ready
 
     lane, (alone,) = pool(1)

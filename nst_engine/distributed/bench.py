@@ -20,13 +20,11 @@ from typing import Any
 
 import ray
 
+from nst_engine.distributed.cluster import cpu_worker_threads
+from nst_engine.distributed.dispatch import Scheduler
 from nst_engine.distributed.options import PoolOptions
-from nst_engine.distributed.scheduler import (
-    Lane,
-    Scheduler,
-    cpu_worker_threads,
-    is_out_of_memory,
-)
+from nst_engine.distributed.pool import Lane
+from nst_engine.distributed.protocol import Outcome
 from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.planning.items import ID_LENGTH, WorkItem
@@ -100,9 +98,9 @@ def run_scaling(
     batches: list[int] | None = None,
 ) -> list[dict]:
     """Run ``items`` smallest first on one worker per slot, all slots at once; returns
-        every row written (retried attempts included). With ``batches`` (sizes > 1), each
-        size is also run as a batch of each of those many syntheses at once, in one call
-        (``batched_items``); their rows record ``batch_size``, and ``items_per_second`` reads
+    every row written (retried attempts included). With ``batches`` (sizes > 1), each
+    size is also run as a batch of each of those many syntheses at once, in one call
+    (``batched_items``); their rows record ``batch_size``, and ``items_per_second`` reads
     the throughput off them."""
     store = ResultTable(root)
     rows: list[dict] = []
@@ -142,7 +140,7 @@ def run_scaling(
                     # each size measured alone, in its own call; a batch in one call
                     max_batch=largest,
                     call_size=lambda item: batch_of[item.item_id],
-                    stop_when=is_out_of_memory,
+                    stop_on=frozenset({Outcome.OUT_OF_MEMORY}),
                 )
             )
         scheduler.run()

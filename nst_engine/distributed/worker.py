@@ -1,8 +1,8 @@
 """The render worker: a Ray actor that loads VGG-19 once and renders items.
 
-It never raises for a bad item: every outcome comes back as a result row, marked
-retryable only when another attempt could succeed (an I/O hiccup), never for bad
-input or running out of memory at that resolution.
+It never raises for a bad item: every attempt comes back as an ``Attempt``, its result
+row and its ``Outcome``, decided here from the exception's type (``outcome_of``); the
+driver's retry policy (``retry.decide``) reads the outcome, never the row's error text.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import ray
 import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
-from nst_engine.engine.batch import EvaluationBatch, auto_batch
+from nst_engine.distributed.protocol import Attempt, Outcome
+from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
 from nst_engine.engine.synthesis import Stylizer
@@ -35,13 +36,29 @@ from nst_engine.results.schema import make_row
 from nst_engine.storage.roots import OutputRoot
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports to the board (the live view's period)
-OUT_OF_MEMORY = "out of memory"  # how the error of an out-of-memory row starts
+#: how the error of an out-of-memory row starts (for people and reports; the driver reads
+#: the attempt's ``Outcome``)
+OUT_OF_MEMORY = "out of memory"
 
 T = TypeVar("T")
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """What a synthesis that raised ``exc`` came to, by the exception's type: the item's
+    input (final); out of memory beside other syntheses (``CrowdedOut``, checked first:
+    it is an allocation failure too, but one a smaller batch may not have); out of memory
+    at its size on this device (final); anything else (an I/O hiccup or the like)."""
+    if isinstance(exc, NSTError):
+        return Outcome.BAD_INPUT
+    if isinstance(exc, CrowdedOut):
+        return Outcome.CROWDED_OUT
+    if is_out_of_memory(exc):
+        return Outcome.OUT_OF_MEMORY
+    return Outcome.TRANSIENT
 
 
 @dataclass(eq=False)
@@ -172,7 +189,7 @@ class RenderWorker:
 
     def render_batch(
         self, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str = "render", warmup: int = 0
-    ) -> list[tuple[dict, bool]]:
+    ) -> list[Attempt]:
         """``render`` of each (item, attempt), in one remote call, rows in the order given.
 
         Items that share a ``batch_key`` run together, up to ``max_batch`` at once, in one
@@ -183,7 +200,7 @@ class RenderWorker:
         ends rather than one per item."""
         with self._reporting:
             self.batching += 1
-        outcomes: dict[int, tuple[dict, bool]] = {}
+        outcomes: dict[int, Attempt] = {}
         try:
             groups: dict[tuple, list[int]] = {}
             for index, (item, _) in enumerate(items):
@@ -203,7 +220,7 @@ class RenderWorker:
 
     def _render_group(
         self, key: tuple, items: list[tuple[WorkItem, int]], run_started: float, run_kind: str, warmup: int
-    ) -> list[tuple[dict, bool]]:
+    ) -> list[Attempt]:
         """Items of one ``batch_key``: in the batch of that key, joined or opened, when
         batching; else one after the other, the device to themselves. Items too large to
         fit whole run alone, each in tiles sized for the whole device, and so does a lone
@@ -237,11 +254,14 @@ class RenderWorker:
         except MemoryError:
             return True
 
-    def _crashed(self, item: WorkItem, attempt: int, run_kind: str, exc: BaseException) -> tuple[dict, bool]:
+    def _crashed(self, item: WorkItem, attempt: int, run_kind: str, exc: BaseException) -> Attempt:
+        """An attempt the worker's own machinery lost (its batch failed to open, a thread
+        failed outside ``render``): transient whatever ``exc`` is, since the item itself
+        never ran and may well succeed on its next attempt."""
         row = make_row(
             item, "failed", attempt, error=f"{type(exc).__name__}: {one_line(exc)}", run_kind=run_kind
         )
-        return row, True
+        return Attempt(row, Outcome.TRANSIENT)
 
     def _report(self, item: WorkItem | None, iteration: int = 0, loss: float = float("nan")) -> None:
         """Post what this worker does to the board: an item's progress at most every
@@ -269,9 +289,10 @@ class RenderWorker:
         run_kind: str = "render",
         warmup: int = 0,
         batch: EvaluationBatch | None = None,
-    ) -> tuple[dict, bool]:
-        """(result row, retryable). The image is written before the row is returned, and
-        the row records its size and checksum (``output_bytes``, ``output_sha256``).
+    ) -> Attempt:
+        """The attempt's row and outcome (``outcome_of``). The image is written before
+        the row is returned, and the row records its size and checksum (``output_bytes``,
+        ``output_sha256``).
         ``warmup`` iterations are left out of the row's per-iteration statistics; with
         ``batch``, the synthesis is one of its members (``render_batch``)."""
         started, start_clock = _utcnow(), time.perf_counter()
@@ -296,7 +317,7 @@ class RenderWorker:
         config = item.config
         if len(item.style_paths) > 1:
             config = replace(config, style_weights=item.style_weights)
-        stats, error, retryable = None, None, False
+        stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
             result = self.stylizer.synthesize(
@@ -316,14 +337,11 @@ class RenderWorker:
             stats = result.stats.with_warmup(warmup)
             # what a rerun verifies the image by (results.resume: check_done), from these bytes
             extra.update(output_bytes=len(png), output_sha256=hashlib.sha256(png).hexdigest())
-        except NSTError as exc:  # bad input: another attempt would fail the same way
-            error = one_line(exc)
         except Exception as exc:
-            if is_out_of_memory(exc):  # final at this size, on this device
+            outcome = outcome_of(exc)
+            if outcome is Outcome.OUT_OF_MEMORY:  # what the allocator keeps, back to the device
                 release_cached(self.stylizer.device)
-                error = f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"
-            else:  # an I/O hiccup or the like: worth another attempt
-                error, retryable = f"{type(exc).__name__}: {one_line(exc)}", True
+            error = self._error(item, outcome, exc)
         self._report(None)
         row = make_row(
             item,
@@ -336,18 +354,13 @@ class RenderWorker:
             finished_at=_utcnow(),
             total_seconds=time.perf_counter() - start_clock,
         )
-        return row, retryable
+        return Attempt(row, outcome)
 
-
-@ray.remote(num_cpus=0)
-class ProgressBoard:
-    """Where workers post what they are doing; the driver reads it for the live view."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, tuple[str, int, int, float]] = {}
-
-    def update(self, actor_id: str, label: str, iteration: int, total: int, loss: float) -> None:
-        self.state[actor_id] = (label, iteration, total, loss)
-
-    def snapshot(self) -> dict[str, tuple[str, int, int, float]]:
-        return dict(self.state)
+    def _error(self, item: WorkItem, outcome: Outcome, exc: Exception) -> str:
+        """A failed attempt's error column: bad input as its message says it (it names the
+        file or parameter), out of memory with the size and device, others with their type."""
+        if outcome is Outcome.BAD_INPUT:
+            return one_line(exc)
+        if outcome is Outcome.OUT_OF_MEMORY:
+            return f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"
+        return f"{type(exc).__name__}: {one_line(exc)}"

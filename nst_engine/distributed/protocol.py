@@ -1,0 +1,42 @@
+"""What a worker hands back to the driver for each item of a call: an ``Attempt``, its
+result row and its ``Outcome``.
+
+The outcome is decided where the exception is caught, from its type (``worker.outcome_of``),
+so the driver's retry policy (``retry.decide``) never reads an error's text; the row keeps
+its text for people and reports. Plain data, no Ray: the driver, the workers and the
+policy's tests all import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """What one attempt at one item came to."""
+
+    #: the image is written and the row complete
+    OK = "ok"
+    #: the item's own input is at fault (``NSTError``): another attempt fails the same way
+    BAD_INPUT = "bad input"
+    #: the synthesis does not fit its device at this size, even alone: final
+    OUT_OF_MEMORY = "out of memory"
+    #: it ran out of memory beside other syntheses of a batch (``CrowdedOut``), whose
+    #: memory it may get on another attempt
+    CROWDED_OUT = "crowded out"
+    #: anything else the worker caught (an I/O hiccup, its batch failing to open)
+    TRANSIENT = "transient"
+    #: the worker or its node died with the call; made by the driver, never by a worker
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt's result row (``results.schema.make_row``; status ``ok`` or ``failed``
+    as the worker made it) and what it came to. The driver settles the row's final
+    status (``retried`` when the item goes back to the queue) before recording it."""
+
+    row: dict[str, Any]
+    outcome: Outcome
