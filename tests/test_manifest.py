@@ -548,8 +548,11 @@ def test_csv_errors_name_the_line_and_column(tmp_path: Path) -> None:
     assert any(p.startswith(f"{source}: line 4: style: empty") for p in problems), problems
     assert f"{source}: line 4: size: expected a positive whole number, got '12.5'" in problems
     assert any(p.startswith(f"{source}: line 5: style_weights: ") for p in problems), problems
+    # a parameter's range is checked with its type now, so line 4's ratio is not hidden by the row's
+    # other problems
+    assert any(p.startswith(f"{source}: line 4: ratio: must be positive") for p in problems), problems
     assert not any("line 2" in p for p in problems)
-    assert len(problems) == 6, problems
+    assert len(problems) == 7, problems
 
 
 def test_csv_bad_parameter_value_is_reported_per_line(tmp_path: Path) -> None:

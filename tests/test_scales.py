@@ -47,11 +47,11 @@ def test_three_scales_run_smallest_first_and_finish_at_the_size(stylizer: Styliz
 
 def test_schedules_below_the_networks_reach_are_refused() -> None:
     with pytest.raises(ConfigError, match="start at 8 px, below the 16 px that conv5_1 needs") as info:
-        SynthesisConfig(size=64, scales=4).validate()
+        SynthesisConfig(size=64, scales=4)
     assert info.value.field == "scales"
     for field, value in (("scales", 0), ("scale_factor", 1.0), ("scale_iterations", -1)):
         with pytest.raises(ConfigError) as info:
-            replace(CONFIG, **{field: value}).validate()
+            replace(CONFIG, **{field: value})
         assert info.value.field == field
 
 

@@ -204,6 +204,6 @@ def test_choice_values_are_normalised_to_their_enum() -> None:
     """Any spelling that validates is the value every comparison in the engine sees."""
     from nst_engine.engine import ColorMode, Precision
 
-    config = SynthesisConfig(color="Luminance", precision=" BF16 ").validate()
+    config = SynthesisConfig(color="Luminance", precision=" BF16 ")
     assert config.color is ColorMode.LUMINANCE and config.precision is Precision.BF16
     assert config.to_params()["color"] == "luminance" and type(config.to_params()["color"]) is str

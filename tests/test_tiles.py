@@ -124,7 +124,7 @@ def test_a_tiled_synthesis_gives_the_untiled_image(stylizer: Stylizer, tmp_path:
 
 def test_a_tile_off_the_grid_is_refused() -> None:
     with pytest.raises(ConfigError, match="multiple of 16 px") as caught:
-        SynthesisConfig(tile=100).validate()
+        SynthesisConfig(tile=100)
     assert caught.value.field == "tile"
 
 

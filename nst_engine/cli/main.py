@@ -11,6 +11,7 @@ from nst_engine.cli import plan  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
 from nst_engine.cli import report  # noqa: F401
 from nst_engine.cli import bench  # noqa: F401
+from nst_engine.cli import schema  # noqa: F401
 from nst_engine.cli.app import app, exit_code, fail, stop_on_sigterm, stopped_by
 
 __all__ = ["app", "main"]

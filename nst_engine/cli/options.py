@@ -14,7 +14,7 @@ Mapping from a field to an option:
 * ``ratio`` -> ``--ratio``, ``history_size`` -> ``--history-size``;
 * ``bool`` -> ``--x/--no-x``;
 * a ``StrEnum`` -> its choices, shown by typer as ``[fp32|tf32|bf16]`` and checked by click;
-* ``tuple[...]`` -> one comma-separated string, turned into the tuple by ``config.coerce``;
+* ``tuple[...]`` -> one comma-separated string, which ``SynthesisConfig`` splits itself;
 * ``X | None`` -> an option with no default.
 """
 
@@ -22,23 +22,36 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from nst_engine.cli.app import flag
-from nst_engine.engine.config import SynthesisConfig, coerce, field_type, split_optional
+from nst_engine.engine.config import SynthesisConfig
 
 ENGINE = "engine"
 TUPLE_METAVARS = {str: "LAYERS", float: "NUMBERS"}
+#: each field's type without its constraints (``Annotated`` removed), e.g. ``tuple[float, ...] | None``
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(SynthesisConfig)
+
+
+def split_optional(kind: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(kind, False)``."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(kind)) == 2:
+            return args[0], True
+    return kind, False
 
 
 def option_parameter(f: Field) -> inspect.Parameter:
     """The typer parameter for one ``SynthesisConfig`` field."""
-    kind, optional = split_optional(field_type(f.name))
+    kind, optional = split_optional(FIELD_TYPES[f.name])
     help_text = f.metadata.get("help")
     if not help_text:
         raise TypeError(f"SynthesisConfig.{f.name} needs metadata={{'help': ...}} for its CLI option")
@@ -46,6 +59,7 @@ def option_parameter(f: Field) -> inspect.Parameter:
     extra: dict[str, Any] = {}
     if getattr(kind, "__origin__", None) is tuple:
         item = kind.__args__[0]
+        item = str if typing.get_origin(item) is Literal else item  # layer names
         annotation: Any = str
         help_text = f"{help_text} Comma-separated."
         extra["metavar"] = TUPLE_METAVARS.get(item, "VALUES")
@@ -103,5 +117,6 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def config_from_options(values: dict[str, Any]) -> SynthesisConfig:
-    """A validated config from option values; raises ``ConfigError(field=...)``."""
-    return SynthesisConfig(**{name: coerce(name, value) for name, value in values.items()}).validate()
+    """A validated config from option values (lists still comma-separated); raises
+    ``ConfigError(field=...)``."""
+    return SynthesisConfig(**values)

@@ -3,7 +3,9 @@
 A job file (YAML) names a manifest, a cluster address, an output and a retry policy;
 reruns are idempotent because finished items are recognised by their ids. A job file is
 checked like a manifest, every problem at once, before anything is submitted: each value
-must be one its ``nst render`` option takes, else the job would fail on the cluster.
+must be one its ``nst render`` option takes, else the job would fail on the cluster. What
+a job file may say is the pydantic model ``JobFile``, built from the option tables below,
+which also gives its JSON Schema (``nst schema job``, checked in as ``jobs/job.schema.json``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
+from pydantic import BeforeValidator, Field, StrictBool, ValidationError, create_model
 
 from nst_engine.distributed.options import parse_checkpoint_every, parse_max_batch, parse_workers
 from nst_engine.errors import NSTError, one_line
+from nst_engine.validation import Section, message, path_of
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,23 @@ class RenderOption:
             return f"expected a {'whole number' if self.whole else 'number'} >= {self.minimum}, got {value!r}"
         return None
 
+    def as_field(self) -> Any:
+        """This option as a field of the job file's model: an empty value is the option's
+        default; the type and range are the schema's, for editors; ``problem`` is the check,
+        so a job file takes exactly what ``nst render`` takes."""
+
+        def check(value: Any) -> Any:
+            problem = self.problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        kind: Any = (
+            int | str if self.parse else Annotated[int if self.whole else float, Field(ge=self.minimum)]
+        )
+        described = Field(None, description=f"nst render {self.flag}")
+        return Annotated[kind, BeforeValidator(check)] | None, described
+
 
 #: ``retries:`` and ``workers:`` fields of a job file -> the ``nst render`` options they
 #: become; the minimums are ``nst render``'s ``min=`` (tests/test_job_files.py compares them).
@@ -74,12 +97,64 @@ SWITCHES: dict[str, tuple[str, str | None]] = {
     "verify_outputs": ("--verify-outputs", None),
 }
 WORKER_SWITCHES: dict[str, tuple[str, str | None]] = {"gpus": ("--gpus", "--no-gpus")}
-JOB_KEYS = ("manifest", "address", "output", "retries", "workers", "checkpoint_every", *SWITCHES)
 #: What a mapping field looks like, for its problem line.
 MAPPING_EXAMPLES = {
     "retries": "{max_attempts: 3, max_worker_failures: 3}",
     "workers": "{count: 2, max_in_flight: 2}",
 }
+
+
+def switch_field(flags: tuple[str, str | None]) -> Any:
+    """A true/false field: YAML's booleans only (a quoted "yes" is refused)."""
+    said = f"true: nst render {flags[0]}" + (f"; false: {flags[1]}" if flags[1] else "")
+    return StrictBool | None, Field(None, description=said)
+
+
+Retries = create_model(
+    "Retries",
+    __base__=Section,
+    __doc__="How hard the render retries.",
+    **{name: option.as_field() for name, option in RETRY_OPTIONS.items()},
+)
+Workers = create_model(
+    "Workers",
+    __base__=Section,
+    __doc__="The worker pool: count is N or MIN:MAX (quoted), max_batch N or auto.",
+    **{name: option.as_field() for name, option in WORKER_OPTIONS.items()},
+    **{name: switch_field(flags) for name, flags in WORKER_SWITCHES.items()},
+)
+Text = Annotated[str, Field(pattern=r"\S")]
+
+
+class JobSection(Section):
+    """What a job file says about a value of the wrong form."""
+
+    expected: ClassVar[dict[str, str]] = {
+        "manifest": "expected the path of a manifest (relative to the job file)",
+        "address": "expected a Ray dashboard address, e.g. http://HEAD:8265",
+        "output": "expected a folder or URI",
+        **{key: f"expected a mapping such as {example}" for key, example in MAPPING_EXAMPLES.items()},
+    }
+
+
+JobFile = create_model(
+    "JobFile",
+    __base__=JobSection,
+    __doc__="An nst-engine job file: `nst submit JOB_FILE` renders its manifest on a Ray cluster "
+    "as a Ray Job. Every key but manifest is optional; an empty one is nst render's default.",
+    manifest=(Annotated[str, Field(min_length=1)], Field(description="The manifest, relative to this file.")),
+    address=(Text | None, Field(None, description="Ray dashboard / Jobs API, e.g. http://HEAD:8265.")),
+    output=(Text | None, Field(None, description="Output root: a folder or s3://, gs://, file:// URI.")),
+    retries=(Retries | None, None),
+    workers=(Workers | None, None),
+    checkpoint_every=CHECKPOINT_EVERY.as_field(),
+    **{name: switch_field(flags) for name, flags in SWITCHES.items()},
+)
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of a job file."""
+    return {"$schema": SCHEMA_DIALECT, **JobFile.model_json_schema()}
 
 
 class JobLoader(yaml.SafeLoader):
@@ -124,17 +199,6 @@ def is_job_file(path: Path) -> bool:
     return isinstance(data, dict) and "manifest" in data
 
 
-class _Problems:
-    """Collects ``job file: dotted.field: what to do`` lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: list[str] = []
-
-    def add(self, field: str, message: str) -> None:
-        self.items.append(f"{self.path}: {field}: {message}")
-
-
 def load_job(path: Path) -> JobSpec:
     """Read and check a job file; ``JobFileError`` lists every problem. A field left empty
     (``count:``) is the option's default."""
@@ -144,88 +208,45 @@ def load_job(path: Path) -> JobSpec:
         raise JobFileError([f"{path}: not a readable job file ({one_line(exc)})"]) from None
     if not isinstance(data, dict):
         raise JobFileError([f"{path}: a job file is a mapping with at least 'manifest: PATH'"])
-    problems = _Problems(path)
-    for key in sorted(set(map(str, data)) - set(JOB_KEYS)):
-        problems.add(key, f"unknown field; use {', '.join(sorted(JOB_KEYS))}")
-    manifest = _manifest(data.get("manifest"), path, problems)
-    address = _text(
-        "address", data.get("address"), "a Ray dashboard address, e.g. http://HEAD:8265", problems
-    )
-    output = _text("output", data.get("output"), "a folder or URI", problems)
-    args = _section("retries", data.get("retries"), RETRY_OPTIONS, {}, problems)
-    args += _section("workers", data.get("workers"), WORKER_OPTIONS, WORKER_SWITCHES, problems)
-    args += _option("checkpoint_every", data.get("checkpoint_every"), CHECKPOINT_EVERY, problems)
-    for key, flags in SWITCHES.items():
-        args += _switch(key, data.get(key), flags, problems)
-    if problems.items:
-        raise JobFileError(problems.items)
+    problems = []
+    try:
+        JobFile.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(f"{path}: {'.'.join(map(str, path_of(error)))}: {message(error, JobFile)}")
+    manifest = data.get("manifest")
+    if isinstance(manifest, str) and manifest:  # the job's manifest, relative to the job file, must be there
+        manifest = str((path.parent / manifest).resolve())
+        if not Path(manifest).is_file():
+            problems.append(
+                f"{path}: manifest: {manifest} not found; check the path (relative to the job file)"
+            )
+    if problems:
+        raise JobFileError(problems)
+    output = data.get("output")
     if output and "://" not in output:
         output = str((path.parent / output).resolve())
-    return JobSpec(str(manifest), address, output, args, "--skip-bad-inputs" in args)
+    args = render_args(data)
+    return JobSpec(manifest, data.get("address"), output, args, "--skip-bad-inputs" in args)
 
 
-def _manifest(value: Any, path: Path, problems: _Problems) -> Path | None:
-    """The job's manifest, relative to the job file; it must be there."""
-    if not isinstance(value, str) or not value:
-        problems.add("manifest", f"expected the path of a manifest (relative to the job file), got {value!r}")
-        return None
-    manifest = (path.parent / value).resolve()
-    if not manifest.is_file():
-        problems.add("manifest", f"{manifest} not found; check the path (relative to the job file)")
-    return manifest
-
-
-def _text(key: str, value: Any, expected: str, problems: _Problems) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        problems.add(key, f"expected {expected}, got {value!r}")
-        return None
-    return value
-
-
-def _section(
-    key: str,
-    value: Any,
-    options: dict[str, RenderOption],
-    switches: dict[str, tuple[str, str | None]],
-    problems: _Problems,
-) -> list[str]:
-    """The ``nst render`` arguments of the ``retries:`` or ``workers:`` mapping."""
-    if value is None:
-        return []
-    if not isinstance(value, dict):
-        problems.add(key, f"expected a mapping such as {MAPPING_EXAMPLES[key]}, got {value!r}")
-        return []
-    known = sorted([*options, *switches])
-    for name in sorted(set(map(str, value)) - set(known)):
-        problems.add(f"{key}.{name}", f"unknown field; use {', '.join(known)}")
+def render_args(data: dict[str, Any]) -> list[str]:
+    """The ``nst render`` arguments of a checked job file, each value as written."""
     args: list[str] = []
-    for name, option in options.items():
-        args += _option(f"{key}.{name}", value.get(name), option, problems)
-    for name, flags in switches.items():
-        args += _switch(f"{key}.{name}", value.get(name), flags, problems)
+    for key, options, switches in (
+        ("retries", RETRY_OPTIONS, {}),
+        ("workers", WORKER_OPTIONS, WORKER_SWITCHES),
+        ("", {"checkpoint_every": CHECKPOINT_EVERY}, SWITCHES),
+    ):
+        values = (data.get(key) if key else data) or {}
+        for name, option in options.items():
+            if values.get(name) is not None:
+                args += [option.flag, str(values[name])]
+        for name, flags in switches.items():
+            if values.get(name) is not None:
+                flag = flags[0] if values[name] else flags[1]
+                args += [flag] if flag else []
     return args
-
-
-def _option(field: str, value: Any, option: RenderOption, problems: _Problems) -> list[str]:
-    """``[flag, value]`` for a set field, ``[]`` for an empty one or a problem."""
-    if value is None:
-        return []
-    problem = option.problem(value)
-    if problem:
-        problems.add(field, problem)
-        return []
-    return [option.flag, str(value)]
-
-
-def _switch(field: str, value: Any, flags: tuple[str, str | None], problems: _Problems) -> list[str]:
-    """The flag for a true/false field: YAML's booleans only (a quoted "yes" is refused)."""
-    if value is None:
-        return []
-    if not isinstance(value, bool):
-        problems.add(field, f"expected true or false, got {value!r}")
-        return []
-    flag = flags[0] if value else flags[1]
-    return [flag] if flag else []
 
 
 def entrypoint(job: JobSpec) -> str:

@@ -314,12 +314,12 @@ class RenderWorker:
                 self._report(item, record.iteration + 1, record.total)
 
         self._report(item)
-        config = item.config
-        if len(item.style_paths) > 1:
-            config = replace(config, style_weights=item.style_weights)
         stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
+            config = item.config  # replace() validates again: inside the try, as a bad input
+            if len(item.style_paths) > 1:
+                config = replace(config, style_weights=item.style_weights)
             result = self.stylizer.synthesize(
                 item.content_path,
                 list(item.style_paths),

@@ -1,34 +1,47 @@
 """Every knob of one synthesis, as a frozen, validated value.
 
 ``SynthesisConfig`` is the one description of the engine's parameters: each field has a
-type, a default and its help text (``metadata["help"]``). The front ends derive from it:
-``nst stylize`` builds one option per field, a manifest accepts the same names under
-``params``, and the results record ``to_params()``. Choice fields are ``StrEnum`` types,
-so they compare equal to (and serialize as) their plain strings.
+type with its constraints, a default and its help text (``metadata["help"]``, which is
+also the JSON Schema's description). The front ends derive from it: ``nst stylize``
+builds one option per field, a manifest accepts the same names under ``params`` (its
+schema generated from these fields), and the results record ``to_params()``. Choice
+fields are ``StrEnum`` types, so they compare equal to (and serialize as) their plain
+strings.
 
-Plain values from YAML, JSON, CSV or a command line become a field's type through
-:func:`coerce`; :meth:`SynthesisConfig.validate` checks the ranges. Both raise
-``ConfigError(message, field=name)`` with the field's name, never a front end's spelling
-of it: the CLI shows ``--ratio: ...``, a manifest ``demo.yaml:12: params.ratio: ...``.
+It is a pydantic dataclass: building one (``dataclasses.replace`` included) validates it,
+so an invalid configuration cannot exist. Plain values from YAML, JSON, CSV or a command
+line become a field's type on the way in (``"1e-3"``, ``"conv1_1,conv2_1"``, ``" BF16 "``).
+Every problem raises ``ConfigError(message, field=name)`` (an :class:`InvalidConfig`
+holding all of them) with the field's name, never a front end's spelling of it: the CLI
+shows ``--ratio: ...``, a manifest ``demo.yaml:12: params.ratio: ...``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs, ErrorDetails, PydanticCustomError
 
 from nst_engine.engine.choices import ColorMode, Optimizer, Pooling, Precision, parse_choice
-from nst_engine.engine.images import output_size
+from nst_engine.engine.images import MAX_SIDE
 from nst_engine.engine.optimize import OptimizerSettings
-from nst_engine.engine.vgg import check_layers, deepest, min_side
+from nst_engine.engine.vgg import LAYER_NAMES, deepest, min_side
 from nst_engine.errors import ConfigError
 from nst_engine.storage.uris import is_uri
+from nst_engine.validation import NOTHING, message
 
 #: Fields added after item ids were first issued, with the value that reproduces the
 #: outputs from before them (``SynthesisConfig.to_params`` leaves them out then).
@@ -43,160 +56,195 @@ CONTENT_LAYERS = ("conv4_2",)
 INITS = ("noise", "content", "style")
 
 
-@dataclass(frozen=True)
+class InvalidConfig(ConfigError):
+    """Every problem of one configuration; as a ``ConfigError`` it is the first of them,
+    so a caller that shows one line shows that one, and a manifest lists them all."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = problems
+        super().__init__(problems[0].message, field=problems[0].field)
+
+
+# ---------------------------------------------------------------------------- field types
+
+
+def _split(value: Any) -> Any:
+    """A list may be one comma-separated string (a CLI option, a CSV cell)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _known_layers(value: Any) -> Any:
+    """All unknown layer names in one message, rather than one error per list item."""
+    if isinstance(value, list | tuple):
+        unknown = [str(name) for name in value if name not in LAYER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown layer {', '.join(unknown)}; choose from {', '.join(LAYER_NAMES)}")
+    return value
+
+
+def _choice(kind: type[Enum]) -> Any:
+    """An enum field that takes any spelling ``parse_choice`` does (``" BF16 "``) and
+    names the choices when given another."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, kind):
+            return value
+        try:
+            return parse_choice(kind, value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, got {value!r}") from None
+
+    return Annotated[kind, BeforeValidator(parse)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """Pydantic reads ``true`` as 1 where a number is expected; a manifest that says
+    ``iterations: true`` has made a mistake, not asked for one iteration."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+NUMBER = BeforeValidator(_not_a_bool)
+
+
+def _positive_sum(weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    if weights is not None and sum(weights) <= 0:
+        raise ValueError("give non-negative weights with a positive sum")
+    return weights
+
+
+Layer = Literal[LAYER_NAMES]  # type: ignore[valid-type]  # an enum in the schema, for editors
+LayerList = tuple[Layer, ...]
+SomeLayers = Annotated[LayerList, Field(min_length=1)]
+Layers = Annotated[
+    LayerList, BeforeValidator(_known_layers), BeforeValidator(_split, json_schema_input_type=LayerList | str)
+]
+StyleLayers = Annotated[
+    SomeLayers,
+    BeforeValidator(_known_layers),
+    BeforeValidator(_split, json_schema_input_type=SomeLayers | str),
+]
+Weight = Annotated[float, Field(ge=0), NUMBER]
+Weights = Annotated[
+    tuple[Weight, ...], BeforeValidator(_split, json_schema_input_type=tuple[Weight, ...] | str)
+]
+#: the longer side of an output in pixels; a manifest's ``sizes`` are these too
+Size = Annotated[int, Field(gt=0, le=MAX_SIDE), NUMBER]
+Count = Annotated[int, Field(ge=0), NUMBER]
+AtLeastOne = Annotated[int, Field(ge=1), NUMBER]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), NUMBER]
+NonNegative = Annotated[float, Field(ge=0), NUMBER]
+
+
+def knob(default: Any, help: str) -> Any:
+    """A field and its help text, said once: ``metadata["help"]`` for the CLI's options,
+    ``description`` (a key pydantic reads from a dataclass field) for the JSON Schema."""
+    return field(default=default, metadata={"help": help, "description": help})
+
+
+def _refuse(name: str, problem: str) -> PydanticCustomError:
+    """A problem of several fields together, charged to field ``name``."""
+    return PydanticCustomError("config", "{message}", {"field": name, "message": problem})
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class SynthesisConfig:
     """Every knob of one synthesis; all but ``HOW_FIELDS`` change the output image."""
 
-    size: int = field(
-        default=512, metadata={"help": "Longer side of the output in pixels (aspect ratio kept)."}
+    size: Size = knob(512, "Longer side of the output in pixels (aspect ratio kept).")
+    iterations: Count = knob(500, "Optimizer iterations.")
+    ratio: Positive = knob(1e-3, "Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5).")
+    content_layers: Layers = knob(CONTENT_LAYERS, "Content layers (paper: conv4_2).")
+    content_layer_weights: Weights | None = knob(None, "Weight per content layer (default 1 each).")
+    style_layers: StyleLayers = knob(STYLE_LAYERS, "Style layers (paper: conv1_1 ... conv5_1).")
+    style_layer_weights: Weights | None = knob(
+        None, "Weight per style layer (default 1/n each, the paper's w_l)."
     )
-    iterations: int = field(default=500, metadata={"help": "Optimizer iterations."})
-    ratio: float = field(
-        default=1e-3, metadata={"help": "Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5)."}
+    style_weights: Annotated[Weights | None, AfterValidator(_positive_sum)] = knob(
+        None, "Blend weights, one per style image (default equal)."
     )
-    content_layers: tuple[str, ...] = field(
-        default=CONTENT_LAYERS, metadata={"help": "Content layers (paper: conv4_2)."}
+    style_scale: Positive | None = knob(
+        None, "Style size relative to the content (default: the content's size, as in the paper)."
     )
-    content_layer_weights: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "Weight per content layer (default 1 each)."}
+    optimizer: _choice(Optimizer) = knob(Optimizer.LBFGS, "L-BFGS (paper) or Adam.")
+    history_size: AtLeastOne = knob(100, "L-BFGS history size.")
+    learning_rate: Positive | None = knob(None, "Step scale (default 1.0 for L-BFGS, 0.02 for Adam).")
+    line_search: bool = knob(False, "Strong-Wolfe line search for L-BFGS.")
+    tolerance: NonNegative = knob(1e-9, "Stop when the relative loss change is below this.")
+    init: str = knob("noise", "Start image: noise (paper), content, style, or an image file.")
+    seed: Annotated[int, NUMBER] = knob(0, "Seed for the noise start image.")
+    pooling: _choice(Pooling) = knob(
+        Pooling.AVG, "Average pooling (the paper's choice for synthesis) or max."
     )
-    style_layers: tuple[str, ...] = field(
-        default=STYLE_LAYERS, metadata={"help": "Style layers (paper: conv1_1 ... conv5_1)."}
+    color: _choice(ColorMode) = knob(
+        ColorMode.NONE, "Colour preservation: none (paper), histogram or luminance."
     )
-    style_layer_weights: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "Weight per style layer (default 1/n each, the paper's w_l)."}
+    tv_weight: NonNegative = knob(0.0, "Total-variation weight (paper: 0).")
+    precision: _choice(Precision) = knob(
+        Precision.FP32,
+        "fp32; tf32: TF32 tensor cores on CUDA GPUs (faster); bf16: convolutions in bfloat16.",
     )
-    style_weights: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "Blend weights, one per style image (default equal)."}
+    channels_last: bool = knob(True, "NHWC activations (faster convolutions with oneDNN and cuDNN).")
+    scales: AtLeastOne = knob(
+        1,
+        "Coarse-to-fine scales (1: the paper's single-scale synthesis); each coarser one is "
+        "scale_factor times smaller, and its result, upsampled, starts the next.",
     )
-    style_scale: float | None = field(
-        default=None,
-        metadata={
-            "help": "Style size relative to the content (default: the content's size, as in the paper)."
-        },
+    scale_factor: Annotated[float, Field(gt=1, allow_inf_nan=False), NUMBER] = knob(
+        2.0, "Size ratio between neighbouring scales."
     )
-    optimizer: Optimizer = field(default=Optimizer.LBFGS, metadata={"help": "L-BFGS (paper) or Adam."})
-    history_size: int = field(default=100, metadata={"help": "L-BFGS history size."})
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "Step scale (default 1.0 for L-BFGS, 0.02 for Adam)."}
-    )
-    line_search: bool = field(default=False, metadata={"help": "Strong-Wolfe line search for L-BFGS."})
-    tolerance: float = field(
-        default=1e-9, metadata={"help": "Stop when the relative loss change is below this."}
-    )
-    init: str = field(
-        default="noise", metadata={"help": "Start image: noise (paper), content, style, or an image file."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed for the noise start image."})
-    pooling: Pooling = field(
-        default=Pooling.AVG, metadata={"help": "Average pooling (the paper's choice for synthesis) or max."}
-    )
-    color: ColorMode = field(
-        default=ColorMode.NONE,
-        metadata={"help": "Colour preservation: none (paper), histogram or luminance."},
-    )
-    tv_weight: float = field(default=0.0, metadata={"help": "Total-variation weight (paper: 0)."})
-    precision: Precision = field(
-        default=Precision.FP32,
-        metadata={
-            "help": "fp32; tf32: TF32 tensor cores on CUDA GPUs (faster); bf16: convolutions in bfloat16."
-        },
-    )
-    channels_last: bool = field(
-        default=True, metadata={"help": "NHWC activations (faster convolutions with oneDNN and cuDNN)."}
-    )
-    scales: int = field(
-        default=1,
-        metadata={
-            "help": "Coarse-to-fine scales (1: the paper's single-scale synthesis); each coarser one is "
-            "scale_factor times smaller, and its result, upsampled, starts the next."
-        },
-    )
-    scale_factor: float = field(default=2.0, metadata={"help": "Size ratio between neighbouring scales."})
-    scale_iterations: int | None = field(
-        default=None, metadata={"help": "Iterations at each coarser scale (default: iterations)."}
-    )
-    tile: int | None = field(
-        default=None,
-        metadata={
-            "help": "Tile side in px for images beyond the device's memory: the loss gradient is then "
-            "computed tile by tile, exactly (default: auto, tiles only where the image would not fit; "
-            "0: never tile)."
-        },
+    scale_iterations: Count | None = knob(None, "Iterations at each coarser scale (default: iterations).")
+    tile: Count | None = knob(
+        None,
+        "Tile side in px for images beyond the device's memory: the loss gradient is then "
+        "computed tile by tile, exactly (default: auto, tiles only where the image would not fit; "
+        "0: never tile).",
     )
 
-    def __post_init__(self) -> None:
-        # plain strings of a choice become its enum member; unknown ones are left for validate()
-        for f in fields(self):
-            kind = field_type(f.name)
-            value = getattr(self, f.name)
-            if isinstance(kind, type) and issubclass(kind, Enum) and not isinstance(value, kind):
-                with contextlib.suppress(ValueError):
-                    object.__setattr__(self, f.name, parse_choice(kind, value))
+    @field_validator("init")
+    @classmethod
+    def _init_is_known_or_a_file(cls, init: str) -> str:
+        # a URI (s3://...) is checked where it is read: planning hashes it, a worker decodes it
+        if init not in INITS and not is_uri(init) and not Path(init).is_file():
+            raise ValueError(f"{init}: not one of {', '.join(INITS)} and not an image file; check the path")
+        return init
 
-    def validate(self) -> SynthesisConfig:
-        """Raise ``ConfigError`` naming the field; return self for chaining."""
-        if self.iterations < 0:
-            raise ConfigError(f"must be 0 or more, got {self.iterations}", field="iterations")
-        if not (self.ratio > 0 and math.isfinite(self.ratio)):
-            raise ConfigError(f"alpha/beta must be a positive number, got {self.ratio}", field="ratio")
-        output_size(1, 1, self.size)  # checks the size bounds
-        check_layers(self.content_layers, "content_layers")
-        check_layers(self.style_layers, "style_layers")
-        if not self.style_layers:
-            raise ConfigError("give at least one layer", field="style_layers")
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        """What no single field can say: the fields are valid one by one when this runs."""
         for name, layers, weights in (
             ("content_layer_weights", self.content_layers, self.content_layer_weights),
             ("style_layer_weights", self.style_layers, self.style_layer_weights),
         ):
             if weights is not None and len(weights) != len(layers):
-                raise ConfigError(
-                    f"give {len(layers)} weights, one per layer, got {len(weights)}", field=name
-                )
-            if weights is not None and any(w < 0 for w in weights):
-                raise ConfigError("weights must not be negative", field=name)
-        if self.style_weights is not None and (
-            any(w < 0 for w in self.style_weights) or sum(self.style_weights) <= 0
-        ):
-            raise ConfigError("give non-negative weights with a positive sum", field="style_weights")
-        if self.style_scale is not None and not self.style_scale > 0:
-            raise ConfigError(f"must be positive, got {self.style_scale}", field="style_scale")
-        if self.history_size < 1:
-            raise ConfigError(f"must be at least 1, got {self.history_size}", field="history_size")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"must be positive, got {self.learning_rate}", field="learning_rate")
-        if self.tolerance < 0:
-            raise ConfigError(f"must be 0 or more, got {self.tolerance}", field="tolerance")
-        for name in ("optimizer", "pooling", "color", "precision"):
-            coerce(name, getattr(self, name))  # an unknown choice names the choices
-        # a URI (s3://...) is checked where it is read: planning hashes it, a worker decodes it
-        if self.init not in INITS and not is_uri(self.init) and not Path(self.init).is_file():
-            raise ConfigError(
-                f"{self.init}: not one of {', '.join(INITS)} and not an image file; check the path",
-                field="init",
-            )
-        if self.tv_weight < 0:
-            raise ConfigError(f"must be 0 or more, got {self.tv_weight}", field="tv_weight")
-        if self.scales < 1:
-            raise ConfigError(f"must be at least 1, got {self.scales}", field="scales")
-        if not (self.scale_factor > 1 and math.isfinite(self.scale_factor)):
-            raise ConfigError(f"must be a number above 1, got {self.scale_factor}", field="scale_factor")
-        if self.scale_iterations is not None and self.scale_iterations < 0:
-            raise ConfigError(f"must be 0 or more, got {self.scale_iterations}", field="scale_iterations")
+                raise _refuse(name, f"give {len(layers)} weights, one per layer, got {len(weights)}")
         smallest, layer = self.scale_size(self.scales - 1), deepest(self.loss_layers)
         if self.scales > 1 and smallest < min_side(layer):  # one scale: synthesis_size checks
-            raise ConfigError(
+            raise _refuse(
+                "scales",
                 f"{self.scales} scales of factor {self.scale_factor:g} from {self.size} px start at "
                 f"{smallest} px, below the {min_side(layer)} px that {layer} needs; use fewer scales",
-                field="scales",
             )
         grid = min_side(layer)
-        if self.tile is not None and self.tile != 0 and (self.tile < grid or self.tile % grid):
-            raise ConfigError(
+        if self.tile and (self.tile < grid or self.tile % grid):
+            raise _refuse(
+                "tile",
                 f"must be 0 (never tile) or a multiple of {grid} px (the {layer} grid), got {self.tile}",
-                field="tile",
             )
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_config_error(cls, values: Any, handler: Any) -> Any:
+        """Callers see ``ConfigError`` naming the field, whatever pydantic found (declared
+        last, so it wraps the validators above as well as the fields)."""
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise InvalidConfig([_problem(error, values) for error in exc.errors()]) from None
 
     def to_params(self) -> dict[str, Any]:
         """Plain JSON values (lists, strings, numbers): item ids hash this. Fields added
@@ -236,103 +284,28 @@ class SynthesisConfig:
         return tuple(self.content_layers) + tuple(self.style_layers)
 
 
+def _problem(error: ErrorDetails, values: Any) -> ConfigError:
+    """One pydantic error as ``ConfigError(message, field=name)``."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "config":  # from _refuse()
+        return ConfigError(ctx["message"], field=ctx["field"])
+    name = str(error["loc"][0]) if error["loc"] else None
+    whole = _given(values, name) if name and len(error["loc"]) > 1 else NOTHING
+    return ConfigError(message(error, whole=whole), field=name)
+
+
+def _given(values: Any, name: str) -> Any:
+    """The value given for field ``name``, as given (before any conversion)."""
+    if isinstance(values, ArgsKwargs):
+        names = list(SynthesisConfig.__dataclass_fields__)
+        given = dict(zip(names, values.args, strict=False)) | (values.kwargs or {})
+        return given.get(name, NOTHING)
+    return values.get(name, NOTHING) if isinstance(values, dict) else NOTHING
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value
-
-
-# ---------------------------------------------------------------------------- types and coercion
-
-
-def field_type(name: str) -> Any:
-    """The resolved type of a field, e.g. ``tuple[float, ...] | None``."""
-    return _HINTS[name]
-
-
-def split_optional(kind: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for ``X | None``, else ``(kind, False)``."""
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(kind)) == 2:
-            return args[0], True
-    return kind, False
-
-
-def coerce(name: str, value: Any) -> Any:
-    """A plain value (YAML/JSON scalar or list, CSV cell, CLI string) as field ``name``'s type.
-
-    Lists of layers or numbers may also be one comma-separated string; numbers may be
-    strings (YAML 1.1 reads ``1e-3`` as text). Raises ``ConfigError(field=name)``.
-    """
-    if name not in _HINTS:
-        raise ConfigError(f"unknown parameter; choose from {', '.join(sorted(_HINTS))}", field=name)
-    kind, optional = split_optional(_HINTS[name])
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError("needs a value", field=name)
-    try:
-        return _coerce(kind, value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(f"{exc}, got {value!r}", field=name) from None
-
-
-def _coerce(kind: Any, value: Any) -> Any:
-    if typing.get_origin(kind) is tuple:
-        item = typing.get_args(kind)[0]
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple):
-            raise TypeError("expected a list of layer names" if item is str else "expected a list of numbers")
-        if item is str:
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        try:
-            return tuple(_number(v) for v in items if not (isinstance(v, str) and not v.strip()))
-        except (TypeError, ValueError):
-            raise ValueError("expected a list of numbers") from None
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        return parse_choice(kind, value)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise ValueError("expected true or false")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        try:
-            number = _number(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected a whole number") from None
-        if not (math.isfinite(number) and number == int(number)):
-            raise ValueError("expected a whole number")
-        return int(number)
-    if kind is float:
-        return _number(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise TypeError("expected text")
-        return value
-    raise TypeError(f"no conversion to {kind}")
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError("expected a number")
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError("expected a number") from None
-
-
-_HINTS: dict[str, Any] = {
-    name: kind
-    for name, kind in typing.get_type_hints(SynthesisConfig).items()
-    if name in {f.name for f in fields(SynthesisConfig)}
-}

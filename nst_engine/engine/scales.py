@@ -23,7 +23,7 @@ from nst_engine.engine.config import SynthesisConfig
 
 def coarser_scales(config: SynthesisConfig) -> list[SynthesisConfig]:
     """The configs of the scales before the requested size, smallest first (none for
-    ``scales`` = 1); ``SynthesisConfig.validate`` has checked that the smallest is large
+    ``scales`` = 1); building the ``SynthesisConfig`` checked that the smallest is large
     enough."""
     iterations = config.iterations if config.scale_iterations is None else config.scale_iterations
     return [

@@ -117,7 +117,6 @@ class Stylizer:
         over; the statistics then hold the whole run (records of the earlier attempts
         first) and ``resumed_from_iteration``. The result equals an uninterrupted run's.
         """
-        config.validate()
         _check_style_count(len(styles), config)
         started = time.perf_counter()
         content_img = load_image(content)

@@ -16,15 +16,26 @@ from __future__ import annotations
 import csv
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from nst_engine.engine.config import INITS, SynthesisConfig, coerce
+from nst_engine.engine.config import INITS, InvalidConfig, SynthesisConfig
 from nst_engine.engine.weights_spec import WeightsSpec
-from nst_engine.errors import ConfigError, NSTError, one_line
+from nst_engine.errors import ConfigError, NSTError
+from nst_engine.planning.manifest_model import (
+    DEFAULT_LAYOUT,
+    ManifestFile,
+    Match,
+    Params,
+    StyleEntry,
+    StyleItem,
+    WeightsItem,
+    given_params,
+)
 from nst_engine.planning.sources import (
     DEFAULT_MAX_IMAGES,
     MAX_IMAGES_KEY,
@@ -33,27 +44,14 @@ from nst_engine.planning.sources import (
     list_images,
     locate,
 )
-from nst_engine.storage.paths import UnsafePathError, safe_relative
 from nst_engine.storage.uris import is_uri
+from nst_engine.validation import NOTHING, message, path_of
 
-DEFAULT_LAYOUT = "{style}/{size}/{content}.png"
-LAYOUT_FIELDS = ("style", "size", "content", "content_name", "id")
-TOP_LEVEL_KEYS = {
-    "name",
-    "output",
-    "layout",
-    "contents",
-    "styles",
-    "sizes",
-    "params",
-    "weights",
-    "overrides",
-    MAX_IMAGES_KEY,
-}
 #: Engine parameters a manifest may set (everything but the size, which is a manifest axis).
-PARAM_FIELDS = {f.name: f for f in fields(SynthesisConfig) if f.name != "size"}
-WEIGHTS_FIELDS = {f.name for f in fields(WeightsSpec)}
+PARAM_FIELDS = Params.model_fields
 TABLE_COLUMNS = {"content", "style", "style_weights", "style_name", "size"}
+STYLE_ITEM: TypeAdapter[Any] = TypeAdapter(StyleItem)
+WEIGHTS_ITEM: TypeAdapter[Any] = TypeAdapter(WeightsItem)
 
 
 class ManifestError(NSTError):
@@ -107,6 +105,7 @@ class _Problems:
         self.source = source
         self.lines = lines
         self.items: list[str] = []
+        self.at_line: dict[str, int] = {}
 
     def add(self, path: tuple, message: str) -> None:
         line = None
@@ -119,6 +118,12 @@ class _Problems:
         problem = f"{where}: {dotted or '(top level)'}: {message}"
         if problem not in self.items:  # e.g. a bad parameter seen once per size
             self.items.append(problem)
+            self.at_line[problem] = line or 0
+
+    def in_order(self) -> list[str]:
+        """The problems in the order of their lines in the file (the model finds them in
+        the order of its fields, the checks after it section by section)."""
+        return sorted(self.items, key=lambda problem: self.at_line.get(problem, 0))
 
     def line_of(self, path: tuple) -> str:
         line = self.lines.get(path)
@@ -183,27 +188,72 @@ def load_manifest(path: str | Path, output: str | None = None) -> Manifest:
     return manifest
 
 
+# ---------------------------------------------------------------------------- the model's checks
+
+
+class _Checked:
+    """A manifest's data after ``ManifestFile`` has found every problem in it: which parts
+    are well-formed, so the checks that follow (files, globs, several parameters at once)
+    run on those and a bad entry does not hide the problems of the others."""
+
+    def __init__(self, data: dict[str, Any], problems: _Problems) -> None:
+        self.data = data
+        self.bad: set[tuple] = set()
+        try:
+            ManifestFile.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where, whole = _parameter(path_of(error), data)
+                problems.add(where, message(error, ManifestFile, whole))
+                self.bad.add(where)
+
+    def ok(self, *path: str | int) -> bool:
+        """Nothing wrong at ``path``, below it, or above it (a list that is not a list)."""
+        return not any(bad[: len(path)] == path or path[: len(bad)] == bad for bad in self.bad)
+
+    def get(self, key: str, default: Any) -> Any:
+        """A top-level value, or ``default`` when it is missing or has a problem."""
+        value = self.data.get(key)
+        return value if value is not None and self.ok(key) else default
+
+    def entries(self, key: str) -> list[tuple[int, Any]]:
+        """The well-formed entries of the list ``key``, with their indices."""
+        raw = self.data.get(key)
+        if not isinstance(raw, list) or (key,) in self.bad:
+            return []
+        return [(i, entry) for i, entry in enumerate(raw) if self.ok(key, i)]
+
+    def params(self, path: tuple) -> dict[str, Any]:
+        """The well-formed parameters of the ``params`` mapping at ``path``, validated."""
+        raw = self.data
+        for part in path:
+            raw = raw[part] if isinstance(raw, dict | list) and _has(raw, part) else None
+        if not isinstance(raw, dict):
+            return {}
+        good = {key: value for key, value in raw.items() if self.ok(*path, key)}
+        return given_params(Params.model_validate(good))
+
+
+def _has(container: dict | list, part: str | int) -> bool:
+    return part in container if isinstance(container, dict) else 0 <= int(part) < len(container)
+
+
+def _parameter(path: tuple, data: Any) -> tuple[tuple, Any]:
+    """Where a problem is reported, and the whole value it lies in: a problem inside one
+    engine parameter (an item of ``style_layer_weights``) is that parameter's, as it is for
+    the CLI's options."""
+    if "params" not in path:
+        return path, NOTHING
+    cut = path.index("params") + 2
+    if len(path) <= cut:
+        return path, NOTHING
+    value = data
+    for part in path[:cut]:
+        value = value[part]
+    return path[:cut], value
+
+
 # ---------------------------------------------------------------------------- values
-
-
-def _params(raw: Any, path: tuple, problems: _Problems) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        problems.add(path, "expected a mapping of engine parameters")
-        return {}
-    out = {}
-    for key, value in raw.items():
-        if key == "size":
-            problems.add((*path, key), "set sizes with the top-level 'sizes' list")
-        elif key not in PARAM_FIELDS:
-            problems.add((*path, key), f"unknown parameter; choose from {', '.join(sorted(PARAM_FIELDS))}")
-        else:
-            try:
-                out[key] = coerce(key, value)
-            except ConfigError as exc:
-                problems.add((*path, key), exc.message)
-    return out
 
 
 def _resolve_init(params: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -227,41 +277,19 @@ def _config(
     for _, values in layers:
         params.update(values)
     try:
-        return SynthesisConfig(size=size, **_resolve_init(params, base)).validate()
+        return SynthesisConfig(size=size, **_resolve_init(params, base))
     except ConfigError as exc:
-        if exc.field is None:
-            problems.add(layers[-1][0], exc.message)
-        elif exc.field == "size":
-            problems.add(size_path, exc.message)
-        else:
-            owner = next((path for path, values in reversed(layers) if exc.field in values), layers[-1][0])
-            problems.add((*owner, exc.field), exc.message)
-    except (NSTError, TypeError) as exc:
-        problems.add(layers[-1][0], one_line(exc))
+        for problem in exc.problems if isinstance(exc, InvalidConfig) else [exc]:
+            if problem.field is None:
+                problems.add(layers[-1][0], problem.message)
+            elif problem.field == "size":
+                problems.add(size_path, problem.message)
+            else:
+                owner = next(
+                    (path for path, values in reversed(layers) if problem.field in values), layers[-1][0]
+                )
+                problems.add((*owner, problem.field), problem.message)
     return None
-
-
-def _sizes(raw: Any, problems: _Problems) -> list[int]:
-    if not isinstance(raw, list) or not raw:
-        problems.add(("sizes",), "give a list of sizes in pixels (the longer side), e.g. [256, 512]")
-        return []
-    sizes = []
-    for i, value in enumerate(raw):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            problems.add(("sizes", i), f"expected a positive whole number of pixels, got {value!r}")
-        else:
-            sizes.append(value)
-    return sizes
-
-
-def _max_images(raw: Any, problems: _Problems) -> int:
-    """The top-level limit on the images one folder or glob entry may expand to."""
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        problems.add(
-            (MAX_IMAGES_KEY,), f"expected a whole number >= 1 (default {DEFAULT_MAX_IMAGES:,}), got {raw!r}"
-        )
-        return DEFAULT_MAX_IMAGES
-    return raw
 
 
 def _listing(
@@ -281,19 +309,13 @@ def _listing(
 
 
 def _expand_contents(
-    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
+    entries: list[tuple[int, str]], base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> list[tuple[str, str, tuple]]:
     """(absolute path or URI, path relative to its base, manifest path) for every content image.
     A missing file is kept: it is reported per item later, so --skip-bad-inputs can skip it."""
-    if not isinstance(raw, list) or not raw:
-        problems.add(("contents",), "give a list of content images: files, folders, globs or URIs")
-        return []
     found: list[tuple[str, str, tuple]] = []
-    for i, entry in enumerate(raw):
+    for i, entry in entries:
         path = ("contents", i)
-        if not isinstance(entry, str) or not entry:
-            problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
-            continue
         listing = _listing(entry, base, path, problems, stamps, max_images)
         found += [(f.location, f.relative, path) for f in listing.found]
     return found
@@ -304,55 +326,22 @@ def _style_name(paths: Iterable[str]) -> str:
 
 
 def _expand_styles(
-    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
+    entries: list[tuple[int, Any]], base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> list[tuple[StyleSpec, tuple]]:
-    if not isinstance(raw, list) or not raw:
-        problems.add(("styles",), "give a list of style images (a path, or {name, images: [{path, weight}]})")
-        return []
     styles = []
-    for i, entry in enumerate(raw):
+    for i, raw in entries:
         path = ("styles", i)
-        if isinstance(entry, str):  # a file, or a folder/prefix/glob of styles, one per image
-            listing = _listing(entry, base, path, problems, stamps, max_images)
-            for f in listing.found:
-                name = Path(entry).stem if listing.kind == "file" else f.relative.rsplit(".", 1)[0]
-                styles.append((StyleSpec(name, (f.location,), (1.0,)), path))
+        entry = STYLE_ITEM.validate_python(raw)
+        if isinstance(entry, StyleEntry):
+            paths = [locate(image, base) for image, _ in entry.parts()]
+            weights = tuple(weight for _, weight in entry.parts())
+            spec = StyleSpec(entry.name or _style_name(paths), tuple(paths), weights)
+            styles.append((spec, path))
             continue
-        if not isinstance(entry, dict):
-            problems.add(path, "expected a path or a mapping with 'images'")
-            continue
-        unknown = set(entry) - {"name", "image", "images"}
-        if unknown:
-            problems.add((*path, sorted(unknown)[0]), "unknown key; use name, image or images")
-        images_raw = entry.get("images", [{"path": entry["image"]}] if "image" in entry else None)
-        if not isinstance(images_raw, list) or not images_raw:
-            problems.add(path, "a style needs 'image: PATH' or 'images: [{path, weight}]'")
-            continue
-        paths, weights = [], []
-        for j, image in enumerate(images_raw):
-            ipath = (*path, "images", j)
-            if isinstance(image, str):
-                image = {"path": image}
-            if not isinstance(image, dict) or not isinstance(image.get("path"), str):
-                problems.add(ipath, "expected {path: FILE, weight: NUMBER}")
-                continue
-            try:
-                weight = float(image.get("weight", 1.0))
-                if weight < 0:
-                    raise ValueError
-            except (TypeError, ValueError):
-                problems.add(
-                    (*ipath, "weight"), f"expected a non-negative number, got {image.get('weight')!r}"
-                )
-                continue
-            paths.append(locate(image["path"], base))
-            weights.append(weight)
-        if paths and sum(weights) <= 0:
-            problems.add(path, "style blend weights must have a positive sum")
-            continue
-        if paths:
-            name = entry.get("name") or _style_name(paths)
-            styles.append((StyleSpec(str(name), tuple(paths), tuple(weights)), path))
+        listing = _listing(entry, base, path, problems, stamps, max_images)  # a file, or one style per image
+        for f in listing.found:
+            name = Path(entry).stem if listing.kind == "file" else f.relative.rsplit(".", 1)[0]
+            styles.append((StyleSpec(name, (f.location,), (1.0,)), path))
     names = [s.name for s, _ in styles]
     for spec, path in styles:
         if names.count(spec.name) > 1:
@@ -362,70 +351,34 @@ def _expand_styles(
 
 
 def _weights(
-    raw: Any, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
+    checked: _Checked, base: Path, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> WeightsSpec:
+    """The network; a weights file is relative to the manifest and must be there, calibration
+    entries are expanded like contents."""
+    raw = checked.get("weights", None)
     if raw is None:
         return WeightsSpec()
-    if isinstance(raw, str):
-        raw = {"source": raw}
-    if not isinstance(raw, dict):
-        problems.add(("weights",), "expected {source: embedded|torchvision|FILE, normalize: BOOL}")
-        return WeightsSpec()
-    unknown = set(raw) - WEIGHTS_FIELDS
-    if unknown:
-        problems.add(("weights", sorted(unknown)[0]), f"unknown key; use {', '.join(sorted(WEIGHTS_FIELDS))}")
-        return WeightsSpec()
-    values = dict(raw)
-    source = str(values.get("source", "embedded"))
-    if is_uri(source):
-        problems.add(("weights", "source"), "a weights file must be a local path on every node, not a URI")
-    elif source not in ("embedded", "torchvision") and not source.startswith("random"):
-        source = str((base / source).resolve())
+    weights: BaseModel = WEIGHTS_ITEM.validate_python({"source": raw} if isinstance(raw, str) else raw)
+    values = weights.model_dump()
+    source = values["source"]
+    if source not in ("embedded", "torchvision") and not source.startswith("random"):
+        values["source"] = source = str((base / source).resolve())
         if not Path(source).is_file():
             problems.add(("weights", "source"), f"weights file {source} not found")
-    values["source"] = source
-    if "calibration" in values:
-        entries = values["calibration"] or []
-        if isinstance(entries, str) or not isinstance(entries, list):
-            problems.add(("weights", "calibration"), "expected a list of images, folders, globs or URIs")
-            entries = []
-        calibration: list[str] = []
-        for i, entry in enumerate(entries):
-            path = ("weights", "calibration", i)
-            if not isinstance(entry, str) or not entry:
-                problems.add(path, f"expected a path, folder, glob or URI, got {entry!r}")
-                continue
-            calibration += [
-                f.location for f in _listing(entry, base, path, problems, stamps, max_images).found
-            ]
-        values["calibration"] = tuple(calibration)
+    calibration: list[str] = []
+    for i, entry in enumerate(values["calibration"]):
+        path = ("weights", "calibration", i)
+        calibration += [f.location for f in _listing(entry, base, path, problems, stamps, max_images).found]
+    values["calibration"] = tuple(calibration)
     return WeightsSpec(**values)
 
 
-def _check_layout(layout: Any, problems: _Problems) -> str:
-    if not isinstance(layout, str):
-        problems.add(("layout",), "expected a template such as '{style}/{size}/{content}.png'")
-        return DEFAULT_LAYOUT
-    try:
-        sample = layout.format(style="s", size=1, content="c", content_name="c", id="i")
-        safe_relative(sample)
-    except KeyError as exc:
-        problems.add(
-            ("layout",), f"unknown field {exc}; use {', '.join('{' + f + '}' for f in LAYOUT_FIELDS)}"
-        )
-    except (ValueError, IndexError, AttributeError, UnsafePathError) as exc:
-        problems.add(("layout",), str(exc))
-    if not layout.endswith(".png"):
-        problems.add(("layout",), "must end in .png (results are PNG files)")
-    return layout
-
-
-def _matches(match: dict[str, Any], content_rel: str, style: str, size: int) -> bool:
-    if "style" in match and str(match["style"]) != style:
+def _matches(match: Match, content_rel: str, style: str, size: int) -> bool:
+    if match.style is not None and match.style != style:
         return False
-    if "size" in match and match["size"] != size:
+    if match.size is not None and match.size != size:
         return False
-    return not ("content" in match and not fnmatch.fnmatch(content_rel, str(match["content"])))
+    return not (match.content is not None and not fnmatch.fnmatch(content_rel, match.content))
 
 
 def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
@@ -433,48 +386,63 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
     base = source.parent
     if not isinstance(data, dict):
         raise ManifestError([f"{source}: expected a mapping with contents, styles and sizes"])
-    for key in sorted(set(data) - TOP_LEVEL_KEYS):
-        problems.add((key,), f"unknown field; use {', '.join(sorted(TOP_LEVEL_KEYS))}")
-    name = str(data.get("name") or source.stem)
-    output = data.get("output")
-    if output is not None and not isinstance(output, str):
-        problems.add(("output",), "expected a folder path or URI")
-        output = None
+    checked = _Checked(data, problems)
+    name = str(checked.get("name", None) or source.stem)
+    output = checked.get("output", None)
     if isinstance(output, str) and "://" not in output:
         output = str((base / output).resolve())
-    layout = _check_layout(data.get("layout", DEFAULT_LAYOUT), problems)
     stamps: dict[str, Stamp] = {}
-    max_images = _max_images(data.get(MAX_IMAGES_KEY, DEFAULT_MAX_IMAGES), problems)
-    weights = _weights(data.get("weights"), base, problems, stamps, max_images)
-    contents = _expand_contents(data.get("contents"), base, problems, stamps, max_images)
-    styles = _expand_styles(data.get("styles"), base, problems, stamps, max_images)
-    sizes = _sizes(data.get("sizes"), problems)
-    defaults = _params(data.get("params"), ("params",), problems)
-    size_paths = {size: ("sizes", data["sizes"].index(size)) for size in sizes}
-    overrides = []
-    for i, entry in enumerate(data.get("overrides") or []):
-        path = ("overrides", i)
-        if not isinstance(entry, dict) or not isinstance(entry.get("match", {}), dict):
-            problems.add(path, "expected {match: {style, size, content}, params: {...}}")
-            continue
-        bad = set(entry.get("match", {})) - {"style", "size", "content"}
-        if bad:
-            problems.add((*path, "match", sorted(bad)[0]), "unknown match key; use style, size or content")
-        overrides.append((entry.get("match", {}), _params(entry.get("params"), (*path, "params"), problems)))
+    max_images = checked.get(MAX_IMAGES_KEY, DEFAULT_MAX_IMAGES)
+    weights = _weights(checked, base, problems, stamps, max_images)
+    contents = _expand_contents(checked.entries("contents"), base, problems, stamps, max_images)
+    styles = _expand_styles(checked.entries("styles"), base, problems, stamps, max_images)
+    sizes = checked.entries("sizes")
+    raw_overrides = data.get("overrides")
+    overrides = [  # an override with a bad parameter still applies its good ones
+        (j, Match.model_validate(entry.get("match") or {}), checked.params(("overrides", j, "params")))
+        for j, entry in enumerate(raw_overrides if isinstance(raw_overrides, list) else [])
+        if ("overrides", j) not in checked.bad and checked.ok("overrides", j, "match")
+    ]
+    items = _items(contents, styles, sizes, checked.params(("params",)), overrides, base, problems)
+    if problems.items:
+        raise ManifestError(problems.in_order())
+    return Manifest(
+        name=name,
+        source=source,
+        output=output,
+        layout=checked.get("layout", DEFAULT_LAYOUT),
+        weights=weights,
+        items=items,
+        stamps=stamps,
+    )
+
+
+def _items(
+    contents: list[tuple[str, str, tuple]],
+    styles: list[tuple[StyleSpec, tuple]],
+    sizes: list[tuple[int, int]],
+    defaults: dict[str, Any],
+    overrides: list[tuple[int, Match, dict[str, Any]]],
+    base: Path,
+    problems: _Problems,
+) -> list[ItemSpec]:
+    """Every content × style × size, its config built once per (size, applied overrides);
+    the parameters are checked even where nothing expands or an override matches nothing."""
+    size_paths: dict[int, tuple] = {}
+    for i, size in sizes:
+        size_paths.setdefault(size, ("sizes", i))  # a size listed twice: its first entry
     items = []
     seen_configs: dict[tuple, SynthesisConfig | None] = {}
     for content, content_rel, cpath in contents:
         for style, spath in styles:
-            for size in sizes:
-                applied = [
-                    j
-                    for j, (match, _) in enumerate(overrides)
-                    if _matches(match, content_rel, style.name, size)
-                ]
+            for _, size in sizes:
+                applied = [j for j, match, _ in overrides if _matches(match, content_rel, style.name, size)]
                 key = (size, tuple(applied))
                 if key not in seen_configs:
                     layers = [(("params",), defaults)]
-                    layers += [(("overrides", j, "params"), overrides[j][1]) for j in applied]
+                    layers += [
+                        (("overrides", j, "params"), extra) for j, _, extra in overrides if j in applied
+                    ]
                     seen_configs[key] = _config(size, layers, base, problems, size_paths[size])
                 config = seen_configs[key]
                 if config is None:
@@ -483,43 +451,21 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
                     f"{problems.line_of(cpath)} (content) × {problems.line_of(spath)} (style) × size {size}"
                 )
                 items.append(ItemSpec(content, content_rel, style, size, config, where))
-    size = sizes[0] if sizes else SynthesisConfig.size
+    size = next(iter(size_paths), SynthesisConfig.size)
     if not seen_configs:  # nothing expanded (contents, styles or sizes are wrong): still check params
         _config(size, [(("params",), defaults)], base, problems)
     used = {j for _, applied in seen_configs for j in applied}
-    for j, (_, extra) in enumerate(overrides):
+    for j, _, extra in overrides:
         if j not in used:  # an override that matched nothing still gets its values checked
             _config(size, [(("params",), defaults), (("overrides", j, "params"), extra)], base, problems)
-    if problems.items:
-        raise ManifestError(problems.items)
-    return Manifest(
-        name=name, source=source, output=output, layout=layout, weights=weights, items=items, stamps=stamps
-    )
+    return items
 
 
 def _load_table(source: Path) -> Manifest:
     """CSV or Parquet: one row per item; columns content, style, size, optional
     style_weights and style_name (';'-separated for blends) and any engine parameter."""
-    base = source.parent
-    if source.suffix.lower() == ".csv":
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-        first_line = 2  # header is line 1
-    else:
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(source)
-        except Exception as exc:  # pyarrow raises several types
-            raise ManifestError([f"{source}: not a readable Parquet file ({exc})"]) from None
-        rows, columns, first_line = table.to_pylist(), table.column_names, 1
+    rows, columns, first_line = _read_table(source)
     problems = _Problems(source, {})
-
-    def where(i: int, column: str) -> tuple:
-        return (f"row {i + first_line - (1 if first_line == 2 else 0)}", column)
-
     for column in ("content", "style", "size"):
         if column not in columns:
             problems.add(
@@ -534,65 +480,12 @@ def _load_table(source: Path) -> Manifest:
         raise ManifestError(problems.items)
     items = []
     for i, row in enumerate(rows):
-        line = i + first_line
-        label = f"line {line}" if source.suffix.lower() == ".csv" else f"row {i}"
-        row_problems_before = len(problems.items)
-
-        def add(column: str, message: str, label: str = label) -> None:
-            problems.items.append(f"{source}: {label}: {column}: {message}")
-
-        content = str(row.get("content") or "")
-        if not content:
-            add("content", "empty; give an image path")
-        style_paths = [p.strip() for p in str(row.get("style") or "").split(";") if p.strip()]
-        if not style_paths:
-            add("style", "empty; give an image path (';' between blended styles)")
-        try:
-            size_value = float(row.get("size"))
-            size = int(size_value)
-            if size <= 0 or size != size_value:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            add("size", f"expected a positive whole number, got {row.get('size')!r}")
-            size = 0
-        weights_raw = row.get("style_weights")
-        try:
-            weights = (
-                tuple(float(w) for w in str(weights_raw).split(";"))
-                if weights_raw not in (None, "")
-                else (1.0,) * len(style_paths)
-            )
-            if len(weights) != len(style_paths):
-                raise ValueError(f"give {len(style_paths)} weights, one per style image")
-            if weights and (any(w < 0 for w in weights) or sum(weights) <= 0):
-                raise ValueError("give non-negative weights with a positive sum")
-        except ValueError as exc:
-            add("style_weights", str(exc) if "give" in str(exc) else f"expected numbers, got {weights_raw!r}")
-            weights = (1.0,) * len(style_paths)
-        params = {}
-        for column, value in row.items():
-            if column in PARAM_FIELDS and column not in TABLE_COLUMNS and value not in (None, ""):
-                try:
-                    params[column] = coerce(column, value)
-                except ConfigError as exc:
-                    add(column, exc.message)
-        if len(problems.items) > row_problems_before:
-            continue
-        try:
-            config = SynthesisConfig(size=size, **_resolve_init(params, base)).validate()
-        except ConfigError as exc:
-            add(exc.field or "parameters", exc.message)
-            continue
-        resolved = tuple(locate(p, base) for p in style_paths)
-        style = StyleSpec(str(row.get("style_name") or _style_name(resolved)), resolved, weights)
-        # outputs mirror the table's relative paths; paths leaving its folder and URIs keep their name
-        relative = Path(content)
-        content_rel = (
-            relative.name
-            if is_uri(content) or relative.is_absolute() or ".." in relative.parts
-            else relative.as_posix()
-        )
-        items.append(ItemSpec(locate(content, base), content_rel, style, size, config, f"{source}: {label}"))
+        label = f"line {i + first_line}" if source.suffix.lower() == ".csv" else f"row {i}"
+        row_problems: list[tuple[str, str]] = []
+        item = _table_item(row, source.parent, row_problems, f"{source}: {label}")
+        problems.items += [f"{source}: {label}: {column}: {text}" for column, text in row_problems]
+        if item is not None:
+            items.append(item)
     if problems.items:
         raise ManifestError(problems.items)
     return Manifest(
@@ -603,6 +496,92 @@ def _load_table(source: Path) -> Manifest:
         weights=WeightsSpec(),
         items=items,
     )
+
+
+def _read_table(source: Path) -> tuple[list[dict[str, Any]], list[str], int]:
+    """The rows, the columns, and the line (CSV) or row (Parquet) number of the first row."""
+    if source.suffix.lower() == ".csv":
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader), list(reader.fieldnames or []), 2  # the header is line 1
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(source)
+    except Exception as exc:  # pyarrow raises several types
+        raise ManifestError([f"{source}: not a readable Parquet file ({exc})"]) from None
+    return table.to_pylist(), table.column_names, 1
+
+
+def _table_item(
+    row: dict[str, Any], base: Path, problems: list[tuple[str, str]], where: str
+) -> ItemSpec | None:
+    """One row's item, or None with its problems as (column, message)."""
+    content = str(row.get("content") or "")
+    if not content:
+        problems.append(("content", "empty; give an image path"))
+    style_paths = [p.strip() for p in str(row.get("style") or "").split(";") if p.strip()]
+    if not style_paths:
+        problems.append(("style", "empty; give an image path (';' between blended styles)"))
+    size = _table_size(row.get("size"), problems)
+    weights = _table_weights(row.get("style_weights"), len(style_paths), problems)
+    cells = {
+        column: value
+        for column, value in row.items()
+        if column in PARAM_FIELDS and column not in TABLE_COLUMNS and value not in (None, "")
+    }
+    try:
+        params = given_params(Params.model_validate(cells))
+    except ValidationError as exc:
+        for error in exc.errors():
+            column = str(path_of(error)[0])
+            whole = cells.get(column, NOTHING) if len(path_of(error)) > 1 else NOTHING
+            problems.append((column, message(error, Params, whole)))
+    if problems:
+        return None
+    try:
+        config = SynthesisConfig(size=size, **_resolve_init(params, base))
+    except ConfigError as exc:
+        problems += [(p.field or "parameters", p.message) for p in getattr(exc, "problems", [exc])]
+        return None
+    resolved = tuple(locate(p, base) for p in style_paths)
+    style = StyleSpec(str(row.get("style_name") or _style_name(resolved)), resolved, weights)
+    # outputs mirror the table's relative paths; paths leaving its folder and URIs keep their name
+    relative = Path(content)
+    content_rel = (
+        relative.name
+        if is_uri(content) or relative.is_absolute() or ".." in relative.parts
+        else relative.as_posix()
+    )
+    return ItemSpec(locate(content, base), content_rel, style, size, config, where)
+
+
+def _table_size(value: Any, problems: list[tuple[str, str]]) -> int:
+    try:
+        number = float(value)
+        size = int(number)
+        if size <= 0 or size != number:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        problems.append(("size", f"expected a positive whole number, got {value!r}"))
+        return 0
+    return size
+
+
+def _table_weights(value: Any, count: int, problems: list[tuple[str, str]]) -> tuple[float, ...]:
+    """A blend's weights, ';'-separated (default: equal)."""
+    if value in (None, ""):
+        return (1.0,) * count
+    try:
+        weights = tuple(float(w) for w in str(value).split(";"))
+    except ValueError:
+        problems.append(("style_weights", f"expected numbers, got {value!r}"))
+        return (1.0,) * count
+    if len(weights) != count:
+        problems.append(("style_weights", f"give {count} weights, one per style image"))
+    elif weights and (any(w < 0 for w in weights) or sum(weights) <= 0):
+        problems.append(("style_weights", "give non-negative weights with a positive sum"))
+    return weights
 
 
 def manifest_from_dict(data: dict[str, Any], base: Path) -> Manifest:
