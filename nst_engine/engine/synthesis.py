@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from nst_engine.engine.optimize import (
     Evaluator,
     IterationCallback,
     IterationRecord,
-    OptimizerSettings,
+    OptimizationTrace,
     Run,
     drive,
     start_run,
@@ -37,7 +38,7 @@ from nst_engine.engine.placement import How, Placement, place
 from nst_engine.engine.problem import Problem, synthesis_size
 from nst_engine.engine.result import SynthesisResult, png_metadata
 from nst_engine.engine.scales import coarser_scales, schedule_text, upsample
-from nst_engine.engine.stats import PeakMemory, Timings, synthesis_stats
+from nst_engine.engine.stats import PeakMemory, SynthesisStats, Timings, synthesis_stats
 from nst_engine.engine.targets import TargetCache, image_digest
 from nst_engine.engine.tiles import TiledGradient, tile_count
 from nst_engine.engine.weights import VGGWeights
@@ -121,71 +122,97 @@ class Stylizer:
         started = time.perf_counter()
         content_img = load_image(content)
         style_imgs = [load_image(s) for s in styles]
-        content_id = content_id or image_digest(content_img)
-        style_ids = list(style_ids or [image_digest(s) for s in style_imgs])
-        settings = config.optimizer_settings()
+        ids = (
+            content_id or image_digest(content_img),
+            list(style_ids or [image_digest(s) for s in style_imgs]),
+        )
         placement = placement or self.place(*synthesis_size(content_img, config), config, batch)
-        tile = placement.tile
+        watch = _Watch(on_iteration, snapshot_every, snapshot_path, should_stop, checkpoint)
         with (
-            _join(batch if placement.how is How.BATCHED else None, content_img, config, settings) as member,
+            _join(batch if placement.how is How.BATCHED else None, content_img, config) as member,
             # a batch's members share the peak of the batch, which the batch itself enters
             contextlib.nullcontext(batch.peak) if batch is not None else PeakMemory(self.device) as memory,
         ):
-            targets_start = time.perf_counter()
-            problem = Problem.build(content_img, style_imgs, config, self.cache)
-            targets_seconds = time.perf_counter() - targets_start
-            image = problem.initial_image()
-            evaluator = _evaluator(problem, tile, member)
-            run = start_run(problem.objective, image, settings, evaluator)
-            hook = _iteration_hook(problem, on_iteration, snapshot_every, snapshot_path)
-            resumed_from = 0
-            if checkpoint is not None:
-                work = fingerprint(
-                    config, self.weights.digest, content_id, style_ids, problem.height, problem.width
-                )
-                keeper = Checkpointer(checkpoint, work)
-                resumed_from = keeper.restore(run)
-                hook = _checkpointing(hook, keeper, run)
-            synthesis_start = time.perf_counter()
-            # a run resumed from a checkpoint is past its coarse scales
-            coarse = (
-                []
-                if resumed_from
-                else self._coarse_start(content_img, style_imgs, config, image, member, should_stop)
-            )
-            coarse_seconds = time.perf_counter() - synthesis_start if coarse else 0.0
-            trace = drive(run, hook, should_stop)
-            synthesis_seconds = time.perf_counter() - synthesis_start
-            output = problem.finish(image)
+            ran = self._optimize(content_img, style_imgs, config, placement.tile, member, ids, watch)
+        stats = self._stats(ran, config, memory, member, started)
+        metadata = png_metadata(config, self.weights, ids[0], ids[1], stats)
+        return SynthesisResult(ran.output, stats, metadata)
 
+    def _optimize(
+        self,
+        content: Image.Image,
+        styles: list[Image.Image],
+        config: SynthesisConfig,
+        tile: int,
+        member: Member | None,
+        ids: tuple[str, list[str]],
+        watch: _Watch,
+    ) -> _Ran:
+        """The synthesis itself: targets, the coarser scales unless a checkpoint resumes
+        past them, and the run at the requested size, timed."""
+        targets_start = time.perf_counter()
+        problem = Problem.build(content, styles, config, self.cache)
+        targets_seconds = time.perf_counter() - targets_start
+        image = problem.initial_image()
+        evaluator = _evaluator(problem, tile, member)
+        run = start_run(problem.objective, image, config.optimizer_settings(), evaluator)
+        hook = _iteration_hook(problem, watch.on_iteration, watch.snapshot_every, watch.snapshot_path)
+        resumed_from = 0
+        if watch.checkpoint is not None:
+            work = fingerprint(config, self.weights.digest, ids[0], ids[1], problem.height, problem.width)
+            keeper = Checkpointer(watch.checkpoint, work)
+            resumed_from = keeper.restore(run)
+            hook = _checkpointing(hook, keeper, run)
+        start = time.perf_counter()
+        # a run resumed from a checkpoint is past its coarse scales
+        coarse = (
+            []
+            if resumed_from
+            else self._coarse_start(content, styles, config, image, member, watch.should_stop)
+        )
+        coarse_seconds = time.perf_counter() - start if coarse else 0.0
+        trace = drive(run, hook, watch.should_stop)
         # the tile the run ended with: an evaluation that ran out of memory halved it
         tiled = evaluator.gradient if isinstance(evaluator, Alone) else None
-        final_tile = tiled.tile if isinstance(tiled, TiledGradient) else 0
+        return _Ran(
+            problem,
+            trace,
+            problem.finish(image),
+            targets_seconds,
+            time.perf_counter() - start,
+            coarse,
+            coarse_seconds,
+            resumed_from,
+            tiled.tile if isinstance(tiled, TiledGradient) else 0,
+        )
+
+    def _stats(
+        self, ran: _Ran, config: SynthesisConfig, memory: PeakMemory, member: Member | None, started: float
+    ) -> SynthesisStats:
         with self._lock:  # charged once, whichever member of a batch finishes first
             load_seconds, self._pending_load_seconds = self._pending_load_seconds, 0.0
         timings = Timings(
             weights_load=load_seconds,
-            targets=targets_seconds,
-            synthesis=synthesis_seconds,
+            targets=ran.targets_seconds,
+            synthesis=ran.synthesis_seconds,
             engine=time.perf_counter() - started + load_seconds,
         )
-        stats = synthesis_stats(
-            trace,
-            height=problem.height,
-            width=problem.width,
+        height, width = ran.problem.height, ran.problem.width
+        return synthesis_stats(
+            ran.trace,
+            height=height,
+            width=width,
             timings=timings,
             device=self.device,
             memory=memory,
             weights_source=self.weights.source,
-            resumed_from_iteration=resumed_from,
+            resumed_from_iteration=ran.resumed_from,
             batch_size=member.largest if member else 1,
-            scale_schedule=schedule_text(config, problem.height, problem.width, coarse),
-            coarse_seconds=coarse_seconds,
-            tile=final_tile,
-            tiles=tile_count(problem.height, problem.width, final_tile),
+            scale_schedule=schedule_text(config, height, width, ran.coarse),
+            coarse_seconds=ran.coarse_seconds,
+            tile=ran.tile,
+            tiles=tile_count(height, width, ran.tile),
         )
-        metadata = png_metadata(config, self.weights, content_id, style_ids, stats)
-        return SynthesisResult(output, stats, metadata)
 
     def _coarse_start(
         self,
@@ -242,15 +269,41 @@ def _evaluator(problem: Problem, tile: int, member: Member | None) -> Evaluator:
 
 @contextlib.contextmanager
 def _join(
-    batch: EvaluationBatch | None, content: Image.Image, config: SynthesisConfig, settings: OptimizerSettings
+    batch: EvaluationBatch | None, content: Image.Image, config: SynthesisConfig
 ) -> Iterator[Member | None]:
     """The synthesis's place in ``batch`` (None without one), sized by its pixels."""
     if batch is None:
         yield None
         return
     height, width = synthesis_size(content, config)
-    with batch.member(height * width, settings) as member:
+    with batch.member(height * width, config.optimizer_settings()) as member:
         yield member
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """What watches a synthesis: the caller's callback, snapshots, stopping, checkpoints."""
+
+    on_iteration: IterationCallback | None
+    snapshot_every: int
+    snapshot_path: Callable[[int], Path] | None
+    should_stop: Callable[[], bool] | None
+    checkpoint: CheckpointPolicy | None
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """What a synthesis's optimisation leaves for its statistics and output."""
+
+    problem: Problem
+    trace: OptimizationTrace
+    output: torch.Tensor
+    targets_seconds: float
+    synthesis_seconds: float
+    coarse: list[tuple[int, int, int]]
+    coarse_seconds: float
+    resumed_from: int
+    tile: int
 
 
 def _check_style_count(count: int, config: SynthesisConfig) -> None:
