@@ -24,8 +24,7 @@ from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.results.resume import check_done, completed
 from nst_engine.results.runs import RUNS_FILE, RUNS_SCHEMA, RunLog, read_runs
-from nst_engine.results.runs import markdown_table as runs_markdown_table
-from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, markdown_table, to_table
+from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, to_table
 from nst_engine.results.table import (
     PARTS_DIR,
     RESULTS_FILE,
@@ -334,13 +333,6 @@ def test_warmup_is_left_out_of_the_per_iteration_statistics(work: list[WorkItem]
     assert row["seconds_per_iteration"] == 2.0 and row["warmup_iterations"] == 1
 
 
-def test_readme_schema_table_matches_the_schema() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("| column | type | meaning |")
-    table = readme[start:].split("\n\n", 1)[0].strip()
-    assert table == markdown_table(), "regenerate the README table with results.schema.markdown_table()"
-
-
 def test_read_results_reads_only_the_columns_asked_for(tmp_path: Path, work: list[WorkItem]) -> None:
     store = ResultTable(OutputRoot(str(tmp_path)))
     store.append([make_row(work[0], "ok", 1, stats=fake_stats(work[0]))])
@@ -544,10 +536,3 @@ def test_the_runs_table_records_each_run(tmp_path: Path) -> None:
     (tmp_path / RUNS_FILE).write_bytes(b"damaged")
     with pytest.raises(ResultsError, match=r"runs\.parquet: cannot read the runs table"):
         read_runs(root)
-
-
-def test_readme_runs_table_matches_the_run_record() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("| run column | type | meaning |")
-    table = readme[start:].split("\n\n", 1)[0].strip()
-    assert table == runs_markdown_table(), "regenerate it with python -m nst_engine.results.runs"
