@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ import yaml
 
 from nst_engine.results.runs import RunRecord
 from nst_engine.results.schema import COLUMNS
+from tests.browser import chromium
+from tests.browser import flags as browser_flags
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("stylize", "render", "plan", "submit", "status", "logs", "cancel", "report", "estimate")
@@ -140,13 +141,6 @@ def test_readme_links_resolve() -> None:
     assert len(readme.splitlines()) <= 220, "the README stays short: details go to docs/"
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not found:
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    return found
-
-
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -183,26 +177,15 @@ addEventListener("load", () => {
 
 
 def test_site_in_a_real_browser(site: Path, tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     built = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
     frames = "\n".join(f'<iframe src="{page}" width="1280" height="900"></iframe>' for page in built)
     (site / "_check.html").write_text(CHECKER.replace("FRAMES", frames), encoding="utf-8")
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     origin = f"http://127.0.0.1:{server.server_address[1]}"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # nothing outside resolves
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
+    nothing_outside = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"  # only this site resolves
+    flags = browser_flags(tmp_path / "profile", nothing_outside)
     try:
         dom = subprocess.run(
             [browser, *flags, "--dump-dom", f"{origin}/_check.html"],

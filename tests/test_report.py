@@ -7,7 +7,6 @@ px, 2 iterations, well under a second each) written by the project's own ResultT
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,8 @@ from nst_engine.reports.build import build_report
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import ResultTable
 from nst_engine.storage.roots import OutputRoot
+from tests.browser import chromium
+from tests.browser import flags as browser_flags
 from tests.ray_helpers import tiny_manifest
 
 EVIL = '<script>alert("boom")</script> & out of memory'
@@ -167,31 +168,12 @@ def test_report_from_parts_of_a_running_render(results: Path, tmp_path: Path) ->
     assert 'class="missing"' in page  # the images are not in this folder: no broken img
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not found:
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    return found
-
-
 def test_report_in_a_real_browser(results: Path, tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     out = tmp_path / "report"
     summary = build_report(results, out, page_size=4)
     index = out / "index.html"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-    ]
+    flags = browser_flags(tmp_path / "profile", "--virtual-time-budget=5000")
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout

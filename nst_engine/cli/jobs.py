@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.app import app, err, reports_errors
 from nst_engine.errors import NSTError
 
 ADDRESS_HELP = (
@@ -22,6 +22,7 @@ def _address(address: str | None) -> str:
 
 
 @app.command()
+@reports_errors
 def submit(
     manifest_or_job: Annotated[Path, typer.Argument(help="A manifest, or a job file (see jobs/).")],
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
@@ -49,32 +50,23 @@ def submit(
     from nst_engine.runs import prepare
 
     if not manifest_or_job.is_file():
-        raise fail(f"{manifest_or_job}: file not found")
-    try:
-        if is_job_file(manifest_or_job):
-            job = load_job(manifest_or_job)
-        else:
-            job = JobSpec(str(manifest_or_job.resolve()))
-    except NSTError as exc:
-        raise fail(exc) from None
+        raise NSTError(f"{manifest_or_job}: file not found")
+    job = (
+        load_job(manifest_or_job) if is_job_file(manifest_or_job) else JobSpec(str(manifest_or_job.resolve()))
+    )
     if output:
         job.output = output if "://" in output else str(Path(output).resolve())
-    try:
-        if check:
-            prepare.prepare(Path(job.manifest), job.output, job.skip_bad_inputs)
-        else:
-            prepare.load(Path(job.manifest), job.output)
-    except NSTError as exc:
-        raise fail(exc) from None
-    try:
-        job_id = submit_job(_address(address or job.address), job, submission_id)
-    except NSTError as exc:
-        raise fail(exc) from None
+    if check:
+        prepare.prepare(Path(job.manifest), job.output, job.skip_bad_inputs)
+    else:
+        prepare.load(Path(job.manifest), job.output)
+    job_id = submit_job(_address(address or job.address), job, submission_id)
     err.print(f"submitted to {escape(_address(address or job.address))}")
     typer.echo(job_id)
 
 
 @app.command()
+@reports_errors
 def status(
     job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
@@ -82,13 +74,11 @@ def status(
     """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
     from nst_engine.distributed.jobs import status as job_status
 
-    try:
-        typer.echo(job_status(_address(address), job_id))
-    except NSTError as exc:
-        raise fail(exc) from None
+    typer.echo(job_status(_address(address), job_id))
 
 
 @app.command()
+@reports_errors
 def logs(
     job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
@@ -96,13 +86,11 @@ def logs(
     """Print a submitted job's logs."""
     from nst_engine.distributed.jobs import logs as job_logs
 
-    try:
-        typer.echo(job_logs(_address(address), job_id), nl=False)
-    except NSTError as exc:
-        raise fail(exc) from None
+    typer.echo(job_logs(_address(address), job_id), nl=False)
 
 
 @app.command()
+@reports_errors
 def cancel(
     job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
@@ -110,8 +98,5 @@ def cancel(
     """Stop a submitted job; finished items stay, a rerun completes the rest."""
     from nst_engine.distributed.jobs import cancel as job_cancel
 
-    try:
-        stopped = job_cancel(_address(address), job_id)
-    except NSTError as exc:
-        raise fail(exc) from None
+    stopped = job_cancel(_address(address), job_id)
     typer.echo("stopping" if stopped else "not running")

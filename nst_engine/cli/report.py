@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nst_engine.cli.app import app, err, fail
+from nst_engine.cli.app import app, err, reports_errors
 from nst_engine.errors import NSTError, one_line
 
 
 @app.command()
+@reports_errors
 def report(
     results: Annotated[
         str,
@@ -31,10 +32,8 @@ def report(
 
     try:
         summary = build_report(results, output, page_size)
-    except NSTError as exc:
-        raise fail(exc) from None
     except OSError as exc:
-        raise fail(f"{output}: cannot write the report: {one_line(exc)}") from None
+        raise NSTError(f"{output}: cannot write the report: {one_line(exc)}") from None
     err.print(
         f"{summary.items} items on {summary.pages} page(s), {len(summary.plots)} plots, "
         f"{summary.thumbs_created} new thumbnails ({summary.thumbs_reused} reused) -> {escape(str(output))}"

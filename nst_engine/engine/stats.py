@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def stat(meaning: str, **options: Any) -> Any:
-    """A statistics field; ``meaning`` documents its result column (the README's schema
+    """A statistics field; ``meaning`` documents its result column (the docs' schema
     table is generated from it)."""
     return field(metadata={"meaning": meaning}, **options)
 

@@ -134,17 +134,3 @@ class RunLog:
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         self.root.write_bytes(RUNS_FILE, buffer.getvalue())
-
-
-def markdown_table() -> str:
-    """The README's runs table."""
-    lines = ["| run column | type | meaning |", "| --- | --- | --- |"]
-    lines += [
-        f"| `{f.name}` | {RUNS_SCHEMA.field(f.name).type} | {f.metadata['meaning']} |"
-        for f in dataclasses.fields(RunRecord)
-    ]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m nst_engine.results.runs: the README's table
-    print(markdown_table())

@@ -2,7 +2,7 @@
 
 Three groups, each defined where its values come from: the run and the work item (here),
 the synthesis statistics (the fields of ``SynthesisStats``, with their meanings), and the
-worker's attempt (here). The Parquet schema, the README's schema table, the columns that
+worker's attempt (here). The Parquet schema, the docs' schema page, the columns that
 reports and fits read, and the rows themselves all derive from ``COLUMNS``.
 """
 
@@ -123,13 +123,6 @@ def columns(*names: str) -> list[str]:
     return list(names)
 
 
-def markdown_table() -> str:
-    """The README's schema table."""
-    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{c.name}` | {c.type} | {c.meaning} |" for c in COLUMNS]
-    return "\n".join(lines)
-
-
 def to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     """Rows as a table of the result schema; a key that is no column is a bug, not data to drop."""
     rows = list(rows)
@@ -184,7 +177,3 @@ def make_row(
     row.update(stats.to_dict() if stats is not None else {"pixels": item.pixels_estimate})
     row.update(attempt_columns)
     return row
-
-
-if __name__ == "__main__":  # python -m nst_engine.results.schema: the README's table
-    print(markdown_table())
