@@ -164,6 +164,7 @@ def test_bad_input_is_a_one_line_error(
     assert "Traceback" not in stderr, stderr
     assert proc.returncode not in (0, None), stderr
     assert "error:" in stderr, stderr
+    assert not stderr.startswith("\n"), repr(stderr)  # no empty line from a bar never shown
     error_lines = [line for line in stderr.splitlines() if "error:" in line]
     assert len(error_lines) == 1, stderr
     out = f"{files['dir']}/{name}.png"

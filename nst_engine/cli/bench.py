@@ -12,6 +12,7 @@ from rich.table import Table
 from nst_engine.cli.app import Printer, app, err, reports_errors
 from nst_engine.distributed.options import MAX_DEFAULT_THREADS
 from nst_engine.errors import NSTError
+from nst_engine.runs.prepare import BENCH_OUTPUT
 
 if TYPE_CHECKING:
     from nst_engine.engine.config import SynthesisConfig
@@ -89,12 +90,15 @@ class ScalingListener(Printer):
             err.print(f"  {where}: size {row.get('size')} {row['status']}: {escape(str(row.get('error')))}")
 
 
-def _numbers(text: str, option: str) -> list[int]:
-    """Comma-separated whole numbers, or an error naming ``option``."""
+def _numbers(text: str, field: str) -> list[int]:
+    """Comma-separated whole numbers >= 1, or an error naming the option, with what was typed."""
     try:
-        return sorted({int(s) for s in text.split(",") if s.strip()})
+        numbers = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
-        raise NSTError(f"{option}: expected comma-separated whole numbers, got {text!r}") from None
+        numbers = [0]
+    if not numbers or min(numbers) < 1:
+        raise NSTError(f"expected comma-separated whole numbers >= 1, got {text!r}", field=field)
+    return numbers
 
 
 @bench_app.command("scaling")
@@ -114,7 +118,7 @@ def scaling(
     ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster (default: embedded local Ray).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output root for images and rows.")] = Path(
-        "out/bench"
+        BENCH_OUTPUT
     ),
     content: Annotated[Path | None, typer.Option(help="Content image (default: shipped Tübingen).")] = None,
     style: Annotated[Path | None, typer.Option(help="Style image (default: shipped Starry Night).")] = None,
@@ -136,11 +140,11 @@ def scaling(
     from nst_engine.runs.bench import scaling as measure
 
     request = ScalingRequest(
-        sizes=_numbers(sizes, "--sizes"),
+        sizes=_numbers(sizes, "sizes"),
         iterations=iterations,
         warmup=warmup,
         devices=frozenset(d.strip() for d in devices.split(",") if d.strip()),
-        batches=sorted(set(_numbers(batches, "--batches")) | {1}),
+        batches=sorted(set(_numbers(batches, "batches")) | {1}),
         cpu_threads=cpu_threads,
         address=address,
         output=output,

@@ -113,4 +113,5 @@ def _progress(iterations: int, quiet: bool) -> Iterator[Callable[[IterationRecor
     try:
         yield advance
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping one never started prints an empty line
+            progress.stop()

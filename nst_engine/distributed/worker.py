@@ -247,8 +247,9 @@ class RenderWorker:
         ]
 
     def _too_large(self, item: WorkItem) -> bool:
-        """Whether ``item`` would not fit whole on this worker's device (then it runs in
-        tiles, or fails in ``render`` with the memory in its row)."""
+        """Whether ``item`` would not fit whole on this worker's device (``placement.place``
+        says tiled: then its group opens no batch, and each item runs alone, in tiles, or
+        fails in ``render`` with the memory in its row)."""
         try:
             return bool(all(item.shape) and self.stylizer.place(*item.shape, item.config).tile)
         except MemoryError:
@@ -320,6 +321,8 @@ class RenderWorker:
             config = item.config  # replace() validates again: inside the try, as a bad input
             if len(item.style_paths) > 1:
                 config = replace(config, style_weights=item.style_weights)
+            # how it runs, decided here once (placement.place; the engine does not decide again)
+            placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
             result = self.stylizer.synthesize(
                 item.content_path,
                 list(item.style_paths),
@@ -329,6 +332,7 @@ class RenderWorker:
                 on_iteration=on_iteration,
                 checkpoint=checkpoint.policy,
                 batch=batch,
+                placement=placement,
             )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)

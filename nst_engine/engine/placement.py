@@ -1,9 +1,12 @@
 """Where a synthesis runs: whole, in tiles, or as a member of a batch, decided in one place.
 
-Every part that must know asks ``place``: the worker (which of its items join its batch),
-the engine (how a synthesis evaluates, at each coarse-to-fine scale), ``nst stylize``
-(to say so), ``nst plan`` and ``nst estimate`` (with a device's fitted memory model
-standing in for a measured one), so what is predicted is what runs.
+Every part that must know asks ``place``: the worker (whether a group of items of one
+shape opens a batch: not when its items would tile; then how each item runs, which it hands
+to the engine), the engine (at each coarse-to-fine scale, and for a synthesis nobody placed),
+``nst stylize`` (to say so), ``nst plan`` and ``nst estimate`` (with a device's fitted memory
+model standing in for a measured one), so what is predicted is what runs. The one thing
+decided later is a tile's size after an evaluation runs out of memory: it is halved
+(``tiles.TiledGradient``).
 """
 
 from __future__ import annotations

@@ -1,2 +1,2 @@
-"""Batch planning: manifests, work items with content-addressed ids, and the result
-table. Knows the engine's configuration types, nothing of Ray or the CLI."""
+"""Batch planning: manifests (their pydantic models), sources, fingerprints, and work items
+with content-addressed ids. Knows the engine's configuration types, nothing of Ray or the CLI."""

@@ -22,6 +22,7 @@ from nst_engine.planning.items import WorkItem
 from nst_engine.reports.scaling import FIT_COLUMNS, DeviceFit, fit_devices
 from nst_engine.results.resume import DoneCheck, check_done, reason_kind
 from nst_engine.results.table import ResultsError, ResultTable, read_results
+from nst_engine.storage.errors import storage_problem
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,13 @@ def format_duration(seconds: float) -> str:
 
 def load_fits(locations: Sequence[str], required: bool = False) -> tuple[list[DeviceFit], list[str]]:
     """Device fits over the fit columns of every results location that has rows, and
-    the locations that had some. A location that cannot be read raises ``ResultsError``,
-    and so does one with no rows when the locations are ``required`` (asked for by name)."""
+    the locations that had some. A location that is not a result table raises
+    ``ResultsError``, one that cannot be read ``StorageError``, and one with no rows when the
+    locations are ``required`` (asked for by name) ``ResultsError`` too."""
     tables, used = [], []
     for location in locations:
-        table = read_results(location, FIT_COLUMNS)
+        with storage_problem(f"{location}: cannot read results ({{error}})"):
+            table = read_results(location, FIT_COLUMNS)
         if required and not table.num_rows:
             raise ResultsError(f"{location}: no results there; run 'nst bench scaling' (or nst render) first")
         if table.num_rows:

@@ -1,3 +1,3 @@
-"""The record of what happened: output roots on any filesystem, the result schema, and
-the result store (Parquet rows, one per item attempt) with its one reader. Knows the
-engine's statistics and the planner's work items, nothing of Ray or the CLI."""
+"""The record of what happened: the result schema, the result table (Parquet rows, one per
+item attempt) with its one reader, resume (what a rerun trusts as done), and the runs table.
+Knows the engine's statistics and the planner's work items, nothing of Ray or the CLI."""

@@ -232,7 +232,7 @@ class ResultTable:
         self.flush_seconds = flush_seconds
         self.compact_at = compact_at
         #: called before every write; raises when this run may no longer write the root
-        #: (its lease was taken over, see ``results.lease``)
+        #: (its lease was taken over, see ``storage.lease``)
         self.guard = guard or (lambda: None)
         self._buffer: list[dict[str, Any]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest buffered row

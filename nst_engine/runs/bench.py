@@ -11,11 +11,9 @@ from typing import TYPE_CHECKING, Any
 from nst_engine.errors import NSTError
 from nst_engine.runs.events import Listener, Silent
 from nst_engine.runs.lease import held
-from nst_engine.runs.storage import storage
+from nst_engine.runs.prepare import BENCH_OUTPUT
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from nst_engine.planning.manifest import Manifest
     from nst_engine.reports.scaling import DeviceFit
 
@@ -32,23 +30,24 @@ class ScalingRequest:
     batches: list[int] = field(default_factory=lambda: [1])
     cpu_threads: int | None = None
     address: str | None = None
-    output: Path = Path("out/bench")
+    output: Path = Path(BENCH_OUTPUT)
     content: Path | None = None  # default: the shipped Tübingen photo
     style: Path | None = None  # default: the shipped Starry Night
     weights: str = "embedded"
     wait: bool = False
 
     def check(self) -> None:
-        """Refuse what cannot be measured, naming the option."""
-        if not self.sizes or not self.devices or self.devices - {"cpu", "gpu"}:
-            raise NSTError("--sizes needs at least one size and --devices is cpu, gpu or cpu,gpu")
-        if min(self.batches) < 1:
-            raise NSTError(f"expected whole numbers >= 1, got {self.batches}", field="batches")
-        if self.iterations < 2 or not 0 <= self.warmup < self.iterations:
-            raise NSTError(
-                "--iterations must be at least 2 and --warmup between 0 and iterations - 1 "
-                f"(got {self.warmup})"
-            )
+        """Refuse what cannot be measured, naming the field."""
+        if not self.sizes or min(self.sizes) < 1:
+            raise NSTError(f"give one or more sizes in pixels, got {self.sizes}", field="sizes")
+        if not self.devices or self.devices - {"cpu", "gpu"}:
+            raise NSTError(f"give cpu, gpu or cpu,gpu, got {','.join(sorted(self.devices))}", field="devices")
+        if not self.batches or min(self.batches) < 1:
+            raise NSTError(f"give whole numbers >= 1, got {self.batches}", field="batches")
+        if self.iterations < 2:
+            raise NSTError(f"must be at least 2, got {self.iterations}", field="iterations")
+        if not 0 <= self.warmup < self.iterations:
+            raise NSTError(f"must be between 0 and iterations - 1, got {self.warmup}", field="warmup")
 
 
 @dataclass(frozen=True)
@@ -127,30 +126,13 @@ def _measure(request: ScalingRequest, manifest: Manifest, items: list, root: Any
         disconnect()
 
 
-def fit_rows(locations: list[str]) -> pa.Table:
-    """The columns the fits read (``reports.scaling.FIT_COLUMNS``) of every results
-    location (a .parquet file, an output folder, or a URI such as s3://bucket/out), as one
-    table; a location with no rows is refused, saying how to make some."""
-    import pyarrow as pa
-
-    from nst_engine.reports.scaling import FIT_COLUMNS
-    from nst_engine.results.table import read_results
-
-    tables = []
-    for location in locations:
-        with storage(f"{location}: cannot read results ({{error}})"):
-            table = read_results(location, FIT_COLUMNS)
-        if table.num_rows == 0:
-            raise NSTError(f"{location}: no results there; run 'nst bench scaling' (or nst render) first")
-        tables.append(table)
-    return pa.concat_tables(tables)
-
-
 def fits(locations: list[str]) -> list[DeviceFit]:
-    """Time and memory against pixels per device, fitted to the rows at ``locations``."""
-    from nst_engine.reports.scaling import fit_devices
+    """Time and memory against pixels per device, fitted to the rows at ``locations``
+    (result tables: a .parquet file, an output folder, or a URI), each of which must hold
+    some."""
+    from nst_engine.reports.plan import load_fits
 
-    found = fit_devices(fit_rows(locations))
+    found, _ = load_fits(locations, required=True)
     if not found:
         raise NSTError(
             "no device has ok rows at 3 or more sizes; run 'nst bench scaling --sizes 128,256,384,...'"

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from nst_engine.runs.events import Listener
-from nst_engine.runs.storage import storage
+from nst_engine.storage.errors import storage_problem
 from nst_engine.storage.lease import Lease
 from nst_engine.storage.roots import OutputRoot
 
@@ -19,7 +19,7 @@ def held(
     run holds raises ``LeaseHeldError`` (who holds it, and what to do), or with ``wait``
     the listener hears whom the run waits for, then it waits."""
     lease = Lease(root, command, manifest, warn=listener.warn)
-    with storage(f"{root.uri}: cannot take the output root's lease ({{error}})"):
+    with storage_problem(f"{root.uri}: cannot take the output root's lease ({{error}})"):
         lease.acquire(wait=wait, on_wait=listener.note)
     with lease:
         yield lease

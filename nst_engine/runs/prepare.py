@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nst_engine.runs.storage import storage
+from nst_engine.results.table import RESULTS_FILE
+from nst_engine.storage.errors import storage_problem
 
 if TYPE_CHECKING:
     from nst_engine.planning.items import WorkItem
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from nst_engine.reports.plan import RenderPlan
 
 #: Where ``nst bench scaling`` writes by default, and so where plans look for fits.
-DEFAULT_BENCH_RESULTS = "out/bench/results.parquet"
+BENCH_OUTPUT = "out/bench"
+DEFAULT_BENCH_RESULTS = posixpath.join(BENCH_OUTPUT, RESULTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def check_output_root(output: str) -> None:
     from nst_engine.storage.roots import OutputRoot
 
     # a URI no filesystem takes is not echoed: it may hold a secret
-    with storage("output root: {error}"):
+    with storage_problem("output root: {error}"):
         OutputRoot(output).probe_writable()
 
 
@@ -56,7 +58,7 @@ def prepare(source: Path, output: str | None = None, skip_bad_inputs: bool = Fal
 
     manifest = load(source, output)
     check_output_root(str(manifest.output))  # first: cheap, and the hash cache is written there
-    with storage(f"{manifest.output}: cannot use the output root ({{error}})"):
+    with storage_problem(f"{manifest.output}: cannot use the output root ({{error}})"):
         items = expand(manifest, skip_bad_inputs=skip_bad_inputs)
     return Prepared(source, manifest, items)
 
@@ -66,7 +68,7 @@ def fit_locations(manifest: Manifest, requested: list[str] | None) -> list[str]:
     default benchmark folder (``nst bench scaling``'s output), when they hold rows."""
     if requested:
         return requested
-    return list(dict.fromkeys([str(manifest.output), posixpath.dirname(DEFAULT_BENCH_RESULTS)]))
+    return list(dict.fromkeys([str(manifest.output), BENCH_OUTPUT]))
 
 
 def plan(
@@ -80,7 +82,7 @@ def plan(
     from nst_engine.storage.roots import OutputRoot
 
     manifest = prepared.manifest
-    with storage(f"{manifest.output}: cannot read the output root ({{error}})"):
+    with storage_problem(f"{manifest.output}: cannot read the output root ({{error}})"):
         fits, used = load_fits(fit_locations(manifest, fits_from), required=bool(fits_from))
         table = ResultTable(OutputRoot(str(manifest.output)))
         return make_plan(

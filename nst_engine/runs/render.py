@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from nst_engine.results.table import RESULTS_FILE
 from nst_engine.runs.events import Listener, Silent
 from nst_engine.runs.lease import held
 from nst_engine.runs.prepare import Prepared, plan, prepare
-from nst_engine.runs.storage import storage
+from nst_engine.storage.errors import storage_problem
 from nst_engine.storage.roots import OutputRoot
 
 if TYPE_CHECKING:
@@ -61,19 +62,23 @@ def render(request: RenderRequest, listener: Listener | None = None) -> Rendered
 
 
 def _run(
-    prepared: Prepared, render_plan: RenderPlan, request: RenderRequest, root, still_ours, listener: Listener
+    prepared: Prepared,
+    render_plan: RenderPlan,
+    request: RenderRequest,
+    root: OutputRoot,
+    still_ours: Callable[[], None],
+    listener: Listener,
 ) -> RunSummary:
     """The items through Ray (connected here, disconnected however it ends)."""
-    from nst_engine.distributed.runtime import connect, disconnect
+    from nst_engine.distributed.runtime import connect, disconnect  # Ray: loaded when needed
     from nst_engine.distributed.scheduler import run_render
 
     manifest = prepared.manifest
     where = connect(request.address) if render_plan.to_render else "no cluster (nothing to render)"
     try:
-        listener.connected(
-            f"{len(prepared.items)} items from {prepared.source} -> {manifest.output} on {where}"
-        )
-        with storage(f"{manifest.output}: cannot write the results ({{error}})"):
+        items = len(prepared.items)
+        listener.connected(f"{items} items from {prepared.source} -> {manifest.output} on {where}", items)
+        with storage_problem(f"{manifest.output}: cannot write the results ({{error}})"):
             return run_render(
                 prepared.items,
                 manifest.weights,

@@ -65,6 +65,19 @@ def stylize(
     iteration. Running out of memory, even in tiles, is an ``NSTError`` saying so."""
     listener = listener or Silent()
     request.check()
+    try:
+        result = _synthesize(request, listener, on_iteration)
+    except (MemoryError, RuntimeError) as exc:  # too large even in tiles, or an allocation failed
+        if not is_out_of_memory(exc):
+            raise
+        raise NSTError(f"out of memory: {one_line(exc) or 'an allocation failed'}") from None
+    _write(request, result)
+    return result
+
+
+def _synthesize(
+    request: StylizeRequest, listener: Listener, on_iteration: Callable[[IterationRecord], None] | None
+) -> SynthesisResult:
     # decode the images first: a bad file should fail before weights load
     content = load_image(request.content)
     styles = [load_image(path) for path in request.styles]
@@ -72,22 +85,15 @@ def stylize(
     stylizer = Stylizer(loaded, device=request.device, threads=request.threads, load_seconds=load_seconds)
     listener.note(f"weights: {loaded.source}")
     listener.note(f"device: {stylizer.device}")
-    try:
-        _note_tiles(stylizer, content, request.config, listener)
-        result = stylizer.synthesize(
-            content,
-            styles,
-            request.config,
-            on_iteration=(lambda record, _image: on_iteration(record)) if on_iteration else None,
-            snapshot_every=request.snapshot_every,
-            snapshot_path=lambda i: request.output.with_name(f"{request.output.stem}.iter{i:05d}.png"),
-        )
-    except (MemoryError, RuntimeError) as exc:  # too large even in tiles, or an allocation failed
-        if not is_out_of_memory(exc):
-            raise
-        raise NSTError(f"out of memory: {one_line(exc) or 'an allocation failed'}") from None
-    _write(request, result)
-    return result
+    _note_tiles(stylizer, content, request.config, listener)
+    return stylizer.synthesize(
+        content,
+        styles,
+        request.config,
+        on_iteration=(lambda record, _image: on_iteration(record)) if on_iteration else None,
+        snapshot_every=request.snapshot_every,
+        snapshot_path=lambda i: request.output.with_name(f"{request.output.stem}.iter{i:05d}.png"),
+    )
 
 
 def _note_tiles(stylizer: Stylizer, content: object, config: SynthesisConfig, listener: Listener) -> None:

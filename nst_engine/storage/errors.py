@@ -1,4 +1,5 @@
-"""Storage problems as the one-line errors a person acts on."""
+"""Storage problems as the one-line errors a person acts on: a location that cannot be
+read or written, named, with what went wrong."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class StorageError(NSTError):
 
 
 @contextlib.contextmanager
-def storage(message: str) -> Iterator[None]:
+def storage_problem(message: str) -> Iterator[None]:
     """Turn a storage failure inside into ``StorageError(message)``, the failure's one line
     in place of ``{error}``: the message names the location and what could not be done."""
     try:
