@@ -8,12 +8,17 @@
 #   bash cluster/local-cluster.sh env         # the exports a client shell needs
 #   bash cluster/local-cluster.sh stop        # stop every process of this cluster
 #
-# The dashboard / Jobs API listens on http://127.0.0.1:8265 only. Ray puts the rest on
-# the machine's address whatever --node-ip-address says (the GCS on 6379 listens on all
-# interfaces, the Ray Client server on 10001), so token authentication is on:
-# RAY_AUTH_MODE=token, token in ~/.ray/auth_token (generated if missing).
+# Every port of the cluster listens on 127.0.0.1 only (the dashboard / Jobs API on
+# http://127.0.0.1:8265, the GCS on 6379, the Ray Client server, raylets, agents and
+# metrics), and token authentication is on: RAY_AUTH_MODE=token, token in
+# ~/.ray/auth_token (generated if missing). Three read-only Prometheus /metrics exporters
+# answer without the token, on 127.0.0.1 (see cluster/README.md).
 #
 # Settings (environment variables):
+#   HOST=127.0.0.1         the address the nodes listen on; another address of this
+#                          machine opens the cluster to other machines (they can join it
+#                          with `ray start --address HOST:RAY_PORT`): firewall it, see
+#                          cluster/README.md. The dashboard stays on 127.0.0.1.
 #   HEAD_CPUS=0            CPUs the head offers to tasks (0: the head only coordinates)
 #   WORKER_CPUS=1          CPUs each worker node offers
 #   WORKER_GPUS=0          GPUs each worker node offers (all nodes share this host's GPUs:
@@ -29,7 +34,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RAY="${RAY:-$ROOT/.venv/bin/ray}"
 BIN="$(dirname "$RAY")"
-HOST=127.0.0.1
+HOST="${HOST:-127.0.0.1}"
 RAY_PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 HEAD_CPUS="${HEAD_CPUS:-0}"
@@ -61,6 +66,16 @@ export RAY_AUTH_MODE=token
 export RAY_USAGE_STATS_ENABLED=0
 # CPU-only actors keep seeing the GPUs they do not use (as in the embedded cluster)
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
+
+# Ray's single-machine mode keeps every port of a node on the loopback interface (its
+# normal mode replaces 127.0.0.1 by the machine's address); the Ray processes read it from
+# their environment. It refuses `ray start --address`, so the other nodes start through
+# cluster/loopback-node.py, which lifts that refusal only.
+ray_node=("$RAY")
+if [[ "$HOST" == 127.* || "$HOST" == localhost ]]; then
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    ray_node=("$BIN/python" "$ROOT/cluster/loopback-node.py")
+fi
 
 common=(
     --node-ip-address "$HOST"
@@ -128,14 +143,14 @@ start() {
     fi
     mkdir -p "$CLUSTER_DIR"
     "$RAY" get-auth-token --generate >/dev/null 2>&1
-    echo "starting head on $HOST:$RAY_PORT (dashboard http://$HOST:$DASHBOARD_PORT, $HEAD_CPUS CPUs)"
+    echo "starting head on $HOST:$RAY_PORT (dashboard http://127.0.0.1:$DASHBOARD_PORT, $HEAD_CPUS CPUs)"
     env "$MARK" "$RAY" start --head --port "$RAY_PORT" \
-        --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" \
+        --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
         --num-cpus "$HEAD_CPUS" --num-gpus 0 "${common[@]}" >"$CLUSTER_DIR/start-head.log" 2>&1 ||
         fail_start "$CLUSTER_DIR/start-head.log"
     for i in $(seq 1 "$workers"); do
         echo "starting worker node $i/$workers ($WORKER_CPUS CPUs, $WORKER_GPUS GPUs)"
-        env "$MARK" "$RAY" start --address "$HOST:$RAY_PORT" \
+        env "$MARK" "${ray_node[@]}" start --address "$HOST:$RAY_PORT" \
             --num-cpus "$WORKER_CPUS" --num-gpus "$WORKER_GPUS" "${common[@]}" \
             >"$CLUSTER_DIR/start-worker-$i.log" 2>&1 || fail_start "$CLUSTER_DIR/start-worker-$i.log"
     done
@@ -183,6 +198,9 @@ export PATH="$BIN:\$PATH"
 export RAY_AUTH_MODE=token
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 EOF
+    if [[ -n "${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-}" ]]; then
+        echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=$RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    fi
 }
 
 stop() {

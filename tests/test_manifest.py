@@ -457,7 +457,11 @@ def test_python_tags_are_rejected_and_not_executed(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- output
 
 
-def test_output_override_and_default(tmp_path: Path) -> None:
+def test_output_override_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative outputs (the default, --output) become absolute where the command runs: a
+    worker on another node, in another working directory, writes to the same place."""
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path.resolve()
     write_image(tmp_path / "c.png", 20, 20, seed=1)
     write_image(tmp_path / "s.png", 20, 20, seed=2)
     body = "contents: [c.png]\nstyles: [s.png]\nsizes: [64]\n"
@@ -466,15 +470,16 @@ def test_output_override_and_default(tmp_path: Path) -> None:
     assert load_manifest(with_output).output == str((tmp_path / "results/here").resolve())
     assert load_manifest(with_output, output="/elsewhere/x").output == "/elsewhere/x"
     assert load_manifest(with_output, output="s3://bucket/run").output == "s3://bucket/run"
+    assert load_manifest(with_output, output="rel/x").output == str(here / "rel/x")
 
     named = tmp_path / "named.yaml"
     named.write_text("name: fancy\n" + body)
-    assert load_manifest(named).output == str(Path("out") / "fancy")
+    assert load_manifest(named).output == str(here / "out" / "fancy")
     unnamed = tmp_path / "plain.yaml"
     unnamed.write_text(body)
     manifest = load_manifest(unnamed)
     assert manifest.name == "plain"
-    assert manifest.output == str(Path("out") / "plain")
+    assert manifest.output == str(here / "out" / "plain")
 
     uri = tmp_path / "uri.yaml"
     uri.write_text("output: s3://bucket/prefix\n" + body)
@@ -527,8 +532,8 @@ def test_csv_and_parquet_tables_give_equivalent_items(tmp_path: Path) -> None:
     assert second.style == StyleSpec("s1+s2", (s1, s2), (0.25, 0.75))
     assert (second.size, second.config.iterations, second.config.ratio) == (128, 7, 0.01)
     assert "line 3" in second.where
-    assert from_csv.name == "table" and from_csv.output == str(Path("out") / "table")
-    assert load_manifest(csv_source, output="elsewhere").output == "elsewhere"
+    assert from_csv.name == "table" and from_csv.output == str((Path("out") / "table").resolve())
+    assert load_manifest(csv_source, output="elsewhere").output == str(Path("elsewhere").resolve())
 
 
 def test_csv_errors_name_the_line_and_column(tmp_path: Path) -> None:

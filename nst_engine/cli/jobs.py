@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from nst_engine.cli.app import app, err, reports_errors
 from nst_engine.errors import NSTError
+from nst_engine.storage import uris
 
 ADDRESS_HELP = (
     "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
@@ -55,7 +56,7 @@ def submit(
         load_job(manifest_or_job) if is_job_file(manifest_or_job) else JobSpec(str(manifest_or_job.resolve()))
     )
     if output:
-        job.output = output if "://" in output else str(Path(output).resolve())
+        job.output = uris.absolute(output)
     if check:
         prepare.prepare(Path(job.manifest), job.output, job.skip_bad_inputs)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -11,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import ray
+import ray.util
 
 from nst_engine.distributed import reaper
 from nst_engine.errors import NSTError
@@ -26,11 +28,13 @@ _watchdog: subprocess.Popen | None = None
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Start (``address`` None) or join a Ray cluster; returns a description.
 
-    The embedded cluster runs no dashboard, listens on 127.0.0.1 only, requires its
-    token for every connection (as Ray 2.60 does for local clusters; the token file is
-    readable by its owner only) and dies with the driver, however the driver dies
-    (``reaper``); workers see the project through the installed package, nothing is
-    shipped from the driver.
+    The embedded cluster runs no dashboard, listens on 127.0.0.1 only, and dies with the
+    driver, however the driver dies (``reaper``). Its RPC and HTTP services want its
+    token (as Ray 2.60 does for local clusters; the token file is readable by its owner
+    only), except three read-only Prometheus exporters Ray cannot switch off: the
+    dashboard agent's metrics export port, the autoscaler monitor's 44217 and the
+    dashboard head's 44227 (docs/rendering.md, Security). Workers see the project
+    through the installed package; nothing is shipped from the driver.
     """
     global _watchdog
     if ray.is_initialized():
@@ -38,6 +42,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if address:
         _check_reachable(address)
+        _join_loopback_cluster(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -98,18 +103,53 @@ def _private_token_file() -> None:
         handle.write(secrets.token_hex(32))  # what Ray itself generates: 256 random bits
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast on HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+def _gcs_endpoint(address: str) -> tuple[str, str] | None:
+    """HOST and PORT of a ``HOST:PORT`` address; None for ``auto`` and URLs."""
     if address == "auto" or "://" in address or ":" not in address:
-        return
+        return None
     host, _, port = address.rpartition(":")
+    return host, port
+
+
+def _dial(host: str, port: str) -> Exception | None:
+    """None when something accepts connections at HOST:PORT, else why not."""
     try:
         with socket.create_connection((host, int(port)), timeout=5):
-            pass
+            return None
     except (OSError, ValueError) as exc:
+        return exc
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    endpoint = _gcs_endpoint(address)
+    problem = _dial(*endpoint) if endpoint else None
+    if problem:
         raise NSTError(
-            f"--address {address}: no Ray head answers there ({exc}); is the cluster up?"
+            f"--address {address}: no Ray head answers there ({problem}); is the cluster up?"
         ) from None
+
+
+def _join_loopback_cluster(address: str) -> None:
+    """A cluster kept on 127.0.0.1 (``cluster/local-cluster.sh``, Ray's single-machine
+    mode) answers there only, but a driver in Ray's normal mode dials the machine's
+    address in place of 127.0.0.1 and waits minutes for a head that never answers. When
+    the head answers on loopback and not on the machine's address, every node of the
+    cluster is on this machine: join it in single-machine mode too. (A head that answers
+    on both is a normal cluster, whose other machines must reach this driver: left alone.)"""
+    endpoint = _gcs_endpoint(address)
+    if endpoint is None or not _is_loopback(endpoint[0]):
+        return
+    machine = ray.util.get_node_ip_address()
+    if not _is_loopback(machine) and _dial(machine, endpoint[1]):
+        _loopback_only()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def autoscaler_max_resources() -> dict[str, float] | None:

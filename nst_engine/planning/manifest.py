@@ -44,7 +44,7 @@ from nst_engine.planning.sources import (
     list_images,
     locate,
 )
-from nst_engine.storage.uris import is_uri
+from nst_engine.storage.uris import absolute, is_uri
 from nst_engine.validation import NOTHING, message, path_of
 
 #: Engine parameters a manifest may set (everything but the size, which is a manifest axis).
@@ -185,6 +185,8 @@ def load_manifest(path: str | Path, output: str | None = None) -> Manifest:
         manifest.output = output
     if manifest.output is None:
         manifest.output = str(Path("out") / manifest.name)
+    # relative to where the command runs, not to each worker's working directory
+    manifest.output = absolute(manifest.output)
     return manifest
 
 

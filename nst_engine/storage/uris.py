@@ -35,6 +35,12 @@ def is_uri(location: str | object) -> bool:
     return isinstance(location, str) and bool(_URI.match(location))
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute here, a URI as it is: what to hand to another process,
+    whose working directory (a Ray worker's, on another node) is not this one's."""
+    return location if is_uri(location) else Path(location).expanduser().resolve().as_posix()
+
+
 @functools.lru_cache(maxsize=64)
 def _filesystem(root: str) -> pafs.FileSystem:
     """One filesystem per scheme://bucket, made once per process: building an
