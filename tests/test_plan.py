@@ -19,7 +19,7 @@ from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.reports.plan import RenderPlan, format_duration, predict
 from nst_engine.reports.scaling import DeviceFit
-from nst_engine.results.resume import ITEM_ID_KEY
+from nst_engine.results.provenance import implied_text
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import ResultTable, read_results
 from nst_engine.runs.prepare import Prepared, plan
@@ -43,7 +43,7 @@ def setup(tmp_path: Path) -> tuple[Path, list[WorkItem], Path]:
     root = OutputRoot(str(tmp_path / "out"))
     ResultTable(root).append([make_row(done, "ok", 1)])
     for item in (done, lost):
-        png = encode_png(Image.new("RGB", (32, 27)), {ITEM_ID_KEY: item.item_id})
+        png = encode_png(Image.new("RGB", (32, 27)), implied_text(item))  # as a worker writes it
         root.write_bytes(item.output_path, png)
     bench = tmp_path / "bench"
     rows = []

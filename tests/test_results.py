@@ -22,6 +22,7 @@ from nst_engine.engine.images import encode_png
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
+from nst_engine.results.provenance import implied_text
 from nst_engine.results.resume import check_done, completed
 from nst_engine.results.runs import RUNS_FILE, RUNS_SCHEMA, RunLog, read_runs
 from nst_engine.results.schema import COLUMNS, SCHEMA, STATS_COLUMNS, make_row, to_table
@@ -472,9 +473,11 @@ def test_parts_left_by_a_crash_after_a_merge_count_once(tmp_path: Path, work: li
 
 
 def _write_output(root: OutputRoot, item: WorkItem, item_id: str) -> None:
-    """An output image as a worker writes it: encode_png with the item id in its text."""
-    image = Image.new("RGB", (32, 21), (200, 30, 30))
-    metadata = {"nst:item_id": item_id, "nst:iterations": 7, "nst:loss_evaluations": 9}
+    """An output image as a worker writes it: encode_png at the item's shape, with the
+    item id (``item_id``) and the parameters the item implies in its text."""
+    height, width = item.shape
+    image = Image.new("RGB", (width, height), (200, 30, 30))
+    metadata = {**implied_text(item), "nst:item_id": item_id, "nst:iterations": 7, "nst:loss_evaluations": 9}
     metadata["nst:final_losses"] = {"content": 1.0, "style": 2.0, "total": 3.0}
     root.write_bytes(item.output_path, encode_png(image, metadata))
 
@@ -501,7 +504,8 @@ def test_an_image_without_its_row_is_recovered_not_rerendered(tmp_path: Path, wo
     assert set(completed(store)) == {done.item_id, lost.item_id}
     row = next(r for r in read_results(root).to_pylist() if r["item_id"] == lost.item_id)
     assert (row["status"], row["attempt"], row["error"]) == ("ok", 0, None)
-    assert (row["width"], row["height"], row["pixels"], row["iterations"]) == (32, 21, 672, 7)
+    # the image's own size (the item's shape: recovery takes no image of another)
+    assert (row["width"], row["height"], row["pixels"], row["iterations"]) == (48, 32, 1536, 7)
     assert (row["final_total_loss"], row["seconds_per_iteration"]) == (3.0, None)
     assert row["output_path"] == lost.output_path and row["content_hash"] == lost.content_hash
     # recorded once: the next check finds both done

@@ -4,13 +4,16 @@ and the worker's outcome for each kind of exception. No Ray is started."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import ray
 import torch
 
 from nst_engine.distributed.protocol import Outcome
 from nst_engine.distributed.retry import Action, Decision, decide
-from nst_engine.distributed.worker import outcome_of
+from nst_engine.distributed.worker import OutputWriteError, outcome_of
 from nst_engine.engine.batch import CrowdedOut
 from nst_engine.errors import ConfigError, ImageInputError
 
@@ -65,7 +68,20 @@ TABLE: list[tuple[Outcome, int, int, frozenset[Outcome], Decision]] = [
     (Outcome.LOST, MAX_ATTEMPTS - 1, 0, frozenset(), Decision(RETRY, retire=True)),
     (Outcome.LOST, MAX_ATTEMPTS, 0, frozenset(), Decision(FAIL, retire=True, gave_up=True)),
     (Outcome.LOST, 1, 0, OOM_STOPS, Decision(RETRY, retire=True)),
+    # the item's image cannot be written where it belongs: final at once, not the worker's fault
+    (Outcome.OUTPUT_UNWRITABLE, 1, 0, frozenset(), Decision(FAIL)),
+    (Outcome.OUTPUT_UNWRITABLE, 1, MAX_FAILURES - 1, frozenset(), Decision(FAIL)),
+    (Outcome.OUTPUT_UNWRITABLE, MAX_ATTEMPTS, 0, frozenset(), Decision(FAIL)),
+    # the output root is full: final, and the run hands out no more work
+    (Outcome.ROOT_FULL, 1, 0, frozenset(), Decision(FAIL, stop_run=True)),
+    (Outcome.ROOT_FULL, 1, MAX_FAILURES - 1, OOM_STOPS, Decision(FAIL, stop_run=True)),
+    (Outcome.ROOT_FULL, MAX_ATTEMPTS, 0, frozenset(), Decision(FAIL, stop_run=True)),
 ]
+
+
+def _os_error(code: int) -> OSError:
+    """The ``OSError`` a failed write raises (its subclass for the errno, as the OS gives it)."""
+    return OSError(code, os.strerror(code))
 
 
 @pytest.mark.parametrize(("outcome", "attempt", "failures", "stop_on", "expected"), TABLE)
@@ -114,6 +130,18 @@ def test_one_attempt_allowed_means_no_retry() -> None:
         ),
         (OSError("Connection reset by peer"), Outcome.TRANSIENT),
         (RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"), Outcome.TRANSIENT),
+        # an image not written, by its errno: the whole root, the item's place, or a hiccup
+        (OutputWriteError("s/32/a.png", _os_error(errno.ENOSPC)), Outcome.ROOT_FULL),
+        (OutputWriteError("s/32/a.png", _os_error(errno.EDQUOT)), Outcome.ROOT_FULL),
+        (OutputWriteError("s/32/a.png", _os_error(errno.ENOTDIR)), Outcome.OUTPUT_UNWRITABLE),
+        (OutputWriteError("s/32/a.png", _os_error(errno.EEXIST)), Outcome.OUTPUT_UNWRITABLE),
+        (OutputWriteError("s/32/a.png", _os_error(errno.EACCES)), Outcome.OUTPUT_UNWRITABLE),
+        (OutputWriteError("s/32/a.png", _os_error(errno.EROFS)), Outcome.OUTPUT_UNWRITABLE),
+        (OutputWriteError("s/32/a.png", _os_error(errno.EIO)), Outcome.TRANSIENT),
+        (OutputWriteError("s/32/a.png", OSError("AWS Error NETWORK_CONNECTION")), Outcome.TRANSIENT),
+        # the same errno anywhere but the image's write (an input read, say) decides nothing
+        (_os_error(errno.ENOSPC), Outcome.TRANSIENT),
+        (_os_error(errno.EACCES), Outcome.TRANSIENT),
     ],
 )
 def test_the_worker_decides_the_outcome_from_the_exception_type(exc: Exception, outcome: Outcome) -> None:

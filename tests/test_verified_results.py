@@ -25,7 +25,8 @@ from nst_engine.engine.images import encode_png
 from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.reports.plan import make_plan
-from nst_engine.results.resume import ITEM_ID_KEY, check_done, reason_kind
+from nst_engine.results.provenance import implied_text
+from nst_engine.results.resume import check_done, reason_kind
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import ResultTable, read_results
 from nst_engine.storage.roots import OutputRoot
@@ -58,10 +59,11 @@ def items(tmp_path: Path) -> list[WorkItem]:
     return sorted(work, key=lambda i: i.output_path)
 
 
-def png_of(item_id: str | None, height: int = 27) -> bytes:
-    """A whole PNG of noise as a worker writes it (with ``item_id`` in its text unless None)."""
+def png_of(item: WorkItem | None, height: int = 27) -> bytes:
+    """A whole PNG of noise as a worker writes it for ``item`` (its id and the parameters
+    it implies in its text; None: no text of an item)."""
     pixels = np.random.default_rng(0).integers(0, 256, (height, 32, 3), dtype=np.uint8)
-    return encode_png(Image.fromarray(pixels), {ITEM_ID_KEY: item_id} if item_id else {"nst:iterations": 3})
+    return encode_png(Image.fromarray(pixels), implied_text(item) if item else {"nst:iterations": 3})
 
 
 def write(root: OutputRoot, item: WorkItem, data: bytes) -> bytes:
@@ -77,9 +79,9 @@ def test_older_rows_without_output_bytes_are_verified_by_decoding(tmp_path: Path
     root = OutputRoot(str(tmp_path / "out"))
     store = ResultTable(root)
     store.append([make_row(i, "ok", 1) for i in items])  # no output_bytes: an older table
-    whole_png = write(root, whole, png_of(whole.item_id))
-    write(root, half, png_of(half.item_id)[:1000])
-    write(root, foreign, png_of(whole.item_id))
+    whole_png = write(root, whole, png_of(whole))
+    write(root, half, png_of(half)[:1000])
+    write(root, foreign, png_of(whole))
     write(root, anonymous, png_of(None))
 
     check = check_done(store, items)
@@ -110,14 +112,14 @@ def test_a_checksum_that_differs_is_redone(tmp_path: Path, items) -> None:
     same_size, other_size, _, _ = items
     root = OutputRoot(str(tmp_path))
     store = ResultTable(root)
-    written = [(i, png_of(i.item_id)) for i in (same_size, other_size)]
+    written = [(i, png_of(i)) for i in (same_size, other_size)]
     store.append(
         [make_row(i, "ok", 1, output_bytes=len(png), output_sha256=sha256(png)) for i, png in written]
     )
     tampered = bytearray(written[0][1])
     tampered[-1] ^= 0xFF  # the end chunk's CRC, which decoders do not check: it still decodes
     write(root, same_size, bytes(tampered))
-    replaced = write(root, other_size, png_of(other_size.item_id, height=28))  # its id, other pixels
+    replaced = write(root, other_size, png_of(other_size, height=28))  # its id, other pixels
     recorded = len(written[1][1])
     assert len(replaced) != recorded
 
@@ -135,7 +137,7 @@ def test_the_plan_counts_redo_apart_from_new_items(tmp_path: Path, items) -> Non
     root = OutputRoot(str(tmp_path / "out"))
     store = ResultTable(root)
     done = [zero, also_zero, missing, fine]
-    pngs = {i.item_id: png_of(i.item_id) for i in done}
+    pngs = {i.item_id: png_of(i) for i in done}
     store.append([make_row(i, "ok", 1, output_bytes=len(pngs[i.item_id])) for i in done])
     for item in (zero, also_zero, fine):
         write(root, item, pngs[item.item_id])

@@ -40,10 +40,14 @@ class ItemCheckpoint:
         self.policy: CheckpointPolicy | None = None
         if every is None:
             self.policy = CheckpointPolicy(
-                AUTO_EVERY_SECONDS, self._load, self._save, min_predicted_seconds=AUTO_MIN_PREDICTED_SECONDS
+                AUTO_EVERY_SECONDS,
+                self._load,
+                self._save,
+                min_predicted_seconds=AUTO_MIN_PREDICTED_SECONDS,
+                discard=self._remove,
             )
         elif every > 0:
-            self.policy = CheckpointPolicy(every, self._load, self._save)
+            self.policy = CheckpointPolicy(every, self._load, self._save, discard=self._remove)
 
     def _load(self) -> bytes | None:
         try:
@@ -56,6 +60,12 @@ class ItemCheckpoint:
     def _save(self, data: bytes) -> None:
         self.touched = True
         self.root.write_bytes(self.path, data)
+
+    def _remove(self) -> None:
+        """The engine found the checkpoint unusable: gone now, not read by the next attempt
+        (an ``OSError`` is the engine's to log)."""
+        remove_checkpoints(self.root, [self.item_id])
+        self.touched = False  # nothing left to remove unless a save follows
 
     def discard(self) -> None:
         """After the item's image is written. Only when this attempt found or saved a

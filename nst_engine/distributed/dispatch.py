@@ -43,6 +43,11 @@ class WorkerStartError(NSTError):
     render somewhere else."""
 
 
+class OutputRootFull(NSTError):
+    """The output root took no more writes (an item's image failed with ENOSPC or EDQUOT):
+    the run stopped handing out work, and says why in one line."""
+
+
 def call_size(lane: Lane, workers: int, worker: Worker | None = None) -> int:
     """Items for ``worker``'s next call; 0 when it holds its fair share already.
 
@@ -73,10 +78,12 @@ class Scheduler:
     Rules: each worker holds at most its lane's ``max_in_flight`` calls, so it never
     idles between items; calls carry several items when items are short
     (``call_size``); an attempt's outcome settles its row, its retry and its worker's
-    fate (``retry.decide``): bad input and out-of-memory are final at once, a lost
-    worker's attempts and transient failures are retried up to ``max_attempts``, and a
-    worker is retired after ``max_worker_failures`` failures, or when it dies or fails
-    to start, and replaced while the lane has work (``autoscaling.start_budget``); when
+    fate (``retry.decide``): bad input, out-of-memory and an image that cannot be
+    written are final at once (a full output root also stops the run handing out work,
+    ``stop_handing_out``), a lost worker's attempts and transient failures are retried
+    up to ``max_attempts``, and a worker is retired after ``max_worker_failures``
+    failures, or when it dies or fails to start, and replaced while the lane has work
+    (``autoscaling.start_budget``); when
     no worker of a lane is ready for ``worker_start_timeout`` seconds its queued items
     fail, or, when none ever was, the run stops with ``WorkerStartError``; when all have
     died and no replacement is left, its queued items fail (``autoscaling.stall``).
@@ -140,6 +147,8 @@ class Scheduler:
         self.pool = Pool()
         self.board = ProgressBoard.remote() if on_progress is not None else None
         self.last_progress = 0.0
+        self.full: str | None = None  # why the output root takes no more writes
+        self.not_started = 0  # items the stop took from the queues
 
     # ------------------------------------------------------------------ set-up
 
@@ -192,6 +201,12 @@ class Scheduler:
             raise
         finally:
             self.shutdown()
+        if self.full is not None:
+            left = f"{self.not_started} more item{'' if self.not_started == 1 else 's'} left to do"
+            raise OutputRootFull(
+                f"the output root is full, so the run stopped: {self.full}; {left}; "
+                "free space there and run again (finished images are kept)"
+            )
         return self.summary
 
     def _wait(self) -> list[Any]:
@@ -307,10 +322,22 @@ class Scheduler:
             lane.put_back(item, number + 1)
         if decision.stop_lane:
             lane.queue.clear()
+        if decision.stop_run or self.full is not None:  # a retry put back after the stop too
+            self.stop_handing_out(attempt.row["error"])
         if decision.retire:
             error = attempt.row["error"]  # a lost worker's says so ("worker lost: ...")
             lost = attempt.outcome is Outcome.LOST
             self.retire(worker, error if lost else f"{worker.failures} failures, last: {error}")
+
+    def stop_handing_out(self, error: str) -> None:
+        """Hand out no more work (the output root is full): the queued items stay to do,
+        for a rerun; the calls in flight come back and are recorded; ``run`` then raises
+        ``OutputRootFull`` with ``error`` (the first such item's)."""
+        for lane in self.pool.lanes:
+            self.not_started += len(lane.queue)
+            lane.queue.clear()
+        if self.full is None:  # said once, by run: the first item's error names the cause
+            self.full = error
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Retire ``worker`` (died, failed to start, or failed too often); ``balance``

@@ -9,6 +9,7 @@ policy's tests all import it.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,6 +29,12 @@ class Outcome(StrEnum):
     CROWDED_OUT = "crowded out"
     #: anything else the worker caught (an I/O hiccup, its batch failing to open)
     TRANSIENT = "transient"
+    #: the item's image could not be written where it belongs (``UNWRITABLE_ERRNOS``: a
+    #: file where its folder should be, no permission): another attempt fails the same way
+    OUTPUT_UNWRITABLE = "output unwritable"
+    #: the output root takes no more writes (``ROOT_FULL_ERRNOS``): final for the item, and
+    #: the run stops handing out work, whose images would be lost the same way
+    ROOT_FULL = "output root full"
     #: the worker or its node died with the call; made by the driver, never by a worker
     LOST = "lost"
 
@@ -40,3 +47,33 @@ class Attempt:
 
     row: dict[str, Any]
     outcome: Outcome
+
+
+#: Why a write of an item's image failed, by errno, when it says where the fault lies: the
+#: whole output root is out of space or quota ...
+ROOT_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: ... or the item's own place cannot be written (a file in the way of its folder, a
+#: folder in the way of the file, no permission, a read-only filesystem, a name too long).
+#: Any other write error (EIO, a network storage's hiccup without an errno) is transient.
+UNWRITABLE_ERRNOS = frozenset(
+    {
+        errno.ENOTDIR,
+        errno.EEXIST,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EFBIG,
+    }
+)
+
+
+def write_outcome(code: int | None) -> Outcome:
+    """The outcome of an item whose image could not be written with errno ``code``."""
+    if code in ROOT_FULL_ERRNOS:
+        return Outcome.ROOT_FULL
+    if code in UNWRITABLE_ERRNOS:
+        return Outcome.OUTPUT_UNWRITABLE
+    return Outcome.TRANSIENT

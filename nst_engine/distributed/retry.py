@@ -4,8 +4,11 @@ A pure function of the outcome, the attempt's number and the limits (no Ray, no 
 every case is one line of a table in ``tests/test_retry_policy.py``. Its rules:
 
 * ok is recorded as it came;
-* bad input and out of memory are final at once: another attempt would fail the same way
-  (the same input; the same size on the same kind of device);
+* bad input, out of memory and an unwritable output are final at once: another attempt
+  would fail the same way (the same input; the same size on the same kind of device; the
+  same place to write);
+* the output root full is final too, and stops the run handing out work (``stop_run``):
+  every other item's image would be lost the same way, after its synthesis;
 * crowded out, transient and lost are retried, the item put first in its lane's queue,
   until ``max_attempts`` attempts are used up; then the item fails ("gave up after");
 * crowded out and transient count against the worker that returned them, which is
@@ -42,6 +45,7 @@ class Decision:
     retire: bool = False  # retire the worker (its lane replaces it while it has work)
     stop_lane: bool = False  # drop the lane's queue (its rule holds for this final outcome)
     gave_up: bool = False  # failed because its attempts are used up (the row's error says so)
+    stop_run: bool = False  # hand out no more work: the output root takes no more writes
 
 
 def decide(
@@ -68,4 +72,5 @@ def decide(
         retire=outcome is Outcome.LOST or (worker_failed and worker_failures + 1 >= max_worker_failures),
         stop_lane=action is not Action.RETRY and outcome in stop_on,
         gave_up=action is Action.FAIL and outcome in RETRYABLE,
+        stop_run=outcome is Outcome.ROOT_FULL,
     )

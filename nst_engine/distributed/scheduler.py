@@ -18,13 +18,14 @@ The driver plans nothing and renders nothing, only hands items to workers. Its p
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
 from nst_engine.distributed.autoscaling import PoolShape
 from nst_engine.distributed.checkpoints import remove_checkpoints
 from nst_engine.distributed.cluster import alive_node_cpus, cpu_worker_threads, pool_shape
-from nst_engine.distributed.dispatch import Scheduler, WorkerStartError
+from nst_engine.distributed.dispatch import OutputRootFull, Scheduler, WorkerStartError
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Lane
 from nst_engine.distributed.progress import Progress
@@ -36,10 +37,12 @@ from nst_engine.results.resume import DoneCheck, check_done
 from nst_engine.results.runs import RunLog
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
+from nst_engine.storage.errors import STORAGE_ERRORS
 from nst_engine.storage.roots import OutputRoot
 
 __all__ = [
     "Lane",
+    "OutputRootFull",
     "PoolShape",
     "Progress",
     "RunSummary",
@@ -94,7 +97,10 @@ def run_render(
     ``still_ours`` (the output root's lease check) raises once this run may no longer
     write there: checked before every write of results and once per scheduler tick, so
     the run stops (its unwritten rows are rebuilt from the images by the next run).
-    Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set."""
+    Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set.
+    An output root that fills up stops the run with ``OutputRootFull`` (its reason, not
+    the failure of the last writes that follow it: what they could not write, the next
+    run rebuilds from the images)."""
     started = time.time()
     store = ResultTable(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours)
     root.remove_stale_temporaries()
@@ -106,6 +112,7 @@ def run_render(
     summary.skipped = len(check.done) + len(check.recovered)
     runs = RunLog(root)
     record, state = None, "interrupted"
+    ending: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
         record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
         _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo)
@@ -113,23 +120,27 @@ def run_render(
         state = "finished"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: rows flushed below, then the summary
         summary.interrupted = stop
+    except OutputRootFull:  # the writes below may well fail too: the reason stays this
+        ending = contextlib.suppress(*STORAGE_ERRORS)
+        raise
     finally:
-        try:
-            store.flush()  # on an error or Ctrl-C too: no row received is lost
-        finally:  # and the run is recorded as it ended, even if that flush failed
-            summary.wall_seconds = time.time() - started
-            if record is not None and _may_write(store):
-                runs.finish(
-                    record,
-                    state,
-                    rendered=summary.rendered,
-                    skipped=summary.skipped,
-                    recovered=len(check.recovered),
-                    failed=len(summary.failed),
-                    retried=summary.retried,
-                    workers=summary.workers,
-                    wall_seconds=summary.wall_seconds,
-                )
+        with ending:
+            try:
+                store.flush()  # on an error or Ctrl-C too: no row received is lost
+            finally:  # and the run is recorded as it ended, even if that flush failed
+                summary.wall_seconds = time.time() - started
+                if record is not None and _may_write(store):
+                    runs.finish(
+                        record,
+                        state,
+                        rendered=summary.rendered,
+                        skipped=summary.skipped,
+                        recovered=len(check.recovered),
+                        failed=len(summary.failed),
+                        retried=summary.retried,
+                        workers=summary.workers,
+                        wall_seconds=summary.wall_seconds,
+                    )
     return summary
 
 

@@ -16,14 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
 import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
-from nst_engine.distributed.protocol import Attempt, Outcome
+from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
@@ -31,7 +31,7 @@ from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError, one_line
 from nst_engine.planning.items import WorkItem
-from nst_engine.results.resume import ITEM_ID_KEY
+from nst_engine.results.provenance import ITEM_ID_KEY, item_config
 from nst_engine.results.schema import make_row
 from nst_engine.storage.roots import OutputRoot
 
@@ -47,11 +47,24 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class OutputWriteError(Exception):
+    """The item's image could not be written to the output root: raised where it is
+    written, so that an ``OSError`` elsewhere (reading an input, say) is never taken for
+    one; ``errno`` is the storage's, which decides the outcome (``protocol.write_outcome``)."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        self.errno = exc.errno
+        super().__init__(f"cannot write {path}: {one_line(exc)}")
+
+
 def outcome_of(exc: BaseException) -> Outcome:
-    """What a synthesis that raised ``exc`` came to, by the exception's type: the item's
+    """What a synthesis that raised ``exc`` came to, by the exception's type: its image
+    not written (by the errno: the place, the whole root, or a hiccup); the item's
     input (final); out of memory beside other syntheses (``CrowdedOut``, checked first:
     it is an allocation failure too, but one a smaller batch may not have); out of memory
     at its size on this device (final); anything else (an I/O hiccup or the like)."""
+    if isinstance(exc, OutputWriteError):
+        return write_outcome(exc.errno)
     if isinstance(exc, NSTError):
         return Outcome.BAD_INPUT
     if isinstance(exc, CrowdedOut):
@@ -318,9 +331,7 @@ class RenderWorker:
         stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
-            config = item.config  # replace() validates again: inside the try, as a bad input
-            if len(item.style_paths) > 1:
-                config = replace(config, style_weights=item.style_weights)
+            config = item_config(item)  # validates again: inside the try, as a bad input
             # how it runs, decided here once (placement.place; the engine does not decide again)
             placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
             result = self.stylizer.synthesize(
@@ -336,7 +347,7 @@ class RenderWorker:
             )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
-            self.root.write_bytes(item.output_path, png)
+            self._write(item.output_path, png)
             checkpoint.discard()  # only once the image is in place
             stats = result.stats.with_warmup(warmup)
             # what a rerun verifies the image by (results.resume: check_done), from these bytes
@@ -360,10 +371,18 @@ class RenderWorker:
         )
         return Attempt(row, outcome)
 
+    def _write(self, path: str, png: bytes) -> None:
+        """The item's image into the output root; a failure is an ``OutputWriteError``."""
+        try:
+            self.root.write_bytes(path, png)
+        except OSError as exc:
+            raise OutputWriteError(path, exc) from exc
+
     def _error(self, item: WorkItem, outcome: Outcome, exc: Exception) -> str:
-        """A failed attempt's error column: bad input as its message says it (it names the
-        file or parameter), out of memory with the size and device, others with their type."""
-        if outcome is Outcome.BAD_INPUT:
+        """A failed attempt's error column: bad input and an image not written as their
+        message says it (it names the file or parameter, the path and why), out of memory
+        with the size and device, others with their type."""
+        if outcome in (Outcome.BAD_INPUT, Outcome.OUTPUT_UNWRITABLE, Outcome.ROOT_FULL):
             return one_line(exc)
         if outcome is Outcome.OUT_OF_MEMORY:
             return f"{OUT_OF_MEMORY} at size {item.size} on {self.stylizer.device}: {one_line(exc)}"

@@ -12,7 +12,15 @@ and a fingerprint of
 the work — read back with ``torch.load(..., weights_only=True)``, which refuses anything
 but tensors and plain containers. The fingerprint hashes everything that decides the
 iterates (every parameter, the input images, the network weights, the output size), so a
-checkpoint left by different work is never applied: it is ignored and overwritten.
+checkpoint left by different work is never applied. Nor is one that does not fit the run
+(``run_state.check_state``: every key, type, shape and dtype, whole counts, a run still in
+progress): whatever is wrong with a checkpoint, it costs a restart, never the item. An
+unusable checkpoint is ignored with a warning and removed (``CheckpointPolicy.discard``),
+so the next attempt does not read it again.
+
+What is trusted: the fingerprint is no secret (it hashes the work, not a key), so whoever
+can write where checkpoints live can write one that is applied, with any image of the
+right shape; checks catch damage and mismatches, not an adversary with write access.
 
 Size: the run state is the image and the gradient (2 × 3·H·W floats) plus, for L-BFGS,
 ``history_size`` curvature pairs (2 × 3·H·W floats each), all float32 — the dtype the
@@ -39,6 +47,8 @@ import torch
 
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.optimize import Run
+from nst_engine.engine.run_state import check_state
+from nst_engine.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,8 @@ class CheckpointPolicy:
     waits at least the last save's duration divided by this (``None``: no such floor),
     so saving a large state never dominates the run. ``load`` returns the stored bytes or
     ``None``; ``save`` must replace them atomically (a reader sees the old or the new
-    checkpoint, never half of one).
+    checkpoint, never half of one); ``discard``, when given, removes the stored bytes once
+    they proved unusable (else every later attempt would read them again).
     """
 
     every_seconds: float
@@ -70,6 +81,7 @@ class CheckpointPolicy:
     save: Callable[[bytes], None]
     min_predicted_seconds: float = 0.0
     max_overhead: float | None = 0.1
+    discard: Callable[[], None] | None = None
 
 
 def fingerprint(
@@ -114,6 +126,9 @@ def decode(data: bytes, work: str) -> dict[str, Any] | None:
     if checkpoint.get("fingerprint") != work:
         log.warning("ignoring a checkpoint of other work (parameters, inputs or weights differ)")
         return None
+    if not isinstance(checkpoint.get("run"), dict):
+        log.warning("ignoring a checkpoint without a run state")
+        return None
     return checkpoint["run"]
 
 
@@ -137,21 +152,34 @@ class Checkpointer:
         iteration it resumes from, 0 when there is none to use."""
         try:
             data = self.policy.load()
-        except OSError as exc:
-            log.warning("could not read the checkpoint, starting afresh: %s", exc)
+        except Exception as exc:  # storage of any kind: a checkpoint must never fail the item
+            log.warning("could not read the checkpoint, starting afresh: %s", one_line(exc))
             data = None
         state = decode(data, self.work) if data else None
+        if data and state is None:
+            self._discard()
         if state is not None:
             fresh = run.state_dict()
             try:
+                check_state(run, state)
                 run.load_state_dict(state)
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                log.warning("ignoring a checkpoint that does not fit this run: %s", exc)
+            except Exception as exc:  # whatever the bytes hold: a restart, never the item
+                log.warning("ignoring a checkpoint that does not fit this run: %s", one_line(exc))
                 run.load_state_dict(fresh)
+                self._discard()
         # the clocks start with the optimisation, after the read
         self.resumed_from, self.started = run.iteration, time.perf_counter()
         self.last_save = self.started
         return self.resumed_from
+
+    def _discard(self) -> None:
+        """Remove an unusable checkpoint; a failure is only logged (a later save replaces it)."""
+        if self.policy.discard is None:
+            return
+        try:
+            self.policy.discard()
+        except Exception as exc:  # storage of any kind: only disk space is at stake
+            log.warning("could not remove the unusable checkpoint: %s", one_line(exc))
 
     def after_iteration(self, run: Run) -> None:
         """Save ``run`` if a checkpoint is due; called after each iteration that moved it."""

@@ -4,20 +4,27 @@ images are verified, and images whose rows were lost.
 **Verified resume.** An ok row is trusted only with its image verified (``check_done``):
 by default the listing's size must equal the row's ``output_bytes``; a row without it
 (written before it existed) or a size that differs has its image read: it must decode
-fully, carry the item's id and match the row's ``output_sha256``. Anything else is
-rendered again, and ``DoneCheck.redo`` says why. A rerun of 100k done items costs, by
-default, one recursive listing (100 list requests on object storage, 1,000 keys each)
-and one read of four columns of the ok rows (10 MB of Parquet, 7 MB of it checksums),
-no image read; with ``verify`` (``--verify-outputs``) also every image, ``READ_THREADS``
-at a time (100k GET requests, 100k × the image size: 40 GB of 400 KB PNGs). Same-size
-corruption (bytes flipped in place) passes the default check; ``verify`` catches it.
+fully, carry the item's id, match the row's ``output_sha256`` and show what the item
+implies (its output shape, RGB, its parameters and inputs' ids in the PNG text:
+``provenance``). Anything else is rendered again, and ``DoneCheck.redo`` says why. A
+rerun of 100k done items costs, by default, one recursive listing (100 list requests
+on object storage, 1,000 keys each) and one read of four columns of the ok rows (10 MB
+of Parquet, 7 MB of it checksums), no image read; with ``verify`` (``--verify-outputs``)
+also every image, ``READ_THREADS`` at a time (100k GET requests, 100k × the image size:
+40 GB of 400 KB PNGs). Same-size corruption (bytes flipped in place) passes the default
+check; ``verify`` catches it.
 Images of rows from before ``output_bytes`` are read once: the next run records an
 attempt-0 ok row with their size, and trusts the size from then on.
 
 **Recovery.** Rows still in a run's buffer when its driver is killed are not lost for
 finished items: the worker writes the image (with ``nst:item_id`` in its PNG text)
 before it returns the row, and the next run finds an image with the item's id but no ok
-row and records it as ok from the image's metadata (``check_done``).
+row and records it as ok from the image's metadata (``check_done``), once the image
+shows what the item implies (``provenance``).
+
+**What is trusted.** Whoever can write the output root can forge results (an image with
+a genuine image's text, rows in the table); verification catches accidents and
+mismatches, not an adversary with write access (``provenance``).
 """
 
 from __future__ import annotations
@@ -41,12 +48,11 @@ from PIL import Image
 from nst_engine.errors import one_line
 from nst_engine.planning.fingerprints import READ_THREADS
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.provenance import ITEM_ID_KEY, mismatch
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import RESULTS_FILE, ResultTable, read_results
 from nst_engine.storage.roots import OutputRoot
 
-#: PNG text key under which a worker stores the item id of the image it wrote.
-ITEM_ID_KEY = "nst:item_id"
 #: What decoding a damaged or foreign file raises (PIL, zlib).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
 
@@ -205,7 +211,8 @@ def check_done(
 
 def _verify(root: OutputRoot, item: WorkItem, recorded: Recorded | None, run_kind: str) -> _Verdict:
     """Read ``item``'s image: trusted, with the ok row rebuilt from it, when it decodes
-    fully, carries the item's id and matches a checksum its ok rows recorded (if any)."""
+    fully, carries the item's id, matches a checksum its ok rows recorded (if any) and
+    shows what the item implies (``provenance.mismatch``)."""
     try:
         data = root.read_bytes(item.output_path)
     except OSError as exc:  # deleted since the listing, or unreadable
@@ -215,6 +222,7 @@ def _verify(root: OutputRoot, item: WorkItem, recorded: Recorded | None, run_kin
             image.load()  # every pixel: a truncated or corrupted stream fails here
             found = getattr(image, "text", {}).get(ITEM_ID_KEY)
             row = recovered_row(item, image, data, run_kind)
+            wrong = mismatch(item, image)
     except _DECODE_ERRORS as exc:
         detail = "not an image" if isinstance(exc, Image.UnidentifiedImageError) else one_line(exc)
         return _Verdict(reason=_with_size(f"image does not decode ({detail})", len(data), recorded))
@@ -222,6 +230,8 @@ def _verify(root: OutputRoot, item: WorkItem, recorded: Recorded | None, run_kin
         return _Verdict(reason="image belongs to another item" if found else "image carries no item id")
     if recorded is not None and recorded.checksums and row["output_sha256"] not in recorded.checksums:
         return _Verdict(reason=_with_size("checksum differs", len(data), recorded))
+    if wrong is not None:  # its id copied onto another image, or rendered with other parameters
+        return _Verdict(reason=wrong)
     return _Verdict(trusted=True, row=row)
 
 
