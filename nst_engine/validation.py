@@ -18,6 +18,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag
 from pydantic_core import ErrorDetails
 
+from nst_engine.storage.uris import redact
+
 #: Tags of the "text or mapping" unions (:func:`text_or`): they appear in an error's
 #: location, where a person expects only keys and indices, so :func:`path_of` drops them.
 TEXT, MAPPING = "(text)", "(mapping)"
@@ -28,6 +30,7 @@ FORM_ERRORS = {
     "int_type": "expected a whole number",
     "int_parsing": "expected a whole number",
     "int_from_float": "expected a whole number",
+    "int_parsing_size": "expected a whole number of a usable size",  # beyond 64 bits
     "float_type": "expected a number",
     "float_parsing": "expected a number",
     "finite_number": "expected a finite number",
@@ -50,7 +53,14 @@ BOUNDS: dict[str, Callable[[Any], str]] = {
     "less_than": lambda v: f"must be below {v}",
     "less_than_equal": lambda v: f"must be at most {v}",
 }
-NUMBER_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"}
+NUMBER_ERRORS = {
+    "int_type",
+    "int_parsing",
+    "int_from_float",
+    "int_parsing_size",
+    "float_type",
+    "float_parsing",
+}
 
 
 class Section(BaseModel):
@@ -66,16 +76,16 @@ class Section(BaseModel):
     expected: ClassVar[dict[str, str]] = {}
 
 
-def text_or(model: type[BaseModel], problem: str) -> Any:
-    """The type "a string, or a mapping validated by ``model``" (a path or a full entry):
-    a tagged union, so a bad mapping reports its own fields rather than also failing as
-    a string, and anything else is ``problem``."""
+def text_or(model: type[BaseModel], problem: str, text: Any = str) -> Any:
+    """The type "a string (of type ``text``), or a mapping validated by ``model``" (a path
+    or a full entry): a tagged union, so a bad mapping reports its own fields rather than
+    also failing as a string, and anything else is ``problem``."""
 
     def form(value: Any) -> str | None:
         return TEXT if isinstance(value, str) else MAPPING if isinstance(value, dict) else None
 
     return Annotated[
-        Annotated[str, Tag(TEXT)] | Annotated[model, Tag(MAPPING)],
+        Annotated[text, Tag(TEXT)] | Annotated[model, Tag(MAPPING)],
         Discriminator(form, custom_error_type="form", custom_error_message=problem),
     ]
 
@@ -88,7 +98,12 @@ def path_of(error: ErrorDetails) -> tuple[str | int, ...]:
 def message(error: ErrorDetails, root: type[BaseModel] | None = None, whole: Any = NOTHING) -> str:
     """One line about ``error``, without its location. ``root``: the model validated, whose
     sections say how their keys are named; ``whole``: the value of the parameter the error
-    lies inside (a list of numbers), given when the error is about one of its items."""
+    lies inside (a list of numbers), given when the error is about one of its items. A
+    value shown (``got ...``) never shows a credential a URI in it carries."""
+    return redact(_message(error, root, whole))
+
+
+def _message(error: ErrorDetails, root: type[BaseModel] | None, whole: Any) -> str:
     kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
     path = path_of(error)
     owner = section_at(root, path[:-1]) if root is not None and path else None
@@ -111,7 +126,7 @@ def message(error: ErrorDetails, root: type[BaseModel] | None = None, whole: Any
     if whole is not NOTHING:  # one item of a list-valued parameter
         if kind in NUMBER_ERRORS:
             return f"expected a list of numbers, got {whole!r}"
-        return f"each value {message(error)}"
+        return f"each value {_message(error, None, NOTHING)}"
     return _said(kind, ctx, given, error["msg"])
 
 

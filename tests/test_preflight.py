@@ -113,6 +113,7 @@ class Run:
     ray_tmpdir: Path
     umask: int | None = None
     procs: list[subprocess.CompletedProcess] = field(default_factory=list)
+    cache_files: list[tuple[int, int]] = field(default_factory=list)  # (inode, mtime) after each run
 
     @property
     def proc(self) -> subprocess.CompletedProcess:
@@ -233,9 +234,14 @@ def _run(run: Run) -> None:
 
     run.procs.append(once())
     if run.folder.name == "plan-bad-images":
-        # the rerun must read no image: a good image is replaced by garbage of the same size
-        # and modification time, which only a read would notice; the damaged ones must
-        # still be reported, from the cache
+        # the rerun must read no image: the cache, rewritten whenever a plan reads a file,
+        # stays as it was; the damaged images must still be reported, from the cache
+        cache = run.output / CACHE_FILE
+        run.cache_files.append((cache.stat().st_ino, cache.stat().st_mtime_ns))
+        run.procs.append(once())
+        run.cache_files.append((cache.stat().st_ino, cache.stat().st_mtime_ns))
+        # then a good image is replaced by garbage of the same size and modification time:
+        # its ctime changed, so it is read again, and found damaged (issue 19)
         good = run.folder / "photos" / "c0.png"
         stat = good.stat()
         good.write_bytes(b"\0" * stat.st_size)
@@ -323,15 +329,18 @@ def test_plan_lists_damaged_images_and_its_rerun_reads_none(runs: dict[str, Run]
     import json
 
     run = runs["plan-bad-images"]
-    first, again = run.procs
-    for proc in (first, again):
+    first, again, changed = run.procs
+    for proc, zeroed in ((first, []), (again, []), (changed, ["c0.png"])):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         bad = json.loads(proc.stdout)["bad_inputs"]
-        assert sorted(b["label"].split(" ")[0] for b in bad) == ["bad.jpg", "half.png"], bad
-        assert all("damaged or truncated" in b["error"] for b in bad), bad
+        errors = {b["label"].split(" ")[0]: b["error"] for b in bad}
+        assert sorted(errors) == sorted(["bad.jpg", "half.png", *zeroed]), bad
+        assert all("damaged or truncated" in errors[name] for name in ("bad.jpg", "half.png")), bad
+        assert all("not a readable image" in errors[name] for name in zeroed), bad
     assert not ray_sessions(run)
-    # the zeroed c0.png kept its size and time: from the cache, still good, so not read
-    assert json.loads(again.stdout)["to_render"] == 1
+    assert run.cache_files[0] == run.cache_files[1]  # the rerun read nothing, so learnt nothing
+    # the zeroed c0.png kept its size and time, but not its ctime: read again, not taken from the cache
+    assert json.loads(again.stdout)["to_render"] == 1 and json.loads(changed.stdout)["to_render"] == 0
     rows = pq.read_table(run.output / CACHE_FILE).to_pylist()
     assert {r["kind"] for r in rows} == {IMAGE} and len(rows) == 4, rows
 
@@ -396,6 +405,7 @@ def test_cache_rows_of_the_old_header_check_are_not_trusted(tmp_path: Path) -> N
         stat = path.stat()
         rows.append(
             {"location": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "kind": kind}
+            | {"inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}  # a local file's key (issue 19)
             | {"sha256": "0" * 64, "width": 64, "height": 48, "problem": None}
         )
     (output / ".nst-cache").mkdir(parents=True)

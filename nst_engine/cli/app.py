@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nst_engine.errors import NSTError, one_line
+from nst_engine.storage.uris import redact
 
 app = typer.Typer(
     help="Neural style transfer after Gatys, Ecker & Bethge (CVPR 2016): one image, or batches on Ray.",
@@ -41,12 +42,14 @@ def flag(field: str) -> str:
 
 def message(problem: str | BaseException) -> str:
     """What the CLI prints for a problem: the text as given; an ``NSTError`` as written
-    for people, with its parameter spelled as a flag; any other exception as one line."""
+    for people, with its parameter spelled as a flag; any other exception as one line.
+    Never a credential: every location is refused with one before it is used, and this
+    is the last place a URI holding one could still be shown."""
     if isinstance(problem, str):
-        return problem
+        return redact(problem)
     if isinstance(problem, NSTError):
-        return f"{flag(problem.field)}: {problem.message}" if problem.field else str(problem)
-    return one_line(problem)
+        return redact(f"{flag(problem.field)}: {problem.message}" if problem.field else str(problem))
+    return redact(one_line(problem))
 
 
 def fail(problem: str | BaseException, code: int = 2) -> typer.Exit:
@@ -62,10 +65,10 @@ class Printer:
     live = False
 
     def note(self, line: str) -> None:
-        err.print(escape(line), soft_wrap=True)
+        err.print(escape(redact(line)), soft_wrap=True)
 
     def warn(self, line: str) -> None:
-        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(redact(line))}", soft_wrap=True)
 
     def connected(self, line: str, total: int = 0) -> None:
         stop_on_sigterm()  # again: ray.init installed its own handler, which dumps a C++ stack

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BeforeValidator, Field, StrictBool, ValidationError, create_model
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, ValidationError, create_model
 
 from nst_engine.distributed.options import parse_checkpoint_every, parse_max_batch, parse_workers
 from nst_engine.errors import NSTError, one_line
+from nst_engine.planning.yaml_files import AliasRefused, NoAliasLoader, problem_of
+from nst_engine.storage.uris import check_location, redact
 from nst_engine.validation import Section, message, path_of
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -144,7 +146,10 @@ JobFile = create_model(
     "as a Ray Job. Every key but manifest is optional; an empty one is nst render's default.",
     manifest=(Annotated[str, Field(min_length=1)], Field(description="The manifest, relative to this file.")),
     address=(Text | None, Field(None, description="Ray dashboard / Jobs API, e.g. http://HEAD:8265.")),
-    output=(Text | None, Field(None, description="Output root: a folder or s3://, gs://, file:// URI.")),
+    output=(
+        Annotated[Text, AfterValidator(check_location)] | None,
+        Field(None, description="Output root: a folder or s3://, gs://, file:// URI."),
+    ),
     retries=(Retries | None, None),
     workers=(Workers | None, None),
     checkpoint_every=CHECKPOINT_EVERY.as_field(),
@@ -157,10 +162,11 @@ def job_schema() -> dict[str, Any]:
     return {"$schema": SCHEMA_DIALECT, **JobFile.model_json_schema()}
 
 
-class JobLoader(yaml.SafeLoader):
+class JobLoader(NoAliasLoader):
     """YAML with YAML 1.2's integers: PyYAML follows YAML 1.1, where ``count: 2:4`` is 124
     (base 60) and ``0x10`` is 16, so a worker range typed without quotes would silently
-    become another number. Here only plain decimal digits are integers; the rest is text."""
+    become another number. Here only plain decimal digits are integers; the rest is text.
+    A safe loader that refuses aliases, as manifests do (``planning.yaml_files``)."""
 
 
 JobLoader.yaml_implicit_resolvers = {
@@ -193,7 +199,7 @@ def is_job_file(path: Path) -> bool:
     if path.suffix.lower() not in (".yaml", ".yml"):
         return False
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliasLoader)  # a SafeLoader
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and "manifest" in data
@@ -204,6 +210,9 @@ def load_job(path: Path) -> JobSpec:
     (``count:``) is the option's default."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=JobLoader)  # JobLoader is a SafeLoader
+    except AliasRefused as exc:  # before anything is built from the file
+        line, problem = problem_of(exc)
+        raise JobFileError([f"{path}:{line}: {problem}"]) from None
     except (OSError, yaml.YAMLError) as exc:
         raise JobFileError([f"{path}: not a readable job file ({one_line(exc)})"]) from None
     if not isinstance(data, dict):
@@ -266,17 +275,17 @@ def _client(address: str) -> Any:
         first = _first_line(exc)
         if "authentication" in str(exc).lower():
             raise NSTError(
-                f"--address {address}: the cluster wants a token ({first}); set RAY_AUTH_MODE=token "
-                "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the cluster"
+                f"--address {redact(address)}: the cluster wants a token ({first}); set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the cluster"
             ) from None
         raise NSTError(
-            f"--address {address}: cannot reach the Ray dashboard ({first}); is the cluster up?"
+            f"--address {redact(address)}: cannot reach the Ray dashboard ({first}); is the cluster up?"
         ) from None
 
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return redact(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _call(what: str, action: Callable[[], Any]) -> Any:
@@ -300,7 +309,7 @@ def submit(
             return client.submit_job(entrypoint=entrypoint(job), submission_id=submission_id)
         except Exception as exc:  # the job client raises RuntimeError and friends
             if "try again" not in str(exc) or time.monotonic() > deadline:
-                raise NSTError(f"submitting to {address}: {_first_line(exc)}") from None
+                raise NSTError(f"submitting to {redact(address)}: {_first_line(exc)}") from None
             time.sleep(2)
 
 

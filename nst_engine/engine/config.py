@@ -40,7 +40,7 @@ from nst_engine.engine.images import MAX_SIDE
 from nst_engine.engine.optimize import OptimizerSettings
 from nst_engine.engine.vgg import LAYER_NAMES, deepest, min_side
 from nst_engine.errors import ConfigError
-from nst_engine.storage.uris import is_uri
+from nst_engine.storage.uris import is_uri, refuse_credentials
 from nst_engine.validation import NOTHING, message
 
 #: Fields added after item ids were first issued, with the value that reproduces the
@@ -127,16 +127,36 @@ StyleLayers = Annotated[
     BeforeValidator(_known_layers),
     BeforeValidator(_split, json_schema_input_type=SomeLayers | str),
 ]
-Weight = Annotated[float, Field(ge=0), NUMBER]
+# Every number has bounds, so that what validates also runs and is recorded: the result
+# columns are int64 and float64 (results.schema), and the engine computes in float32.
+
+#: float32's largest finite value (``torch.finfo(torch.float32).max``): the engine's tensors
+#: are float32 (bfloat16 has the same range), where a larger weight or ratio is infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+#: The most iterations per scale: L-BFGS converges in hundreds to a few thousand, and each
+#: iteration adds four numbers to its row's per-iteration columns (3.2 MB per row here).
+MAX_ITERATIONS = 100_000
+#: The longest L-BFGS history: two image-sized vectors per entry (6 GB at 512 px here).
+MAX_HISTORY = 1_000
+#: The most coarse-to-fine scales, and the largest factor between two: 32 scales of
+#: factor 1.25 span 16 384 px to 16 px; a scale 16 times coarser gives its finer neighbour
+#: no useful start. Bounded also so that ``scale_factor ** scales`` stays a float.
+MAX_SCALES = 32
+MAX_SCALE_FACTOR = 16.0
+#: The largest style scale: the style gets ``style_scale²`` times the content's pixels.
+MAX_STYLE_SCALE = 16.0
+#: The seed column's range (int64), all of which torch's generator takes.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+Weight = Annotated[float, Field(ge=0, le=FLOAT32_MAX, allow_inf_nan=False), NUMBER]
 Weights = Annotated[
     tuple[Weight, ...], BeforeValidator(_split, json_schema_input_type=tuple[Weight, ...] | str)
 ]
 #: the longer side of an output in pixels; a manifest's ``sizes`` are these too
 Size = Annotated[int, Field(gt=0, le=MAX_SIDE), NUMBER]
-Count = Annotated[int, Field(ge=0), NUMBER]
-AtLeastOne = Annotated[int, Field(ge=1), NUMBER]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), NUMBER]
-NonNegative = Annotated[float, Field(ge=0), NUMBER]
+Iterations = Annotated[int, Field(ge=0, le=MAX_ITERATIONS), NUMBER]
+Positive = Annotated[float, Field(gt=0, le=FLOAT32_MAX, allow_inf_nan=False), NUMBER]
+NonNegative = Annotated[float, Field(ge=0, le=FLOAT32_MAX, allow_inf_nan=False), NUMBER]
 
 
 def knob(default: Any, help: str) -> Any:
@@ -155,8 +175,10 @@ class SynthesisConfig:
     """Every knob of one synthesis; all but ``HOW_FIELDS`` change the output image."""
 
     size: Size = knob(512, "Longer side of the output in pixels (aspect ratio kept).")
-    iterations: Count = knob(500, "Optimizer iterations.")
-    ratio: Positive = knob(1e-3, "Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5).")
+    iterations: Iterations = knob(500, f"Optimizer iterations (at most {MAX_ITERATIONS:,}).")
+    ratio: Positive = knob(
+        1e-3, "Content/style weight ratio alpha/beta (paper: 1e-2 ... 1e-5; finite in float32)."
+    )
     content_layers: Layers = knob(CONTENT_LAYERS, "Content layers (paper: conv4_2).")
     content_layer_weights: Weights | None = knob(None, "Weight per content layer (default 1 each).")
     style_layers: StyleLayers = knob(STYLE_LAYERS, "Style layers (paper: conv1_1 ... conv5_1).")
@@ -166,16 +188,22 @@ class SynthesisConfig:
     style_weights: Annotated[Weights | None, AfterValidator(_positive_sum)] = knob(
         None, "Blend weights, one per style image (default equal)."
     )
-    style_scale: Positive | None = knob(
-        None, "Style size relative to the content (default: the content's size, as in the paper)."
+    style_scale: Annotated[float, Field(gt=0, le=MAX_STYLE_SCALE, allow_inf_nan=False), NUMBER] | None = knob(
+        None,
+        "Style size relative to the content (default: the content's size, as in the paper; "
+        f"at most {MAX_STYLE_SCALE:g}: the style gets its square times the content's pixels).",
     )
     optimizer: _choice(Optimizer) = knob(Optimizer.LBFGS, "L-BFGS (paper) or Adam.")
-    history_size: AtLeastOne = knob(100, "L-BFGS history size.")
+    history_size: Annotated[int, Field(ge=1, le=MAX_HISTORY), NUMBER] = knob(
+        100, f"L-BFGS history size (at most {MAX_HISTORY:,}: two image-sized vectors per entry)."
+    )
     learning_rate: Positive | None = knob(None, "Step scale (default 1.0 for L-BFGS, 0.02 for Adam).")
     line_search: bool = knob(False, "Strong-Wolfe line search for L-BFGS.")
     tolerance: NonNegative = knob(1e-9, "Stop when the relative loss change is below this.")
     init: str = knob("noise", "Start image: noise (paper), content, style, or an image file.")
-    seed: Annotated[int, NUMBER] = knob(0, "Seed for the noise start image.")
+    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX), NUMBER] = knob(
+        0, "Seed for the noise start image (a 64-bit integer, as the results record it)."
+    )
     pooling: _choice(Pooling) = knob(
         Pooling.AVG, "Average pooling (the paper's choice for synthesis) or max."
     )
@@ -188,26 +216,30 @@ class SynthesisConfig:
         "fp32; tf32: TF32 tensor cores on CUDA GPUs (faster); bf16: convolutions in bfloat16.",
     )
     channels_last: bool = knob(True, "NHWC activations (faster convolutions with oneDNN and cuDNN).")
-    scales: AtLeastOne = knob(
+    scales: Annotated[int, Field(ge=1, le=MAX_SCALES), NUMBER] = knob(
         1,
         "Coarse-to-fine scales (1: the paper's single-scale synthesis); each coarser one is "
-        "scale_factor times smaller, and its result, upsampled, starts the next.",
+        f"scale_factor times smaller, and its result, upsampled, starts the next (at most {MAX_SCALES}).",
     )
-    scale_factor: Annotated[float, Field(gt=1, allow_inf_nan=False), NUMBER] = knob(
-        2.0, "Size ratio between neighbouring scales."
+    scale_factor: Annotated[float, Field(gt=1, le=MAX_SCALE_FACTOR, allow_inf_nan=False), NUMBER] = knob(
+        2.0, f"Size ratio between neighbouring scales (at most {MAX_SCALE_FACTOR:g})."
     )
-    scale_iterations: Count | None = knob(None, "Iterations at each coarser scale (default: iterations).")
-    tile: Count | None = knob(
+    scale_iterations: Iterations | None = knob(
+        None, "Iterations at each coarser scale (default: iterations)."
+    )
+    tile: Annotated[int, Field(ge=0, le=MAX_SIDE), NUMBER] | None = knob(
         None,
         "Tile side in px for images beyond the device's memory: the loss gradient is then "
         "computed tile by tile, exactly (default: auto, tiles only where the image would not fit; "
-        "0: never tile).",
+        f"0: never tile; at most {MAX_SIDE:,}, the largest size).",
     )
 
     @field_validator("init")
     @classmethod
     def _init_is_known_or_a_file(cls, init: str) -> str:
-        # a URI (s3://...) is checked where it is read: planning hashes it, a worker decodes it
+        # a URI (s3://...) is checked where it is read: planning hashes it, a worker decodes it;
+        # one with credentials is refused first, as every location is (never echoed)
+        refuse_credentials(init)
         if init not in INITS and not is_uri(init) and not Path(init).is_file():
             raise ValueError(f"{init}: not one of {', '.join(INITS)} and not an image file; check the path")
         return init

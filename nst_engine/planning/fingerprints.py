@@ -9,9 +9,26 @@ on the driver, so:
   truncated JPEG that fails at render); a weights file is loaded as a worker will load
   it (a wrong shape or a refused pickle would otherwise fail in every worker);
 * the results are kept in ``.nst-cache/hashes.parquet`` in the output root, keyed by
-  (location, size, modification time), loaded once per plan and written atomically at
-  its end, so a nightly rerun over an unchanged dataset reads no image at all (a file
-  that changes gets a new size or modification time, and is read again).
+  location and ``Stamp``, loaded once per plan and written atomically at its end, so a
+  nightly rerun over an unchanged dataset reads no image at all.
+
+What the cache trusts. A row is used for a file whose stamp equals the row's key: for a
+local file its size, modification time, inode and ctime (nanoseconds), so a file rewritten
+in place or replaced is read again even with its size and modification time put back
+(``touch -d``): the kernel sets ctime on every change and nothing sets it back. On object
+storage the key is size and modification time only: pyarrow's listings carry no ETag or
+generation, and asking each object for one would cost the request per object the cache
+exists to save; there the modification time is the server's time of the last write, so an
+overwrite is seen unless it keeps the size and lands within the store's time resolution
+(a second on S3) of the write before. The rows themselves are trusted as they stand:
+whoever can write the output root can forge one (any key, any hash). That can make a plan
+give an item the id of other work, so that the item counts as done when that work's image
+is there, or it is rendered and recorded under the wrong hashes, and let an image that does
+not decode reach a worker, which then fails that item. It cannot make a worker read anything
+but the file the manifest names (workers read and decode their inputs themselves), run
+code (nothing in the cache is executed or unpickled), or write outside the output root;
+and whoever can write the output root can already write its images and result rows. Treat
+write access to an output root as trust in its results.
 
 Only the planner reads here; workers read the bytes they render themselves.
 """
@@ -37,7 +54,7 @@ from nst_engine.engine.weights import load_state_dict_file
 from nst_engine.errors import NSTError, WeightsError
 from nst_engine.planning.sources import Stamp, stamp_of
 from nst_engine.storage.files import write_atomic
-from nst_engine.storage.uris import resolve
+from nst_engine.storage.uris import redact, resolve
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +77,8 @@ _SCHEMA = pa.schema(
         ("location", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("inode", pa.uint64()),  # 0 on object storage; unsigned, as st_ino is
+        ("ctime_ns", pa.int64()),  # 0 on object storage
         ("kind", pa.string()),  # one of KINDS: which check made the row
         ("sha256", pa.string()),
         ("width", pa.int64()),
@@ -136,7 +155,7 @@ class ImageIndex:
         self.write = write
         self.stats = IndexStats()
         self._stamps: dict[str, Stamp | Facts] = dict(stamps or {})
-        self._stored: dict[tuple[str, int, int, str], Facts] = self._load()
+        self._stored: dict[tuple[str, Stamp, str], Facts] = self._load()
         self._facts: dict[tuple[str, str], Facts] = {}
         self._dirty = False
 
@@ -148,21 +167,24 @@ class ImageIndex:
         fs, base = resolve(self.cache_root)
         return fs, posixpath.join(base, CACHE_FILE)
 
-    def _load(self) -> dict[tuple[str, int, int, str], Facts]:
+    def _load(self) -> dict[tuple[str, Stamp, str], Facts]:
         where = self._cache_location()
         if where is None:
             return {}
         fs, path = where
         try:
             with fs.open_input_file(path) as handle:
-                table = pq.read_table(handle, schema=_SCHEMA)
+                table = pq.read_table(handle)
+            if not set(_SCHEMA.names) <= set(table.column_names):
+                return {}  # a cache keyed by size and time alone: not trusted, rebuilt as files are read
+            table = table.select(_SCHEMA.names).cast(_SCHEMA)
         except FileNotFoundError:
             return {}
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring the hash cache %s (%s)", path, _first_line(exc))
             return {}
         return {
-            (r["location"], r["size"], r["mtime_ns"], r["kind"]): Facts(
+            (r["location"], Stamp(r["size"], r["mtime_ns"], r["inode"], r["ctime_ns"]), r["kind"]): Facts(
                 r["sha256"], r["width"], r["height"], r["problem"]
             )
             for r in table.to_pylist()
@@ -180,16 +202,18 @@ class ImageIndex:
         rows = [
             {
                 "location": loc,
-                "size": size,
-                "mtime_ns": mtime,
+                "size": stamp.size,
+                "mtime_ns": stamp.mtime_ns,
+                "inode": stamp.inode,
+                "ctime_ns": stamp.ctime_ns,
                 "kind": kind,
                 "sha256": f.sha256,
                 "width": f.width,
                 "height": f.height,
                 "problem": f.problem,
             }
-            for (loc, size, mtime, kind), f in self._stored.items()
-            if loc not in current or current[loc] == Stamp(size, mtime)
+            for (loc, stamp, kind), f in self._stored.items()
+            if loc not in current or current[loc] == stamp
         ]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), buffer)
@@ -219,7 +243,7 @@ class ImageIndex:
                 if isinstance(stamp, Facts):  # missing or not a file: nothing to read
                     self._facts[(loc, kind)] = stamp
                     continue
-                stored = self._stored.get((loc, stamp.size, stamp.mtime_ns, kind))
+                stored = self._stored.get((loc, stamp, kind))
                 if stored is not None:
                     self.stats.cached += 1
                     self._facts[(loc, kind)] = stored
@@ -231,7 +255,7 @@ class ImageIndex:
                 self.stats.bytes_read += size
                 stamp = self._stamps[loc]
                 if facts.sha256 is not None and isinstance(stamp, Stamp):
-                    self._stored[(loc, stamp.size, stamp.mtime_ns, kind)] = facts
+                    self._stored[(loc, stamp, kind)] = facts
                     self._dirty = True
 
     def _stamp(self, location: str) -> Stamp | Facts:
@@ -240,11 +264,11 @@ class ImageIndex:
             fs, path = resolve(location)
             info = fs.get_file_info(path)
         except (OSError, ValueError) as exc:
-            return Facts(None, problem=f"{location}: cannot read ({_first_line(exc)})")
-        stamp = stamp_of(info)
+            return Facts(None, problem=redact(f"{location}: cannot read ({_first_line(exc)})"))
+        stamp = stamp_of(info, fs)
         if stamp is not None:
             return stamp
-        if info.type == pafs.FileType.NotFound:
+        if info.type in (pafs.FileType.NotFound, pafs.FileType.File):  # a file: removed since
             return Facts(None, problem=f"{location}: image file not found")
         return Facts(None, problem=f"{location}: not a file; give an image file")
 
@@ -267,7 +291,7 @@ class ImageIndex:
                     digest.update(data)
                     size = len(data)
         except (OSError, ValueError) as exc:
-            return Facts(None, problem=f"{location}: cannot read ({_first_line(exc)})"), 0
+            return Facts(None, problem=redact(f"{location}: cannot read ({_first_line(exc)})")), 0
         if kind == WEIGHTS:  # local only (a manifest refuses URIs for weights)
             return Facts(digest.hexdigest(), problem=check_weights(path)), size
         problem, (width, height) = check_image(data, location)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from nst_engine.engine.config import INITS, InvalidConfig, SynthesisConfig
+from nst_engine.engine.config import FLOAT32_MAX, INITS, InvalidConfig, SynthesisConfig
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import ConfigError, NSTError
 from nst_engine.planning.manifest_model import (
@@ -44,7 +44,9 @@ from nst_engine.planning.sources import (
     list_images,
     locate,
 )
-from nst_engine.storage.uris import absolute, is_uri
+from nst_engine.planning.yaml_files import AliasRefused, NoAliasLoader, problem_of
+from nst_engine.storage.paths import check_holdable, unholdable
+from nst_engine.storage.uris import absolute, check_location, is_uri, redact
 from nst_engine.validation import NOTHING, message, path_of
 
 #: Engine parameters a manifest may set (everything but the size, which is a manifest axis).
@@ -115,7 +117,7 @@ class _Problems:
                 break
         where = f"{self.source}:{line}" if line else str(self.source)
         dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
-        problem = f"{where}: {dotted or '(top level)'}: {message}"
+        problem = redact(f"{where}: {dotted or '(top level)'}: {message}")  # a secret never shown
         if problem not in self.items:  # e.g. a bad parameter seen once per size
             self.items.append(problem)
             self.at_line[problem] = line or 0
@@ -134,17 +136,19 @@ class _Problems:
 
 
 def _read_yaml(source: Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse with the safe loader, remembering the line of every key and list item."""
+    """Parse with the safe loader, remembering the line of every key and list item. Aliases
+    are refused as the parser meets them (``yaml_files``), so the walk below visits each
+    node of the file once: never more nodes than the file has lines' worth."""
     text = source.read_text(encoding="utf-8")
-    loader = yaml.SafeLoader(text)
+    loader = NoAliasLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ManifestError([f"{source}{line}: not valid YAML/JSON ({problem})"]) from None
+        line, problem = problem_of(exc)
+        where = f"{source}:{line}" if line else str(source)
+        said = problem if isinstance(exc, AliasRefused) else f"not valid YAML/JSON ({problem})"
+        raise ManifestError([f"{where}: {said}"]) from None
     finally:
         loader.dispose()
     lines: dict[tuple, int] = {}
@@ -297,15 +301,25 @@ def _config(
 def _listing(
     entry: str, base: Path, path: tuple, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> Listing:
-    """The images of a file, folder/prefix or glob entry; an empty folder or glob, or one
-    past ``max_images``, is a problem."""
+    """The images of a file, folder/prefix or glob entry; an empty folder or glob, one past
+    ``max_images``, or an image whose name no output path can hold is a problem."""
     listing = list_images(entry, base, max_images)
-    if listing.problem:
+    usable = tuple(f for f in listing.found if unholdable(f.relative) is None)
+    if len(usable) < len(listing.found):  # a name becomes part of an output path: refused now
+        unusable = [f for f in listing.found if unholdable(f.relative) is not None]
+        first, more = unusable[0], f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
+        problems.add(
+            path,
+            f"{first.location!r} holds {unholdable(first.relative)}, which no output path may hold; "
+            f"rename it{more}",
+        )
+        listing = Listing(listing.kind, usable)
+    elif listing.problem:
         problems.add(path, listing.problem)
     elif listing.kind == "glob" and not listing.found:
-        problems.add(path, f"glob {entry!r} matches no image files")
+        problems.add(path, f"glob {redact(entry)!r} matches no image files")
     elif listing.kind == "folder" and not listing.found:
-        problems.add(path, f"folder {entry!r} holds no image files")
+        problems.add(path, f"folder {redact(entry)!r} holds no image files")
     stamps.update((f.location, f.stamp) for f in listing.found if f.stamp is not None)
     return listing
 
@@ -485,7 +499,7 @@ def _load_table(source: Path) -> Manifest:
         label = f"line {i + first_line}" if source.suffix.lower() == ".csv" else f"row {i}"
         row_problems: list[tuple[str, str]] = []
         item = _table_item(row, source.parent, row_problems, f"{source}: {label}")
-        problems.items += [f"{source}: {label}: {column}: {text}" for column, text in row_problems]
+        problems.items += [redact(f"{source}: {label}: {column}: {text}") for column, text in row_problems]
         if item is not None:
             items.append(item)
     if problems.items:
@@ -525,6 +539,7 @@ def _table_item(
     style_paths = [p.strip() for p in str(row.get("style") or "").split(";") if p.strip()]
     if not style_paths:
         problems.append(("style", "empty; give an image path (';' between blended styles)"))
+    _check_table_texts(content, style_paths, str(row.get("style_name") or ""), problems)
     size = _table_size(row.get("size"), problems)
     weights = _table_weights(row.get("style_weights"), len(style_paths), problems)
     cells = {
@@ -558,6 +573,21 @@ def _table_item(
     return ItemSpec(locate(content, base), content_rel, style, size, config, where)
 
 
+def _check_table_texts(
+    content: str, style_paths: list[str], style_name: str, problems: list[tuple[str, str]]
+) -> None:
+    """A row's paths and style name, checked as a YAML manifest's are (``check_location``):
+    credentials first, never echoed; then what no output path may hold."""
+    checks = [("content", content, check_location)] if content else []
+    checks += [("style", path, check_location) for path in style_paths]
+    checks += [("style_name", style_name, check_holdable)] if style_name else []
+    for column, text, check in checks:
+        try:
+            check(text)
+        except ValueError as exc:
+            problems.append((column, str(exc)))
+
+
 def _table_size(value: Any, problems: list[tuple[str, str]]) -> int:
     try:
         number = float(value)
@@ -581,8 +611,8 @@ def _table_weights(value: Any, count: int, problems: list[tuple[str, str]]) -> t
         return (1.0,) * count
     if len(weights) != count:
         problems.append(("style_weights", f"give {count} weights, one per style image"))
-    elif weights and (any(w < 0 for w in weights) or sum(weights) <= 0):
-        problems.append(("style_weights", "give non-negative weights with a positive sum"))
+    elif weights and (any(not 0 <= w <= FLOAT32_MAX for w in weights) or sum(weights) <= 0):  # NaN too
+        problems.append(("style_weights", "give finite, non-negative weights with a positive sum"))
     return weights
 
 

@@ -18,9 +18,10 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import AfterValidator, Field, Strict, create_model, field_validator, model_validator
 
 from nst_engine.engine.config import NonNegative, Size, SynthesisConfig
+from nst_engine.engine.images import MAX_SIDE
 from nst_engine.planning.sources import DEFAULT_MAX_IMAGES
-from nst_engine.storage.paths import safe_relative
-from nst_engine.storage.uris import is_uri
+from nst_engine.storage.paths import check_holdable, safe_relative
+from nst_engine.storage.uris import check_location, is_uri
 from nst_engine.validation import Section, text_or
 
 DEFAULT_LAYOUT = "{style}/{size}/{content}.png"
@@ -28,8 +29,15 @@ LAYOUT_FIELDS = ("style", "size", "content", "content_name", "id")
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 Text = Annotated[str, Field(min_length=1)]
-#: a name may be written as a number (``name: 2024``); it is text all the same
-Name = Annotated[str, Field(coerce_numbers_to_str=True)]
+#: a name may be written as a number (``name: 2024``); it is text all the same; it becomes
+#: part of output paths ({style}) and rows, so it holds nothing an output path cannot
+Name = Annotated[str, Field(coerce_numbers_to_str=True), AfterValidator(check_holdable)]
+
+
+#: a path or URI (an image, a folder, a glob, an output root), checked by ``check_location``
+Location = Annotated[str, AfterValidator(check_location)]
+#: ... that must not be empty
+Input = Annotated[Location, Field(min_length=1)]
 
 
 def check_layout(layout: str) -> str:
@@ -76,11 +84,11 @@ def given_params(params: Section | None) -> dict[str, Any]:
 class StyleImage(Section):
     """One image of a blended style."""
 
-    path: Text = Field(description="Image file or URI, relative to the manifest.")
+    path: Input = Field(description="Image file or URI, relative to the manifest.")
     weight: NonNegative = Field(1.0, description="Its share of the blend.")
 
 
-ImageItem = text_or(StyleImage, "expected {path: FILE, weight: NUMBER}")
+ImageItem = text_or(StyleImage, "expected {path: FILE, weight: NUMBER}", Location)
 
 
 class StyleEntry(Section):
@@ -89,7 +97,7 @@ class StyleEntry(Section):
     name: Name | None = Field(
         None, description="For the layout and the results (default: the images' names)."
     )
-    image: Text | None = Field(None, description="One style image.")
+    image: Input | None = Field(None, description="One style image.")
     images: (
         Annotated[
             list[ImageItem],
@@ -116,16 +124,16 @@ class StyleEntry(Section):
 class Weights(Section):
     """The VGG-19 weights, one network for the whole manifest (``WeightsSpec``'s fields)."""
 
-    source: Text = Field(
+    source: Input = Field(
         "embedded", description="embedded, torchvision, random[:SEED], or a state-dict file (a local path)."
     )
     preprocessing: str | None = Field(None, description="For a file: torchvision (default) or caffe.")
     normalize: bool = Field(False, description="The paper's mean-activation normalization.")
-    calibration: tuple[Text, ...] = Field(
+    calibration: tuple[Input, ...] = Field(
         (), description="Images for the normalization: files, folders, globs or URIs (default: the samples)."
     )
-    calibration_size: Annotated[int, Field(ge=1)] = Field(
-        256, description="Their size for the normalization."
+    calibration_size: Annotated[int, Field(ge=1, le=MAX_SIDE)] = Field(
+        256, description=f"Their size for the normalization (at most {MAX_SIDE:,}, the largest size)."
     )
     allow_download: bool = Field(False, description="Allow downloading the torchvision weights.")
 
@@ -137,15 +145,15 @@ class Weights(Section):
         return source
 
 
-StyleItem = text_or(StyleEntry, "expected a path or a mapping with 'images'")
-WeightsItem = text_or(Weights, "expected {source: embedded|torchvision|FILE, normalize: BOOL}")
+StyleItem = text_or(StyleEntry, "expected a path or a mapping with 'images'", Location)
+WeightsItem = text_or(Weights, "expected {source: embedded|torchvision|FILE, normalize: BOOL}", Location)
 
 
 class Match(Section):
     """Which items an override applies to: all that match every key given."""
 
     style: Name | None = Field(None, description="A style's name.")
-    size: Annotated[int, Strict()] | None = Field(None, description="One of the sizes.")
+    size: Annotated[Size, Strict()] | None = Field(None, description="One of the sizes.")
     content: str | None = Field(
         None, description="A glob on the content's path relative to its folder or glob base."
     )
@@ -172,14 +180,14 @@ class ManifestFile(Section):
     }
 
     name: Name | None = Field(None, description="Recorded in every result row (default: the file name).")
-    output: str | None = Field(
+    output: Location | None = Field(
         None, description="Output root: a folder or an s3://, gs://, file:// URI (--output overrides it)."
     )
     layout: Annotated[str, AfterValidator(check_layout)] = Field(
         DEFAULT_LAYOUT,
         description="Output names: {style} {size} {content} {content_name} {id}; ends in .png.",
     )
-    contents: list[Text] = Field(
+    contents: list[Input] = Field(
         min_length=1, description="Content images: files, folders (recursive), globs, or URIs."
     )
     styles: list[StyleItem] = Field(
@@ -192,6 +200,7 @@ class ManifestFile(Section):
     params: Params | None = Field(None, description="Engine parameters for every item.")  # type: ignore[valid-type]
     weights: WeightsItem | None = Field(None, description="The VGG-19 weights: a source, or a mapping.")
     overrides: list[Override] | None = Field(None, description="Parameters for matching items.")
+    # no upper bound: a limit, only compared with a count, never stored; any value is usable
     max_images_per_entry: Annotated[int, Strict(), Field(ge=1)] = Field(
         DEFAULT_MAX_IMAGES, description="The most images one folder or glob entry may expand to."
     )

@@ -26,7 +26,7 @@ from stat import S_ISDIR as stat_is_dir
 
 import pyarrow.fs as pafs
 
-from nst_engine.storage.uris import display, is_uri, resolve
+from nst_engine.storage.uris import display, is_uri, redact, refuse_credentials, resolve
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 GLOB_CHARS = "*?["
@@ -42,10 +42,20 @@ class TooManyImagesError(Exception):
 
 @dataclass(frozen=True)
 class Stamp:
-    """What identifies a version of a file without reading it: its size and modification time."""
+    """What identifies a version of a file without reading it (the hash cache's key).
+
+    Every file has its size and modification time; a local file also its inode and ctime,
+    because a modification time can be set back (``touch -d``, ``os.utime``) but ctime
+    cannot: the kernel sets it to now on every change of the file's contents or metadata,
+    setting the modification time included, and a file replaced by another has another
+    inode. On object storage pyarrow's listing offers no ETag or generation, only size and
+    modification time, which there is the server's time of the last write (a writer
+    cannot choose it): those stay 0."""
 
     size: int
     mtime_ns: int
+    inode: int = 0  # st_ino of a local file
+    ctime_ns: int = 0  # st_ctime_ns of a local file
 
 
 @dataclass(frozen=True)
@@ -78,11 +88,22 @@ def is_glob(entry: str) -> bool:
     return any(ch in entry for ch in GLOB_CHARS)
 
 
-def stamp_of(info: pafs.FileInfo) -> Stamp | None:
-    """The stamp of a listed or looked-up file (None for anything but a file)."""
+def stamp_of(info: pafs.FileInfo, fs: pafs.FileSystem) -> Stamp | None:
+    """The stamp of a file ``fs`` listed or looked up (None for anything but a file); a
+    local file's is read whole from ``os.stat``, so its parts belong to one version."""
     if info.type != pafs.FileType.File or info.size is None:
         return None
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            return local_stamp(os.stat(info.path))
+        except OSError:  # gone since it was looked up: as a missing file, read and reported later
+            return None
     return Stamp(int(info.size), int(info.mtime_ns or 0))
+
+
+def local_stamp(info: os.stat_result) -> Stamp:
+    """The stamp of a local file from its ``stat`` (of the target, for a symlink)."""
+    return Stamp(int(info.st_size), int(info.st_mtime_ns), int(info.st_ino), int(info.st_ctime_ns))
 
 
 def _sort_key(relative: str) -> tuple[str, ...]:
@@ -101,6 +122,7 @@ def list_images(entry: str, base: Path, max_images: int = DEFAULT_MAX_IMAGES) ->
     location = locate(entry, base)
     kind = "glob" if is_glob(entry) else "file"
     try:
+        refuse_credentials(location)  # before the wildcard check: '?' starts a URI's options too
         if kind == "glob":
             root, pattern = _split_glob(location)
             return Listing("glob", tuple(_list(root, pattern, max_images)))
@@ -112,12 +134,12 @@ def list_images(entry: str, base: Path, max_images: int = DEFAULT_MAX_IMAGES) ->
             kind = "folder"
             return Listing(kind, tuple(_list(location, None, max_images)))
         name = posixpath.basename(path.rstrip("/")) or path
-        return Listing("file", (Found(location, name, stamp_of(info)),))
+        return Listing("file", (Found(location, name, stamp_of(info, fs)),))
     except TooManyImagesError:
         return Listing(kind, (), _too_many(kind, entry, max_images))
     except (OSError, ValueError) as exc:  # bad URI, no permission, unreachable endpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Listing(kind, (), f"cannot list {entry!r} ({first})")
+        return Listing(kind, (), redact(f"cannot list {entry!r} ({first})"))
 
 
 def _too_many(kind: str, entry: str, max_images: int) -> str:
@@ -125,7 +147,7 @@ def _too_many(kind: str, entry: str, max_images: int) -> str:
     what = "matches" if kind == "glob" else "holds"
     narrower = "narrow the pattern" if kind == "glob" else "list its subfolders or a glob instead"
     return (
-        f"{kind} {entry!r} {what} more than {max_images:,} images (the limit per entry); "
+        f"{kind} {redact(entry)!r} {what} more than {max_images:,} images (the limit per entry); "
         f"{narrower}, or raise the limit with '{MAX_IMAGES_KEY}: N' at the top of the manifest"
     )
 
@@ -168,7 +190,7 @@ def _walk_store(fs: pafs.FileSystem, root_path: str, depth: int | None) -> Itera
     selector = pafs.FileSelector(root_path, recursive=depth != 0, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.File:
-            stamp = stamp_of(info)
+            stamp = stamp_of(info, fs)
             yield posixpath.relpath(info.path, root_path), lambda stamp=stamp: stamp
 
 
@@ -233,10 +255,9 @@ def _walk_real(
 
 
 def _stamp(entry: os.DirEntry[str]) -> Stamp:
-    """The size and modification time of a file (of its target, for a symlink), as
-    pyarrow's ``FileInfo`` gives them, so the hash cache's keys do not change."""
-    info = entry.stat()
-    return Stamp(int(info.st_size), int(info.st_mtime_ns))
+    """The stamp of a file (of its target, for a symlink), as ``stamp_of`` gives it for a
+    file looked up alone, so an image keeps its hash cache key however it was named."""
+    return local_stamp(entry.stat())
 
 
 def _folder_key(entry: os.DirEntry[str], follow: bool) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ import pyarrow as pa
 from nst_engine import __version__
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.planning.items import WorkItem
+from nst_engine.storage.uris import redact
 
 STATUSES = ("ok", "failed", "skipped", "retried")
 
@@ -144,7 +145,9 @@ def make_row(
     **attempt_columns: Any,
 ) -> dict[str, Any]:
     """One row for an attempt at ``item``: run and item columns, the synthesis statistics
-    when it produced any, and ``attempt_columns`` (node_id, timestamps, ...) from the worker."""
+    when it produced any, and ``attempt_columns`` (node_id, timestamps, ...) from the worker.
+    Its locations pass through ``redact``: planning refuses a location with a credential,
+    and a row, kept for good, is no place to find out that one got past."""
     unknown = set(attempt_columns) - _ATTEMPT_NAMES
     if unknown:
         raise KeyError(f"not attempt columns: {', '.join(sorted(unknown))}")
@@ -156,20 +159,20 @@ def make_row(
         "status": status,
         "error": error,
         "attempt": attempt,
-        "content_path": item.content_path,
+        "content_path": redact(item.content_path),
         "content_hash": item.content_hash,
         "style_name": item.style_name,
-        "style_paths": list(item.style_paths),
+        "style_paths": [redact(path) for path in item.style_paths],
         "style_hashes": list(item.style_hashes),
         "style_weights": list(item.style_weights),
         "output_path": item.output_path,
         "size": item.size,
-        "params_json": json.dumps(config.to_params(), sort_keys=True),
+        "params_json": redact(json.dumps(config.to_params(), sort_keys=True)),  # init may be a URI
         "ratio": config.ratio,
         "iterations_requested": config.iterations,
         "optimizer": str(config.optimizer),
         "pooling": str(config.pooling),
-        "init": config.init,
+        "init": redact(config.init),
         "seed": config.seed,
         "precision": str(config.precision),
         "nst_version": __version__,

@@ -48,6 +48,7 @@ from nst_engine.errors import NSTError, one_line
 from nst_engine.results.schema import SCHEMA, columns, to_table
 from nst_engine.storage.files import TMP_PREFIX
 from nst_engine.storage.roots import OutputRoot
+from nst_engine.storage.uris import redact
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.parquet"
@@ -101,7 +102,7 @@ def read_results(
     try:
         files = _result_files(root, location if isinstance(location, str) else root.uri)
     except (OSError, ValueError, pa.ArrowException) as exc:  # unknown scheme, unreachable store
-        raise ResultsError(f"{location}: cannot read results there ({one_line(exc)})") from None
+        raise ResultsError(redact(f"{location}: cannot read results there ({one_line(exc)})")) from None
     files = _unmerged(root, files)
     if not files:
         return SCHEMA.empty_table().select(names)

@@ -8,7 +8,10 @@ because ``load_image`` (contents, styles, init and calibration images) needs it.
 Credentials and endpoints come only from the environment, as pyarrow reads them
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``
 for an S3-compatible server, ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS), never from a
-manifest, so they never end up in results or logs.
+manifest, so they never end up in results or logs. A location that carries one anyway
+(``s3://KEY:SECRET@bucket/``, ``?secret_key=...``) is refused before any other check, and
+:func:`redact` is the one function that makes any text safe to show: every message that
+may hold a location passes through it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from nst_engine.storage.paths import check_holdable
+
 # a scheme of two or more letters, so a Windows drive (``C:\\``) is never taken for one
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
-#: URI options pyarrow would take as credentials: refused, so none is written into a manifest,
-#: a results row or a log line
-_SECRET_OPTIONS = re.compile(r"[?&](access_key|secret_key|session_token)=", re.IGNORECASE)
+#: A URI inside any text (a message, a pyarrow error): up to a space or a quote.
+_URI_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]+://[^\s'\"<>`]*")
+#: URI options that carry a secret: pyarrow's own (access_key, secret_key, session_token)
+#: and the usual others (a presigned URL's X-Amz-Signature, an Azure SAS's sig, token=,
+#: password=), so none is shown whatever the store; their values run to the next option.
+_SECRET_OPTION = re.compile(
+    r"(?P<key>[?&;][\w.-]*(?:key|secret|token|password|passwd|pwd|signature|sig|credential)s?)="
+    r"(?P<value>[^&#]*)",
+    re.IGNORECASE,
+)
+#: What stands where a credential was.
+REDACTED = "***"
 
 
 class InputNotFoundError(FileNotFoundError):
@@ -39,6 +53,59 @@ def absolute(location: str) -> str:
     """A local path made absolute here, a URI as it is: what to hand to another process,
     whose working directory (a Ray worker's, on another node) is not this one's."""
     return location if is_uri(location) else Path(location).expanduser().resolve().as_posix()
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential in the URIs it holds replaced by ``***``: the user
+    info before a host or bucket (``s3://***@bucket/``) and secret-bearing options
+    (``?secret_key=***``). Text without one comes back unchanged, so this may run on
+    every message, row and log line; it is what a location with a credential looks like
+    wherever it is named."""
+    return _URI_IN_TEXT.sub(lambda uri: _redact_uri(uri.group(0)), text) if "://" in text else text
+
+
+def _redact_uri(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:  # user[:secret]@host: everything before the host goes
+        rest = f"{REDACTED}@{rest[authority.rindex('@') + 1 :]}"
+    elif _is_secret_colon(authority) and "@" in rest:
+        # KEY:SEC/RET@bucket: a '/' in an unescaped secret ends the authority early, so the
+        # user info runs to the next '@' (a '/' is common in AWS secret keys)
+        rest = f"{REDACTED}@{rest.partition('@')[2]}"
+    rest = _SECRET_OPTION.sub(lambda m: f"{m.group('key')}={REDACTED}", rest)
+    return f"{scheme}://{rest}"
+
+
+def _is_secret_colon(authority: str) -> bool:
+    """``KEY:SECRET`` rather than ``host:port``: a colon not followed by a port number."""
+    _, colon, port = authority.partition(":")
+    return bool(colon) and not port.isdigit()
+
+
+def has_credentials(location: str) -> bool:
+    """Whether ``location`` carries a credential (what :func:`redact` would hide)."""
+    return redact(location) != location
+
+
+def refuse_credentials(location: str) -> str:
+    """``location`` itself, or ``ValueError`` when it carries a credential; the message
+    names the scheme only, never the location (a secret is never echoed)."""
+    if has_credentials(location):
+        scheme = location.partition("://")[0].lower() if is_uri(location) else "location"
+        raise ValueError(
+            f"a {scheme}:// URI with credentials in it; give credentials in the environment "
+            "(AWS_ACCESS_KEY_ID, ...), never in a manifest"
+        )
+    return location
+
+
+def check_location(location: str) -> str:
+    """``location`` (a path or URI as a user wrote it) itself, or ``ValueError``: one with
+    credentials is refused before any other check, without being echoed; then one holding
+    a character no output path may hold (a NUL), since an input's name becomes part of
+    its item's output path."""
+    return check_holdable(refuse_credentials(location))
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,16 +125,10 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     local path becomes absolute. Raises ``ValueError`` (one line) for an unusable URI.
     """
     if not is_uri(location):
-        return pafs.LocalFileSystem(), Path(location).expanduser().resolve().as_posix()
+        return pafs.LocalFileSystem(), absolute(location)
+    refuse_credentials(location)  # first: every message below names the location
     scheme, _, rest = location.partition("://")
     scheme = scheme.lower()
-    # refused without echoing the URI, which holds a secret: options pyarrow takes as
-    # credentials, or user:secret@ before the bucket
-    if _SECRET_OPTIONS.search(rest) or "@" in rest.partition("/")[0]:
-        raise ValueError(
-            f"a {scheme}:// URI with credentials in it; give credentials in the environment "
-            "(AWS_ACCESS_KEY_ID, ...), never in a manifest"
-        )
     if scheme == "file":
         return pafs.LocalFileSystem(), rest or "/"
     bucket, _, key = rest.partition("/")
@@ -77,7 +138,7 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         fs = _filesystem(f"{scheme}://{bucket}")
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for unusable URIs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{location}: cannot open this filesystem ({first})") from None
+        raise ValueError(f"{location}: cannot open this filesystem ({redact(first)})") from None
     return fs, f"{bucket}/{key}".rstrip("/")
 
 
