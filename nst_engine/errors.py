@@ -36,3 +36,22 @@ def one_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+#: The most characters of a value from a file that a message shows (a lease's user name
+#: could be megabytes: a message stays one readable line).
+SHOWN_CHARACTERS = 200
+
+
+def printable(text: object, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` as a message may show it: every character Python's ``repr`` would escape
+    (control characters such as ESC, so no ANSI sequence reaches a terminal; line breaks;
+    bidirectional overrides) written as ``repr`` writes it, as the manifest errors do with
+    ``{value!r}``, but without quotes; cut to ``limit`` characters. For values read from
+    files anyone could have written (a lease, a table), never trusted to be plain text."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -155,6 +155,113 @@ def test_unreadable_lease_counts_as_held_until_its_file_is_stale(tmp_path: Path)
     assert len(warnings) == 1 and "an unreadable lease file" in warnings[0]
 
 
+def test_a_heartbeat_in_the_future_is_no_proof_of_life(root: OutputRoot) -> None:
+    """A forged lease (or one from a clock far ahead) with its heartbeat an hour from now
+    was fresh forever ("last heartbeat 0 s ago"): its distance from now is its age."""
+    root.write_bytes(LEASE_FILE, someone_else(age_seconds=-3600).to_json())
+    warnings: list[str] = []
+    with new_lease(root, warnings) as lease:
+        assert read_holder(root).owner == lease.holder.owner
+    assert len(warnings) == 1 and "took over the lease of" in warnings[0], warnings
+    assert "heartbeat time 3600 s in the future" in warnings[0] and "0 s ago" not in warnings[0]
+
+    root.write_bytes(LEASE_FILE, someone_else(age_seconds=-30).to_json())  # a clock a little ahead
+    with pytest.raises(LeaseHeldError, match=r"heartbeat time (29|30) s in the future"):
+        new_lease(root).acquire()  # blocks, but only until 60 s past that time (tested above)
+
+
+def test_an_unreadable_lease_modified_in_the_future_is_stale(tmp_path: Path) -> None:
+    root = OutputRoot(str(tmp_path / "out"))
+    path = Path(root.full_path(LEASE_FILE))
+    path.parent.mkdir(parents=True)
+    path.write_text("not a lease")
+    os.utime(path, (time.time() + 3600, time.time() + 3600))
+    warnings: list[str] = []
+    with new_lease(root, warnings):
+        pass
+    assert len(warnings) == 1 and "in the future" in warnings[0], warnings
+
+
+def test_every_held_lease_message_says_how_to_clear_a_stale_lease(root: OutputRoot) -> None:
+    """The refusal, the ``--wait`` line and ``nst plan``'s note each name ``--wait`` or the
+    takeover, and the exact command that removes the lease file."""
+    root.write_bytes(LEASE_FILE, someone_else(age_seconds=5).to_json())
+    remove = f"rm {root.full_path(LEASE_FILE)}" if root.is_local else f"aws s3 rm {root.uri}/{LEASE_FILE}"
+    note = lease_note(root.uri) or ""
+    with pytest.raises(LeaseHeldError) as refused:
+        new_lease(root).acquire()
+    said: list[str] = []
+    threading.Timer(0.5, lambda: root.delete(LEASE_FILE)).start()  # as its owner would, once gone
+    new_lease(root).acquire(wait=True, on_wait=said.append, poll=0.1).release()
+    for message in (str(refused.value), said[0], note):
+        assert "\n" not in message and "if that run is gone" in message, message
+        assert f"taken over 60 s after its last heartbeat, or remove it now: {remove}" in message, message
+    assert "rerun with --wait" in str(refused.value)
+
+
+#: Lease fields as an adversary writes them: colours, a cleared screen, a terminal title
+#: (ESC ] ... BEL), a line break, a C1 control sequence introducer.
+HOSTILE = {
+    "user": "\x1b[31mroot\x1b[0m\x1b[2J",
+    "host": "\x1b]0;pwned\x07box",
+    "command": "nst render\nerror: fake line",
+    "manifest": "m\x9b31m.yaml",
+}
+
+
+def test_lease_fields_are_escaped_before_they_are_shown(root: OutputRoot) -> None:
+    """Every field of a lease reaches a message escaped as the manifest errors' ``!r`` does."""
+    root.write_bytes(LEASE_FILE, replace(someone_else(age_seconds=5), **HOSTILE).to_json())
+    with pytest.raises(LeaseHeldError) as refused:
+        new_lease(root).acquire()
+    note = lease_note(root.uri) or ""
+    for message in (str(refused.value), note):
+        assert not any(c in message for c in "\x1b\x07\x9b\n"), repr(message)
+        for value in HOSTILE.values():
+            assert repr(value)[1:-1] in message, (value, message)
+    root.write_bytes(LEASE_FILE, replace(someone_else(age_seconds=300), **HOSTILE).to_json())
+    warnings: list[str] = []
+    new_lease(root, warnings).acquire().release()
+    assert warnings and not any(c in warnings[0] for c in "\x1b\x07\x9b\n"), warnings
+
+
+def test_cli_shows_no_escape_sequence_from_a_lease(tmp_path: Path) -> None:
+    """``nst plan`` and a refused ``nst render``, as a terminal would get them."""
+    manifest = tiny_manifest(tmp_path)
+    OutputRoot(str(tmp_path / "out")).write_bytes(
+        LEASE_FILE, replace(someone_else(age_seconds=5), **HOSTILE).to_json()
+    )
+    planned = nst("plan", str(manifest))
+    refused = nst("render", str(manifest), "-q")
+    assert (planned.returncode, refused.returncode) == (0, 2), (planned.stderr, refused.stderr)
+    for stderr in (planned.stderr, refused.stderr):
+        assert "\x1b" not in stderr and "\x07" not in stderr and "\x9b" not in stderr, repr(stderr)
+        assert "\\x1b[31mroot" in stderr and "fake line" in stderr, stderr
+    assert not any(line.startswith("error: fake line") for line in refused.stderr.splitlines())
+
+
+def test_a_dangling_link_as_lease_is_one_error_not_a_busy_loop(tmp_path: Path) -> None:
+    """The link reads as no lease and every exclusive create fails on it: ``nst render``
+    spun at 100 % CPU with no output. Now one error line names the link and what to do;
+    the link is neither followed (nothing created where it points) nor removed."""
+    manifest = tiny_manifest(tmp_path)
+    output = tmp_path / "out"
+    output.mkdir()
+    nowhere = tmp_path / "elsewhere" / "lease.json"
+    (output / LEASE_FILE).symlink_to(nowhere)
+    started = time.monotonic()
+    refused = nst("render", str(manifest), "-q", timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    said = " ".join(refused.stderr.split())  # rich wraps long lines
+    for part in (str(output / LEASE_FILE), "symbolic link to", str(nowhere), "does not exist", "rm "):
+        assert part in said, said
+    assert time.monotonic() - started < 60
+    assert (output / LEASE_FILE).is_symlink() and not nowhere.exists() and not nowhere.parent.exists()
+    assert "which does not exist" in (lease_note(str(output)) or "")  # nst plan says so too
+
+
 def race(root: OutputRoot, contenders: int, settle: float) -> list[Lease]:
     """``contenders`` threads acquiring at once; returns the leases that were granted."""
     start = threading.Barrier(contenders)
@@ -194,9 +301,9 @@ def test_racing_acquirers_on_s3_exactly_one_wins(s3: S3Server) -> None:
     won[0].release()
 
 
-def nst(*args: str) -> subprocess.CompletedProcess:
+def nst(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "nst_engine.cli.main", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_plan_names_the_holder_and_bench_scaling_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,37 @@ def test_cli_render_prints_summary_and_fails_on_failed_items(tmp_path: Path) -> 
     assert again.returncode == 1, again.stderr  # the bad input is still a failed item
     said = " ".join(again.stderr.split())  # rich wraps long lines
     assert "no cluster (nothing to render)" in said and "Traceback" not in said
+
+
+def test_a_damaged_results_table_moved_aside_as_advised_renders_nothing_again(tmp_path: Path) -> None:
+    """A damaged results.parquet stops the rerun with one line saying what to do; doing it
+    (the ``mv`` in the message, run as it is) and rerunning renders nothing: every finished
+    item is recovered from its image, which stays as it was."""
+    manifest = tiny_manifest(tmp_path, contents=2, styles=1)
+    output = tmp_path / "out"
+    base = [sys.executable, "-m", "nst_engine.cli.main", "render", str(manifest), "--cpu-actors", "1", "-q"]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    images = {p: p.stat().st_mtime_ns for p in assert_outputs_whole(output)}
+    assert len(images) == 2
+    (output / "results.parquet").write_bytes(b"PAR1 damaged by a full disk")
+
+    refused = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"{output / 'results.parquet'}: not a Parquet file" in errors[0], errors
+    advice = re.search(r"move it aside \((mv [^)]*)\) and run nst render again", errors[0])
+    assert advice and "recovers every finished item from its image" in errors[0], errors
+    subprocess.run(shlex.split(advice.group(1)), check=True)
+
+    again = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    said = " ".join(again.stderr.split())  # rich wraps long lines
+    assert "2 recovered from their images, 0 to render" in said, said
+    assert "no cluster (nothing to render)" in said, said
+    runs = read_runs(str(output)).sort_by("started_at").to_pylist()
+    assert [(r["rendered"], r["skipped"], r["recovered"]) for r in runs][-1] == (0, 2, 2), runs
+    assert {p: p.stat().st_mtime_ns for p in assert_outputs_whole(output)} == images  # none redone
+    ok = [r for r in rows(output) if r["status"] == "ok"]
+    assert sorted(r["output_path"] for r in ok) == sorted(p.relative_to(output).as_posix() for p in images)

@@ -34,6 +34,7 @@ from nst_engine.results.table import (
     ResultTable,
     merge_files,
     read_results,
+    where_rows_are,
 )
 from nst_engine.storage.paths import UnsafePathError, safe_relative
 from nst_engine.storage.roots import TMP_PREFIX, OutputRoot
@@ -369,6 +370,46 @@ def test_a_parquet_file_that_is_not_a_results_table_is_named(tmp_path: Path) -> 
     (tmp_path / RESULTS_FILE).write_bytes(b"not parquet at all")
     with pytest.raises(ResultsError, match="not a Parquet file"):
         read_results(tmp_path)
+
+
+def test_a_damaged_table_file_says_how_to_recover(tmp_path: Path, work: list[WorkItem]) -> None:
+    """The error names the damaged file of the output root and the move that recovers from
+    it (after which the table reads again); a file the user named gets no such advice."""
+    root = OutputRoot(str(tmp_path))
+    ResultTable(root).append([make_row(work[0], "ok", 1, stats=fake_stats(work[0]))])
+    part = next((tmp_path / PARTS_DIR).glob("*.parquet"))
+    for damaged, left in ((tmp_path / RESULTS_FILE, 1), (part, 0)):
+        damaged.write_bytes(b"not parquet at all")
+        with pytest.raises(ResultsError) as error:
+            read_results(tmp_path)
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{damaged}: not a Parquet file"), message
+        assert f"move it aside (mv {damaged} {damaged}.damaged) and run nst render again" in message
+        assert "recovers every finished item from its image" in message
+        damaged.rename(f"{damaged}.damaged")  # as advised: no table's file any more
+        assert read_results(tmp_path).num_rows == left
+    named = tmp_path / "mine.parquet"
+    named.write_bytes(b"not parquet at all")
+    with pytest.raises(ResultsError) as error:
+        read_results(str(named))
+    assert "move it aside" not in str(error.value)
+
+
+def test_where_rows_are_never_names_a_missing_file(tmp_path: Path, work: list[WorkItem]) -> None:
+    """After a run stopped before its final merge the rows are only in part files: the
+    summary names the root, the parts and how to read them, not results.parquet."""
+    root = OutputRoot(str(tmp_path / "out"))
+    assert where_rows_are(root) == f"none yet in {tmp_path / 'out'}"
+    store = ResultTable(root)
+    store.append([make_row(item, "ok", 1, stats=fake_stats(item)) for item in work[:2]])
+    said = where_rows_are(root)
+    assert not (tmp_path / "out" / RESULTS_FILE).exists() and RESULTS_FILE + " and" not in said
+    assert said.startswith(f"{tmp_path / 'out'} (1 part file in {PARTS_DIR}/"), said
+    assert f"read_results('{tmp_path / 'out'}') reads them all now" in said
+    store.compact()
+    assert where_rows_are(root) == str(tmp_path / "out" / RESULTS_FILE)
+    store.append([make_row(work[2], "ok", 1, stats=fake_stats(work[2]))])
+    assert f"({RESULTS_FILE} and 1 part file in {PARTS_DIR}/" in where_rows_are(root)
 
 
 def test_no_timed_iteration_is_null_not_nan(tmp_path: Path, work: list[WorkItem]) -> None:

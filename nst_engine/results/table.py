@@ -34,6 +34,7 @@ import json
 import logging
 import posixpath
 import re
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -143,12 +144,56 @@ def _merged_sources(root: OutputRoot, path: str) -> set[str]:
     try:
         schema = pq.read_schema(path, filesystem=root.filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ResultsError(f"{shown}: not a Parquet file ({one_line(exc)})") from None
+        raise ResultsError(f"{shown}: not a Parquet file ({one_line(exc)}){_recovery(root, path)}") from None
     missing = [c for c in IDENTITY_COLUMNS if c not in schema.names]
     if missing:
-        raise ResultsError(f"{shown}: not an nst results table: missing columns {', '.join(missing)}")
+        raise ResultsError(
+            f"{shown}: not an nst results table: missing columns {', '.join(missing)}{_recovery(root, path)}"
+        )
     raw = (schema.metadata or {}).get(MERGED_KEY)
     return set(json.loads(raw)) if raw else set()
+
+
+def _recovery(root: OutputRoot, path: str) -> str:
+    """What to do about a damaged table file of an output root (its ``results.parquet`` or
+    a part), as the end of its error; "" for any other file (one named by the user).
+
+    Moving it aside loses no finished item: the next run reads the rows left, finds the
+    images whose rows are gone and records them as ok from their PNG text
+    (``results.resume``), rendering none again; the file moved keeps the old rows (their
+    timings) for whoever wants them. Renamed to end in ``.damaged``, it is no table's any
+    more (only ``*.parquet`` names are read)."""
+    base = posixpath.dirname(root.full_path(RESULTS_FILE))
+    relative = posixpath.relpath(path, base)
+    if relative != RESULTS_FILE and posixpath.dirname(relative) != PARTS_DIR:
+        return ""
+    shown = root.display_full(path)
+    move = f"mv {shlex.quote(shown)} {shlex.quote(shown + '.damaged')}" if root.is_local else None
+    aside = f"({move})" if move else f"(rename it to {posixpath.basename(path)}.damaged)"
+    return (
+        f"; move it aside {aside} and run nst render again: it recovers every finished item "
+        "from its image, rendering none again"
+    )
+
+
+def where_rows_are(root: OutputRoot) -> str:
+    """Where ``root``'s result rows are now, for a summary: its ``results.parquet`` when
+    that holds them all; else the root, with the part files that hold (some of) them
+    (a run stopped before its final merge leaves them; the next run merges them) and how
+    to read them. Never a file that does not exist."""
+    folder = posixpath.dirname(root.display(RESULTS_FILE))
+    try:
+        merged = root.exists(RESULTS_FILE)
+        parts = len(root.list_files(PARTS_DIR, ".parquet"))
+    except (OSError, ValueError, pa.ArrowException):  # a summary line never fails a run
+        return folder
+    if not parts:
+        return root.display(RESULTS_FILE) if merged else f"none yet in {folder}"
+    held = f"{RESULTS_FILE} and " if merged else ""
+    return (
+        f"{folder} ({held}{parts} part file{'s' if parts > 1 else ''} in {PARTS_DIR}/, merged into "
+        f"{RESULTS_FILE} by the next run; read_results({folder!r}) reads them all now)"
+    )
 
 
 def _level(name: str) -> int:

@@ -67,7 +67,7 @@ def scaling(request: ScalingRequest, listener: Listener | None = None) -> Measur
     listener as it comes."""
     from nst_engine.distributed.bench import batched_items, items_per_second
     from nst_engine.planning.items import expand
-    from nst_engine.results.table import RESULTS_FILE
+    from nst_engine.results.table import where_rows_are
     from nst_engine.storage.roots import OutputRoot
 
     listener = listener or Silent()
@@ -81,7 +81,7 @@ def scaling(request: ScalingRequest, listener: Listener | None = None) -> Measur
     throughput = (
         items_per_second(rows, batched_items(items, request.batches)[1]) if len(request.batches) > 1 else {}
     )
-    return Measured(rows, throughput, root.display(RESULTS_FILE), root.uri, lost)
+    return Measured(rows, throughput, where_rows_are(root), root.uri, lost)
 
 
 def _manifest(request: ScalingRequest) -> Manifest:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nst_engine.distributed.options import PoolOptions
-from nst_engine.results.table import RESULTS_FILE
+from nst_engine.results.table import where_rows_are
 from nst_engine.runs.events import Listener, Silent
 from nst_engine.runs.lease import held
 from nst_engine.runs.prepare import Prepared, plan, prepare
@@ -36,8 +36,10 @@ class RenderRequest:
 
 @dataclass(frozen=True)
 class Rendered:
-    """What a render did: ``summary`` (rendered, skipped, failed, interrupted), the results'
-    location, the plan it followed, and why its lease was lost (None: it was not)."""
+    """What a render did: ``summary`` (rendered, skipped, failed, interrupted), where its
+    result rows are (``results.where_rows_are``: results.parquet, or the root and its parts
+    when the run stopped before its final merge), the plan it followed, and why its lease
+    was lost (None: it was not)."""
 
     summary: RunSummary
     results: str
@@ -58,7 +60,7 @@ def render(request: RenderRequest, listener: Listener | None = None) -> Rendered
         listener.note(render_plan.one_line())
         summary = _run(prepared, render_plan, request, root, lease.check, listener)
         lost = lease.lost
-    return Rendered(summary, root.display(RESULTS_FILE), render_plan, lost)
+    return Rendered(summary, where_rows_are(root), render_plan, lost)
 
 
 def _run(

@@ -40,7 +40,16 @@ Creating it, and what that guarantees:
 
 Clocks: staleness compares the holder's heartbeat time with the reader's clock, so hosts
 sharing a root need clocks within a few seconds of each other (NTP); the 60 s timeout
-leaves 50 s of margin over the 10 s heartbeat.
+leaves 50 s of margin over the 10 s heartbeat. A heartbeat time in the future proves no
+life either: its distance from now counts as its age, so a clock off by more than
+``STALE_SECONDS`` (or a lease forged with a far-off time) is stale at once, and one a
+little ahead blocks for at most that much longer than ``STALE_SECONDS``.
+
+What a lease says is shown to people (who holds it, and what to do), never trusted to be
+plain text: anyone who can write the root can write it, so every field is shown through
+``errors.printable`` (no terminal escape sequence passes). The lease file is a plain
+file; a symbolic link there (which no run makes) that points nowhere is an error naming
+it, never followed (a create through it would write wherever it points).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ import json
 import logging
 import os
 import posixpath
+import shlex
 import socket
 import threading
 import time
@@ -62,7 +72,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from nst_engine.errors import NSTError, one_line
+from nst_engine.errors import NSTError, one_line, printable
 from nst_engine.storage.files import TMP_PREFIX, write_atomic
 from nst_engine.storage.roots import OutputRoot
 
@@ -79,6 +89,15 @@ STALE_SECONDS = 60.0
 SETTLE_SECONDS = 2.0
 #: How often ``--wait`` looks at the lease again (seconds).
 WAIT_POLL_SECONDS = 2.0
+#: A try that finds no live holder but cannot create the lease pauses this long times the
+#: tries so far before it looks again (never a busy loop) ...
+RETRY_PAUSE_SECONDS = 0.05
+#: ... and after this many tries says so rather than try forever: a lease file that stays
+#: in the way unseen is no race (racing runs settle in one or two tries).
+MAX_CREATE_TRIES = 20
+#: How a heartbeat time ahead of this clock by more than this (seconds) is described: as
+#: lying in the future (a smaller lead is the clocks' usual disagreement).
+FUTURE_SLACK_SECONDS = 1.0
 
 
 class LeaseHeldError(NSTError):
@@ -87,6 +106,11 @@ class LeaseHeldError(NSTError):
 
 class LeaseLostError(NSTError):
     """This run's lease was taken over (or deleted) while it ran."""
+
+
+class LeaseFileError(NSTError):
+    """The lease file is something no run made (a symbolic link to nothing) or cannot be
+    created for a reason no other run explains: the user must look at it."""
 
 
 def _now() -> datetime:
@@ -174,12 +198,27 @@ class Holder:
         known.update(heartbeat_at=_utc(known["heartbeat_at"]))
         return cls(**known)
 
+    def since(self) -> float:
+        """Seconds since the last heartbeat by this machine's clock (negative: a heartbeat
+        time in the future)."""
+        return (_now() - self.heartbeat_at).total_seconds()
+
     def age(self) -> float:
-        """Seconds since the last heartbeat."""
-        return max(0.0, (_now() - self.heartbeat_at).total_seconds())
+        """How far the last heartbeat is from now, either way: a time in the future is no
+        proof of life (a clock that is off, or a forged lease), so it ages like a past one."""
+        return abs(self.since())
 
     def stale(self, timeout: float = STALE_SECONDS) -> bool:
         return self.age() > timeout
+
+    def why_stale(self, timeout: float = STALE_SECONDS) -> str:
+        """Why a stale lease is taken over, in a phrase."""
+        if self.since() < 0:
+            return (
+                f"its heartbeat time lies over {timeout:.0f} s in the future, which no clock "
+                "in step with this one writes, so it is no sign of a live run"
+            )
+        return f"no heartbeat for over {timeout:.0f} s, so its run is gone or stuck"
 
     def gone(self) -> bool:
         """The holder ran on this machine (same boot, same pid namespace) and its process
@@ -194,19 +233,43 @@ class Holder:
         )
 
     def describe(self) -> str:
-        """The holder in one phrase: what runs, who and where, since when, last heartbeat."""
-        what = f"{self.command} of {self.manifest}" if self.manifest else self.command
-        return (
-            f"{what} ({self.user}@{self.host}, pid {self.pid}, since "
-            f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC, last heartbeat {self.age():.0f} s ago)"
+        """The holder in one phrase: what runs, who and where, since when, last heartbeat;
+        each field as the file has it, escaped (``printable``): anyone may have written it."""
+        command, user, host = printable(self.command), printable(self.user), printable(self.host)
+        what = f"{command} of {printable(self.manifest)}" if self.manifest else command
+        since = self.since()
+        beat = (
+            f"heartbeat time {-since:.0f} s in the future"
+            if since < -FUTURE_SLACK_SECONDS
+            else f"last heartbeat {max(since, 0.0):.0f} s ago"
         )
+        return (
+            f"{what} ({user}@{host}, pid {self.pid}, since {self.started_at:%Y-%m-%d %H:%M:%S} UTC, {beat})"
+        )
+
+
+def removal(root: OutputRoot) -> str:
+    """The command that deletes ``root``'s lease file, for a person to run."""
+    where = root.display(LEASE_FILE)
+    if root.is_local:
+        return f"rm {shlex.quote(printable(where))}"
+    tool = {"s3": "aws s3 rm", "gs": "gcloud storage rm"}.get(root.uri.split("://", 1)[0], "delete")
+    return f"{tool} {printable(where)}"
+
+
+def clear_hint(root: OutputRoot) -> str:
+    """How to clear a stale lease, in a clause: every message about a held lease ends so."""
+    return (
+        f"if that run is gone, its lease is taken over {STALE_SECONDS:.0f} s after its last "
+        f"heartbeat, or remove it now: {removal(root)}"
+    )
 
 
 def held_message(root: OutputRoot, holder: Holder) -> str:
     """The one-line refusal of a run on a root whose lease ``holder`` has."""
     return (
-        f"{root.uri}: in use by {holder.describe()}; rerun with --wait to start when it ends, "
-        "or wait until it finishes"
+        f"{printable(root.uri)}: in use by {holder.describe()}; rerun with --wait to start when it "
+        f"ends, or wait until it finishes; {clear_hint(root)}"
     )
 
 
@@ -220,15 +283,25 @@ def read_holder(location: str | OutputRoot) -> Holder | None:
 def lease_note(location: str | OutputRoot) -> str | None:
     """The root's lease in one line for a report (``nst plan``): its holder and age, or
     None when there is none or it cannot be read (a report never fails on it)."""
+    root = location if isinstance(location, OutputRoot) else OutputRoot(str(location))
+    lease = Lease(root, "read")
     try:
-        holder = read_holder(location)
+        holder = lease.read()
+        dangling = lease.dangling() if holder is None else None
     except (OSError, ValueError, pa.ArrowException):
         return None
+    if dangling is not None:
+        return (
+            f"a symbolic link to {printable(dangling)}, which does not exist; "
+            f"nst render stops until it is removed: {removal(root)}"
+        )
     if holder is None:
         return None
     if holder.stale():
         return f"stale: {holder.describe()}; the next run takes it over"
-    return f"held by {holder.describe()}; nst render stops (or waits, --wait) until it ends"
+    return (
+        f"held by {holder.describe()}; nst render stops (or waits, --wait) until it ends; {clear_hint(root)}"
+    )
 
 
 class Lease:
@@ -250,6 +323,7 @@ class Lease:
         settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
         self.root = root
+        self.where = printable(root.uri)  # the root as messages name it
         self.holder = Holder.mine(command, manifest)
         self.warn = warn
         self.heartbeat_seconds = heartbeat_seconds
@@ -277,7 +351,7 @@ class Lease:
             if not wait:
                 raise LeaseHeldError(held_message(self.root, holder))
             if not self.waited and on_wait is not None:
-                on_wait(f"{self.root.uri}: waiting for {holder.describe()} to finish")
+                on_wait(f"{self.where}: waiting for {holder.describe()} to finish; {clear_hint(self.root)}")
             self.waited = True
             time.sleep(poll)
         self.held = True
@@ -300,7 +374,7 @@ class Lease:
                 self.root.filesystem.delete_file(self._path)
         except OSError as exc:
             self.warn(
-                f"{self.root.uri}: could not release the lease ({one_line(exc)}); "
+                f"{self.where}: could not release the lease ({one_line(exc)}); "
                 f"it goes stale in {self.stale_seconds:.0f} s"
             )
 
@@ -346,20 +420,45 @@ class Lease:
 
     def _attempt(self) -> Holder | None:
         """One try: None when the lease is ours now, else the live holder in the way."""
-        while True:
+        for tries in range(1, MAX_CREATE_TRIES + 1):
             current = self.read()
             if current is not None and not current.stale(self.stale_seconds) and not current.gone():
                 return current
             if (current is None or self._clear_stale(current)) and self._create():
                 if current is not None:
-                    why = (
-                        "its process is gone"
-                        if current.gone()
-                        else f"no heartbeat for over {self.stale_seconds:.0f} s, so its run is gone or stuck"
-                    )
-                    self.warn(f"{self.root.uri}: took over the lease of {current.describe()}: {why}")
+                    why = "its process is gone" if current.gone() else current.why_stale(self.stale_seconds)
+                    self.warn(f"{self.where}: took over the lease of {current.describe()}: {why}")
                 return None
-            # another run won this race: look again (it holds the lease now, or has already left)
+            # another run won this race: look again (it holds the lease now, or has already
+            # left), unless what is in the way is no run's (a dangling link reads as no
+            # lease and fails every create: without this, a busy loop)
+            if current is None and (target := self.dangling()) is not None:
+                raise LeaseFileError(self._dangling_message(target))
+            time.sleep(RETRY_PAUSE_SECONDS * tries)
+        raise LeaseFileError(
+            f"{printable(self.root.display(LEASE_FILE))}: cannot create the output root's lease "
+            f"although no live run holds it ({MAX_CREATE_TRIES} tries); look at that file, "
+            f"remove it if no run uses the root ({removal(self.root)}), and run again"
+        )
+
+    def dangling(self) -> str | None:
+        """Where the local lease file is a symbolic link to nothing: its target (else None)."""
+        if not self.root.is_local:
+            return None
+        try:
+            target = os.readlink(self._path)
+        except OSError:  # no file, or a plain one
+            return None
+        return None if os.path.exists(self._path) else target
+
+    def _dangling_message(self, target: str) -> str:
+        """Why a dangling link is not treated as no lease: a create through it would write
+        wherever it points, and deleting a link no run made hides whoever made it."""
+        return (
+            f"{printable(self.root.display(LEASE_FILE))}: the output root's lease file is a symbolic "
+            f"link to {printable(target)}, which does not exist (runs never make links there); "
+            f"remove it ({removal(self.root)}) and run again"
+        )
 
     def _create(self) -> bool:
         """Write our lease where there is none (or only a stale one); True if it is ours."""
@@ -430,12 +529,12 @@ class Lease:
                 failing = False
             except (OSError, ValueError, pa.ArrowException) as exc:  # a storage hiccup: try again
                 if not failing:
-                    self.warn(f"{self.root.uri}: could not renew the lease ({one_line(exc)}); retrying")
+                    self.warn(f"{self.where}: could not renew the lease ({one_line(exc)}); retrying")
                 failing = True
             except Exception as exc:  # anything else would end the heartbeat unseen: the
                 # lease would go stale and be taken over while this run still writes
                 self._lost = (
-                    f"{self.root.uri}: the lease's heartbeat failed ({one_line(exc)}); "
+                    f"{self.where}: the lease's heartbeat failed ({one_line(exc)}); "
                     "this run must stop writing there"
                 )
                 self.warn(self._lost)
@@ -443,5 +542,5 @@ class Lease:
 
     def _lose(self, current: Holder | None) -> None:
         who = f"taken over by {current.describe()}" if current is not None else "deleted"
-        self._lost = f"{self.root.uri}: this run's lease was {who}; this run must stop writing there"
+        self._lost = f"{self.where}: this run's lease was {who}; this run must stop writing there"
         self.warn(self._lost)
