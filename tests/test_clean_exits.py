@@ -15,12 +15,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from nst_engine.distributed import runtime
+from nst_engine.results.runs import read_runs
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
@@ -181,6 +184,101 @@ def test_ctrl_c_prints_what_finished_and_exits_130(tmp_path: Path) -> None:
     assert token.read_text() == "0" * 64 and token.stat().st_mode & 0o777 == 0o600
     finished = [r for r in rows(tmp_path / "out") if r["status"] == "ok"]
     assert finished, "the rows of items finished before Ctrl-C are written"
+
+
+def _started(pid: int) -> str:
+    """When ``pid`` started (clock ticks since boot): with the pid, one process, whatever its pid's reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _recorded_as(output: Path, state: str) -> bool:
+    with contextlib.suppress(Exception):  # not written yet, or being replaced
+        return state in read_runs(str(output)).column("state").to_pylist()
+    return False
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_ends_the_driver_when_ray_stops_answering(tmp_path: Path, presses: int) -> None:
+    """A loaded machine starves the embedded GCS and raylet, and ray.shutdown()'s calls to
+    them have no deadline: the driver waited for them for over a minute after Ctrl-C.
+    Stopped here (SIGSTOP) so the wait is certain, it must not be forever: the driver
+    writes what finished, gives up on Ray, exits 130, and leaves none of its Ray behind.
+    A second Ctrl-C while it waits still ends in 130, without a traceback."""
+    manifest = tiny_manifest(tmp_path, contents=4, styles=1, iterations=LONG)
+    home = tmp_path / "home"
+    home.mkdir()
+    output = tmp_path / "out"
+    render = start_render(manifest, home, "--workers", "1")
+    session: dict[int, str] = {}
+
+    def leftovers() -> list[int]:
+        return [p for p, started in session.items() if alive(p) and _started(p) == started]
+
+    try:
+        wait_for(lambda: len(pngs(output)) >= 2, 300, "a second image", render)
+        session = {pid: _started(pid) for pid in ray_processes(render.pid) if alive(pid)}
+        core = [p for p in session if _cmd(p).split(b"\0")[0].endswith((b"/gcs_server", b"/raylet"))]
+        assert len(core) == 2, [_cmd(p)[:60] for p in session]
+        for pid in core:
+            os.kill(pid, signal.SIGSTOP)
+        render.send_signal(signal.SIGINT)
+        if presses == 2:  # once the run is recorded, the driver waits for Ray's shutdown
+            wait_for(lambda: _recorded_as(output, "interrupted"), 60, "the run's record", render)
+            render.send_signal(signal.SIGINT)
+        _, stderr = render.communicate(timeout=30)  # far above the deadline; before: forever
+        deadline = time.monotonic() + 5
+        while leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [(p, _cmd(p)[:60]) for p in leftovers()]
+    finally:
+        render.kill()
+        for pid in leftovers():  # what the driver left (stopped ones too): not for the next test
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert render.returncode == 130, stderr
+    assert "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr, stderr
+    if presses == 1:
+        assert " of 4 items finished" in stderr, stderr
+    assert [r for r in rows(output) if r["status"] == "ok"], "the rows of finished items are written"
+    assert not left, left
+
+
+@pytest.fixture
+def hanging_shutdown(monkeypatch: pytest.MonkeyPatch):
+    """A connected Ray whose ``ray.shutdown()`` returns only once the event is set."""
+    release = threading.Event()
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(runtime.ray, "shutdown", release.wait)
+    yield release
+    release.set()
+
+
+def test_disconnect_leaves_a_hanging_shutdown_after_its_deadline(
+    hanging_shutdown: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "SHUTDOWN_SECONDS", 0.1)
+    runtime.disconnect()  # returns: it did not wait for ever
+    assert runtime.shutdown_unfinished()  # so the CLI ends with os._exit
+    hanging_shutdown.set()
+    deadline = time.monotonic() + 10
+    while runtime.shutdown_unfinished() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not runtime.shutdown_unfinished()
+
+
+def test_a_second_ctrl_c_ends_the_wait_and_the_shutdown_is_still_known_unfinished(
+    hanging_shutdown: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "SHUTDOWN_SECONDS", 60.0)  # the Ctrl-C comes first
+    # a real SIGINT to the main thread: interrupt_main() would not end a waiting lock
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        runtime.disconnect()
+    assert runtime.shutdown_unfinished()  # (an interrupted Thread.join calls it stopped)
 
 
 def test_sigkill_leaves_no_ray_process_and_the_rerun_renders_nothing_twice(tmp_path: Path) -> None:

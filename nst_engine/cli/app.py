@@ -88,7 +88,9 @@ R = TypeVar("R")
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """The one place a command's errors become exit codes: anything the user must fix
     (``NSTError``, from the run layer or an option) is one ``error:`` line and exit 2; a
-    command's other outcomes (1: items failed; 130/143: stopped) it raises itself."""
+    command's other outcomes (1: items failed; 130/143: stopped) it raises itself. A
+    Ctrl-C or SIGTERM the command does not handle (before a run, or a second one while a
+    stopped run exits) is one line and 130/143 too; typer would exit 130 without a word."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -96,6 +98,8 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except NSTError as exc:
             raise fail(exc) from None
+        except KeyboardInterrupt:
+            raise fail(stopped_by(), exit_code()) from None
 
     return wrapper
 

@@ -1,7 +1,9 @@
 """Entry point of the ``nst`` command: registers every sub-command on the app."""
 # ruff: noqa: I001  (import order is the order of the commands in --help)
 
+import os
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -34,7 +36,21 @@ def main() -> None:
         context = getattr(exc, "ctx", None)
         hint = f" (see '{context.command_path} --help')" if context is not None else ""
         code = fail(f"{exc.format_message()}{hint}", exc.exit_code).exit_code
-    sys.exit(code if isinstance(code, int) else 0)
+    end(code if isinstance(code, int) else 0)
+
+
+def end(code: int) -> NoReturn:
+    """Exit with ``code``; at once (``os._exit``, the output flushed) when Ray's shutdown
+    was left running (``runtime.shutdown_unfinished``: slow, or cut short by a second
+    Ctrl-C), since finalizing the interpreter under it crashed the process. The run's
+    rows, record and lease are settled by then, and the watchdog has killed whatever
+    was left of the embedded cluster."""
+    runtime = sys.modules.get("nst_engine.distributed.runtime")  # loaded only with Ray
+    if runtime is not None and runtime.shutdown_unfinished():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
 import logging
@@ -9,6 +10,7 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import ray
@@ -21,8 +23,19 @@ LOCALHOST = "127.0.0.1"
 #: Ray's switch for "a cluster of one machine on the loopback interface" (its default on
 #: macOS and Windows); read by Ray's processes at import, hence set in the environment.
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Seconds ``ray.shutdown()`` may take before the driver goes on without it. It takes
+#: 1-2 s, alone or on a 2-core machine loaded to 6 (most of it Ray's processes ending on
+#: SIGTERM), but its calls to the GCS (closing the log and error subscriptions, joining
+#: the threads that poll them) have no deadline: a GCS stopped never answers, one
+#: starved of CPU answers late (a Ctrl-C on such a machine was seen not to end within
+#: 60 s). 5 s spares the usual shutdown and ends a stopped run within seconds.
+SHUTDOWN_SECONDS = 5.0
 #: The watchdog of the embedded cluster (see ``reaper``), while one runs.
 _watchdog: subprocess.Popen | None = None
+#: Set once the last ``ray.shutdown()`` (``disconnect``) has returned.
+_shutdown_done: threading.Event | None = None
+
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
@@ -171,9 +184,59 @@ def autoscaler_max_resources() -> dict[str, float] | None:
 
 
 def disconnect() -> None:
-    """Leave the cluster; an embedded one is stopped, and its watchdog with it."""
+    """Leave the cluster; an embedded one is stopped, and its watchdog with it.
+
+    Called once the run's rows and record are written, so only the exit waits for it:
+    ``ray.shutdown()`` gets ``SHUTDOWN_SECONDS``, and when it takes longer, or a second
+    Ctrl-C cuts the wait short, the driver goes on without it (``shutdown_unfinished``
+    then says so). Stopping the watchdog SIGKILLs whatever is left of the embedded
+    cluster; a joined cluster (``--address``) is never touched: only this driver's
+    connection to it is left, to end with the process.
+    """
     global _watchdog
-    if ray.is_initialized():
+    try:
+        if ray.is_initialized() and not _shut_down_within(SHUTDOWN_SECONDS):
+            log.warning("Ray's shutdown took over %.0f s: not waiting for it", SHUTDOWN_SECONDS)
+    finally:
+        reaper.stop(_watchdog)
+        _watchdog = None
+
+
+def shutdown_unfinished() -> bool:
+    """Whether a ``ray.shutdown()`` that ``disconnect`` stopped waiting for still runs.
+    The process should then end with ``os._exit`` (its output flushed first), as ``nst``
+    does: finalizing the interpreter tears down Ray's core under that thread, which was
+    seen to crash the process (SIGSEGV) after the summary was printed."""
+    return _shutdown_done is not None and not _shutdown_done.is_set()
+
+
+def _shut_down_within(seconds: float) -> bool:
+    """Run ``ray.shutdown()`` on a daemon thread and wait up to ``seconds`` for it;
+    whether it finished. Only the main thread gets a second Ctrl-C, so it ends this wait,
+    never Ray's shutdown half-way; it is raised once the shutdown is left to itself.
+
+    An event, not ``Thread.join``: a join that Ctrl-C interrupts marks the thread as
+    stopped while it still runs (CPython 3.11's ``_wait_for_tstate_lock``)."""
+    global _shutdown_done
+    done = _shutdown_done = threading.Event()
+    threading.Thread(target=_shutdown_quietly, args=(done,), name="nst-ray-shutdown", daemon=True).start()
+    finished = False
+    try:
+        finished = done.wait(seconds)
+    finally:
+        if not finished:
+            # Ray's exit hook is the same function behind the same lock: at interpreter
+            # exit it would wait for this one
+            atexit.unregister(ray.shutdown)
+    return finished
+
+
+def _shutdown_quietly(done: threading.Event) -> None:
+    """``ray.shutdown()``, then ``done`` set; a failure is logged only: the run is over and
+    recorded, and a peer may be gone mid-shutdown (the watchdog kills what it waits for)."""
+    try:
         ray.shutdown()
-    reaper.stop(_watchdog)
-    _watchdog = None
+    except Exception as exc:
+        log.debug("ray.shutdown() failed: %s", exc)
+    finally:
+        done.set()

@@ -77,11 +77,12 @@ def _run(
 
     manifest = prepared.manifest
     where = connect(request.address) if render_plan.to_render else "no cluster (nothing to render)"
+    stopping = False
     try:
         items = len(prepared.items)
         listener.connected(f"{items} items from {prepared.source} -> {manifest.output} on {where}", items)
         with storage_problem(f"{manifest.output}: cannot write the results ({{error}})"):
-            return run_render(
+            summary = run_render(
                 prepared.items,
                 manifest.weights,
                 root,
@@ -91,5 +92,18 @@ def _run(
                 still_ours=still_ours,
                 on_progress=listener.progress if listener.live else None,
             )
+        stopping = summary.interrupted is not None
+        return summary
     finally:
+        _disconnect(disconnect, stopping)
+
+
+def _disconnect(disconnect: Callable[[], None], stopping: bool) -> None:
+    """``disconnect()``; when the run is ``stopping`` already (Ctrl-C, SIGTERM), another
+    Ctrl-C meanwhile only cuts short its wait for Ray (``runtime.disconnect``), so the
+    summary and how to go on are still shown."""
+    try:
         disconnect()
+    except KeyboardInterrupt:
+        if not stopping:
+            raise
