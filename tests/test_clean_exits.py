@@ -270,6 +270,24 @@ def test_disconnect_leaves_a_hanging_shutdown_after_its_deadline(
     assert not runtime.shutdown_unfinished()
 
 
+def test_no_new_run_in_a_process_whose_ray_shutdown_hangs(
+    hanging_shutdown: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the left shutdown ends, Ray says it is connected, to a cluster the watchdog
+    has killed: a second run in the process is refused rather than handed to no one."""
+    from nst_engine.errors import NSTError
+
+    monkeypatch.setattr(runtime, "SHUTDOWN_SECONDS", 0.1)
+    runtime.disconnect()
+    with pytest.raises(NSTError, match="start the next run in a new process"):
+        runtime.connect()
+    hanging_shutdown.set()  # once it ends, the next connect is Ray's own business again
+    deadline = time.monotonic() + 10
+    while runtime.shutdown_unfinished() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime._after_unfinished_shutdown()  # no longer refuses
+
+
 def test_a_second_ctrl_c_ends_the_wait_and_the_shutdown_is_still_known_unfinished(
     hanging_shutdown: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,6 +106,7 @@ def test_redact_hides_each_form_of_credential_and_nothing_else() -> None:
     assert redact(OPTIONS) == "s3://bucket?access_key=***&secret_key=***"
     # an unescaped '/' in a secret (common in AWS keys) ends the authority early
     assert redact("s3://AKIA:ab/cd@bucket/k.png") == "s3://***@bucket/k.png"
+    assert redact("s3://AKIA:1234/cd@bucket/k.png") == "s3://***@bucket/k.png"  # no port before a bucket
     signed = "gs://b/x.png?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc&v=1"
     assert redact(signed) == "gs://b/x.png?X-Amz-Credential=***&X-Amz-Signature=***&v=1"
     assert redact(f"cannot list '{USERINFO}' (why)") == "cannot list 's3://***@bucket/photos/' (why)"
@@ -113,6 +114,10 @@ def test_redact_hides_each_form_of_credential_and_nothing_else() -> None:
         "s3://bucket/users/bob@example.com/a.jpg",  # '@' in a key
         "s3://bucket/photos/**/*.jp?g",  # '?' is a wildcard
         "hdfs://namenode:8020/data/a@b.png",  # a port
+        "s3://b/rock&roll_key=C.png",  # option-like text in a key, before any '?'
+        "gs://b/c/hot&token=x.png",
+        "s3://b/photo;passkey=3.png",
+        "gs://b/a:b/c@2x.png",
         "file:///tmp/x.png",
         "photos/a.png",
     ):
@@ -338,6 +343,23 @@ def test_a_row_forged_with_size_and_time_alone_is_not_trusted(tmp_path: Path) ->
     assert {r["kind"] for r in pq.read_table(output / CACHE_FILE).to_pylist()} == {IMAGE}
 
 
+def test_a_cache_from_before_keeps_its_object_rows_and_drops_its_local_ones() -> None:
+    """Upgrading must not read every object again (an object's key, size and the store's
+    own time, is unchanged), while a local row keyed by size and time alone is not trusted."""
+    from nst_engine.planning.fingerprints import _upgraded
+
+    facts = {"kind": IMAGE, "sha256": "0" * 64, "width": 8, "height": 8, "problem": None}
+    before = pa.Table.from_pylist(
+        [
+            {"location": "/data/a.png", "size": 10, "mtime_ns": 5, **facts},
+            {"location": "s3://bucket/a.png", "size": 10, "mtime_ns": 5, **facts},
+        ]
+    )
+    kept = _upgraded(before).to_pylist()
+    assert [(r["location"], r["inode"], r["ctime_ns"]) for r in kept] == [("s3://bucket/a.png", 0, 0)]
+    assert _upgraded(pa.table({"location": ["s3://b/x"]})).num_rows == 0  # another layout: rebuilt
+
+
 # ---------------------------------------------------------------------------- 10: unholdable names
 
 
@@ -349,14 +371,24 @@ def test_a_nul_or_control_character_in_a_name_is_refused_naming_the_entry(tmp_pa
     assert problem.startswith(f"{path}:{line}: styles[0].name: 'van\\x00gogh' holds a NUL character, ")
     (problem,) = problems_of(manifest(tmp_path, "c.yaml", contents=["good\0.png"]))
     assert ": contents[0]: 'good\\x00.png' holds a NUL character" in problem
-    # names found by listing a folder: a newline, and a name that is not UTF-8
+    # names found by listing a folder (a newline, a name that is not UTF-8) are bad inputs
+    # of their items, so --skip-bad-inputs renders the rest of the folder
     photos = tmp_path / "photos"
     photos.mkdir()
     write_image(photos / "ok.png", 32, 32, seed=4)
     write_image(photos / "two\nlines.png", 32, 32, seed=5)
+    write_image(photos / "fine.png", 32, 32, seed=6)
     os.rename(os.fsencode(photos / "ok.png"), os.fsencode(photos) + b"/\xff.png")
-    (problem,) = problems_of(manifest(tmp_path, "f.yaml", contents=["photos"]))
-    assert ": contents[0]: " in problem and "holds a " in problem and "(and 1 more)" in problem
+    listed = load_manifest(manifest(tmp_path, "f.yaml", contents=["photos"]))
+    with pytest.raises(ManifestError) as info:
+        expand(listed)
+    assert len(info.value.problems) == 2, info.value.problems
+    assert any("holds a control character ('\\n')" in p for p in info.value.problems), info.value.problems
+    assert any("holds a character that is not UTF-8" in p for p in info.value.problems), info.value.problems
+    items = expand(listed, skip_bad_inputs=True)
+    assert sorted(bool(i.input_error) for i in items) == [False, True, True], items
+    rows = [make_row(i, "failed", 1, error=i.input_error) for i in items if i.input_error]
+    assert to_table(rows).num_rows == 2  # a failed item's row holds its name, escaped
     table = tmp_path / "t.csv"
     table.write_text("content,style,size,style_name\ngood.png,style.png,32,a\x01b\n")
     assert problems_of(table) == [

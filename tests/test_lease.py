@@ -29,6 +29,7 @@ from nst_engine.storage.lease import (
     LeaseLostError,
     lease_note,
     read_holder,
+    removal,
 )
 from nst_engine.storage.roots import OutputRoot
 from tests.conftest import S3Server
@@ -197,6 +198,18 @@ def test_every_held_lease_message_says_how_to_clear_a_stale_lease(root: OutputRo
         assert "\n" not in message and "if that run is gone" in message, message
         assert f"taken over 60 s after its last heartbeat, or remove it now: {remove}" in message, message
     assert "rerun with --wait" in str(refused.value)
+
+
+def test_the_removal_command_is_whole_and_quoted(tmp_path: Path) -> None:
+    """Other shown values are cut at 200 characters; the command to run never is, and a
+    path with spaces stays one argument."""
+    import shlex
+
+    deep = tmp_path / ("long folder " * 20) / "out"
+    command = shlex.split(removal(OutputRoot(str(deep))))
+    assert command == ["rm", str(deep / LEASE_FILE)], command
+    s3 = shlex.split(removal(OutputRoot("s3://bucket/with space/" + "k" * 300)))
+    assert s3[:3] == ["aws", "s3", "rm"] and s3[3] == "s3://bucket/with space/" + "k" * 300 + "/" + LEASE_FILE
 
 
 #: Lease fields as an adversary writes them: colours, a cleared screen, a terminal title

@@ -50,6 +50,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     through the installed package; nothing is shipped from the driver.
     """
     global _watchdog
+    _after_unfinished_shutdown()
     if ray.is_initialized():
         return "already connected"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -208,6 +209,17 @@ def shutdown_unfinished() -> bool:
     does: finalizing the interpreter tears down Ray's core under that thread, which was
     seen to crash the process (SIGSEGV) after the summary was printed."""
     return _shutdown_done is not None and not _shutdown_done.is_set()
+
+
+def _after_unfinished_shutdown() -> None:
+    """Wait (``SHUTDOWN_SECONDS`` more) for a shutdown ``disconnect`` left running, else
+    refuse: until it ends Ray still says it is connected, to a cluster whose processes the
+    watchdog has killed, so a second render in this process would hand work to no one."""
+    if shutdown_unfinished() and _shutdown_done is not None and not _shutdown_done.wait(SHUTDOWN_SECONDS):
+        raise NSTError(
+            "Ray's shutdown after the last run in this process has not finished; "
+            "start the next run in a new process"
+        )
 
 
 def _shut_down_within(seconds: float) -> bool:

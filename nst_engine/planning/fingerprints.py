@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -134,6 +135,21 @@ def check_weights(path: str) -> str | None:
     return None
 
 
+def _upgraded(table: pa.Table) -> pa.Table:
+    """A cache table as ``_SCHEMA`` has it. One written before local files were keyed by
+    inode and ctime keeps its object-storage rows (their key is unchanged: size and the
+    store's own modification time), so an upgrade does not read every object again; its
+    local rows are dropped (size and time alone can be put back), read again as needed."""
+    missing = [name for name in _SCHEMA.names if name not in table.column_names]
+    if missing and not set(missing) <= {"inode", "ctime_ns"}:
+        return _SCHEMA.empty_table()  # another layout altogether: rebuilt as files are read
+    if missing:
+        table = table.filter(pc.match_substring(table["location"], "://"))
+        for name in missing:
+            table = table.append_column(name, pa.array([0] * table.num_rows, _SCHEMA.field(name).type))
+    return table.select(_SCHEMA.names).cast(_SCHEMA)
+
+
 class ImageIndex:
     """Hashes and checks (images decoded, weights loaded) of inputs for one plan.
 
@@ -175,9 +191,7 @@ class ImageIndex:
         try:
             with fs.open_input_file(path) as handle:
                 table = pq.read_table(handle)
-            if not set(_SCHEMA.names) <= set(table.column_names):
-                return {}  # a cache keyed by size and time alone: not trusted, rebuilt as files are read
-            table = table.select(_SCHEMA.names).cast(_SCHEMA)
+            table = _upgraded(table)
         except FileNotFoundError:
             return {}
         except Exception as exc:  # a damaged cache is rebuilt, never trusted

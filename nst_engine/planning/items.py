@@ -18,10 +18,10 @@ from nst_engine.engine.images import output_size
 from nst_engine.engine.vgg import deepest
 from nst_engine.engine.weights import check_source
 from nst_engine.engine.weights_spec import WeightsSpec
-from nst_engine.errors import WeightsError
-from nst_engine.planning.fingerprints import ImageIndex
+from nst_engine.errors import WeightsError, printable
+from nst_engine.planning.fingerprints import Facts, ImageIndex
 from nst_engine.planning.manifest import Manifest, ManifestError
-from nst_engine.storage.paths import UnsafePathError, safe_relative
+from nst_engine.storage.paths import UnsafePathError, safe_relative, unholdable
 
 ID_LENGTH = 20
 #: What to do about bad inputs, shown after them (not one of the problems).
@@ -179,6 +179,15 @@ def expand(
         index.save()  # what was learnt stays learnt, even when the manifest has bad inputs
 
 
+def name_problem(location: str, relative: str) -> str | None:
+    """Why an image found by listing cannot be an item's content: its name, which becomes
+    part of the output path, holds what no output path may hold (a control character; a
+    name that is not UTF-8). A bad input of its items, like an unreadable image, so that
+    ``--skip-bad-inputs`` renders the rest of a folder that holds one."""
+    what = unholdable(relative)
+    return f"{location!r} holds {what}, which no output path may hold; rename it" if what else None
+
+
 def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> list[WorkItem]:
     try:
         weights = weights_identity(manifest.weights, index, f"{manifest.source}: weights")
@@ -191,7 +200,10 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
     for spec in manifest.items:
         init = _init_location(spec.config.init)
         paths = (spec.content, *spec.style.images, *((init,) if init else ()))
+        unusable_name = name_problem(spec.content, spec.content_rel)
         facts = {p: index.image(p) for p in paths}
+        if unusable_name:  # the only problem said of it (a read could not even name it)
+            facts[spec.content] = Facts(None, problem=unusable_name)
         errors = list(dict.fromkeys(f.problem for f in facts.values() if f.problem))
         if errors:
             problems += [f"{spec.where}: {e}" for e in errors]
@@ -204,11 +216,19 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
         ident = item_id(content_hash, style_hashes, spec.style.weights, spec.config, weights, init_hash)
         if errors:  # distinct ids for distinct broken inputs, stable across runs
             inputs = (spec.content, *spec.style.images)
-            ident = hashlib.sha256(f"{ident}|{'|'.join(inputs)}".encode()).hexdigest()[:ID_LENGTH]
+            # surrogateescape: a name that is not UTF-8 (a bad input too) hashes as its bytes
+            text = f"{ident}|{'|'.join(inputs)}"
+            ident = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:ID_LENGTH]
         try:
             output = output_relative_path(
                 manifest.layout,
-                {"style": spec.style.name, "size": spec.size, "content_rel": spec.content_rel, "id": ident},
+                # an unusable name is never written (its item fails first): the id stands in
+                {
+                    "style": spec.style.name,
+                    "size": spec.size,
+                    "content_rel": ident if unusable_name else spec.content_rel,
+                    "id": ident,
+                },
             )
         except (UnsafePathError, KeyError, ValueError) as exc:
             raise ManifestError([f"{manifest.source}: layout: {exc}"]) from None
@@ -227,7 +247,8 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
             WorkItem(
                 item_id=ident,
                 manifest_name=manifest.name,
-                content_path=spec.content,
+                # as shown, for a name no row could hold (a lone surrogate): it is never read
+                content_path=printable(spec.content, len(spec.content)) if unusable_name else spec.content,
                 content_hash=content_hash,
                 style_name=spec.style.name,
                 style_paths=spec.style.images,

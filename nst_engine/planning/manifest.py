@@ -45,7 +45,7 @@ from nst_engine.planning.sources import (
     locate,
 )
 from nst_engine.planning.yaml_files import AliasRefused, NoAliasLoader, problem_of
-from nst_engine.storage.paths import check_holdable, unholdable
+from nst_engine.storage.paths import check_holdable
 from nst_engine.storage.uris import absolute, check_location, is_uri, redact
 from nst_engine.validation import NOTHING, message, path_of
 
@@ -185,8 +185,11 @@ def load_manifest(path: str | Path, output: str | None = None) -> Manifest:
         raise ManifestError(
             [f"{source}: unknown manifest type {suffix!r}; use .yaml, .json, .csv or .parquet"]
         )
-    if output is not None:
-        manifest.output = output
+    if output is not None:  # checked as a manifest's own output is: a credential is never passed on
+        try:
+            manifest.output = check_location(output)
+        except ValueError as exc:
+            raise ManifestError([f"--output: {exc}"]) from None
     if manifest.output is None:
         manifest.output = str(Path("out") / manifest.name)
     # relative to where the command runs, not to each worker's working directory
@@ -301,20 +304,11 @@ def _config(
 def _listing(
     entry: str, base: Path, path: tuple, problems: _Problems, stamps: dict[str, Stamp], max_images: int
 ) -> Listing:
-    """The images of a file, folder/prefix or glob entry; an empty folder or glob, one past
-    ``max_images``, or an image whose name no output path can hold is a problem."""
+    """The images of a file, folder/prefix or glob entry; an empty folder or glob, or one
+    past ``max_images``, is a problem. (An image whose name no output path can hold is a
+    bad input of its items, found when they are expanded: ``items.name_problem``.)"""
     listing = list_images(entry, base, max_images)
-    usable = tuple(f for f in listing.found if unholdable(f.relative) is None)
-    if len(usable) < len(listing.found):  # a name becomes part of an output path: refused now
-        unusable = [f for f in listing.found if unholdable(f.relative) is not None]
-        first, more = unusable[0], f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
-        problems.add(
-            path,
-            f"{first.location!r} holds {unholdable(first.relative)}, which no output path may hold; "
-            f"rename it{more}",
-        )
-        listing = Listing(listing.kind, usable)
-    elif listing.problem:
+    if listing.problem:
         problems.add(path, listing.problem)
     elif listing.kind == "glob" and not listing.found:
         problems.add(path, f"glob {redact(entry)!r} matches no image files")

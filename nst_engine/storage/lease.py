@@ -61,6 +61,7 @@ import os
 import posixpath
 import shlex
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -249,12 +250,13 @@ class Holder:
 
 
 def removal(root: OutputRoot) -> str:
-    """The command that deletes ``root``'s lease file, for a person to run."""
-    where = root.display(LEASE_FILE)
+    """The command that deletes ``root``'s lease file, for a person to run: whole (never
+    cut short, unlike other shown values) and quoted for a shell."""
+    where = shlex.quote(printable(root.display(LEASE_FILE), limit=sys.maxsize))
     if root.is_local:
-        return f"rm {shlex.quote(printable(where))}"
+        return f"rm {where}"
     tool = {"s3": "aws s3 rm", "gs": "gcloud storage rm"}.get(root.uri.split("://", 1)[0], "delete")
-    return f"{tool} {printable(where)}"
+    return f"{tool} {where}"
 
 
 def clear_hint(root: OutputRoot) -> str:

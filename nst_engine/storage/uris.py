@@ -69,18 +69,25 @@ def _redact_uri(uri: str) -> str:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in authority:  # user[:secret]@host: everything before the host goes
         rest = f"{REDACTED}@{rest[authority.rindex('@') + 1 :]}"
-    elif _is_secret_colon(authority) and "@" in rest:
+    elif _is_secret_colon(scheme, authority) and "@" in rest:
         # KEY:SEC/RET@bucket: a '/' in an unescaped secret ends the authority early, so the
         # user info runs to the next '@' (a '/' is common in AWS secret keys)
         rest = f"{REDACTED}@{rest.partition('@')[2]}"
-    rest = _SECRET_OPTION.sub(lambda m: f"{m.group('key')}={REDACTED}", rest)
-    return f"{scheme}://{rest}"
+    # options live after the first '?' only: a key may hold '&x_key=' as plain text
+    path, question, options = rest.partition("?")
+    options = _SECRET_OPTION.sub(lambda m: f"{m.group('key')}={REDACTED}", f"?{options}")[1:]
+    return f"{scheme}://{path}{question}{options}"
 
 
-def _is_secret_colon(authority: str) -> bool:
-    """``KEY:SECRET`` rather than ``host:port``: a colon not followed by a port number."""
+#: Schemes whose authority is a bucket: a colon there is never a port's.
+_BUCKET_SCHEMES = frozenset({"s3", "gs", "gcs"})
+
+
+def _is_secret_colon(scheme: str, authority: str) -> bool:
+    """``KEY:SECRET`` rather than ``host:port``: any colon before a bucket; elsewhere a
+    colon not followed by a port number."""
     _, colon, port = authority.partition(":")
-    return bool(colon) and not port.isdigit()
+    return bool(colon) and (scheme.lower() in _BUCKET_SCHEMES or not port.isdigit())
 
 
 def has_credentials(location: str) -> bool:
