@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -71,7 +74,7 @@ class Printer:
         err.print(f"[yellow]warning:[/] {escape(redact(line))}", soft_wrap=True)
 
     def connected(self, line: str, total: int = 0) -> None:
-        stop_on_sigterm()  # again: ray.init installed its own handler, which dumps a C++ stack
+        stop_on_signals()  # again: ray.init installed its own handler, which dumps a C++ stack
         self.note(line)
 
     def progress(self, progress: object) -> None:
@@ -108,18 +111,49 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 _received = {"signal": signal.SIGINT}
 
 
-def stop_on_sigterm() -> None:
+#: Seconds a stopped command has to end (rows flushed, the summary, Ray shut down, which
+#: takes 2-7 s, bounded by ``runtime.SHUTDOWN_SECONDS``) before it ends at once. A machine
+#: loaded enough to starve Ray's own processes was seen to block the driver in Ray's calls
+#: before that bound, for good; a render's finished images are safe either way (the next
+#: run records them from the images), so the exit never waits longer than this.
+EXIT_DEADLINE_SECONDS = 20.0
+_deadline: list[threading.Timer] = []
+
+
+def stop_on_signals() -> None:
     """Make SIGTERM stop a command the way Ctrl-C does (a ``KeyboardInterrupt`` in the main
     thread: rows flushed, a summary, how to go on) instead of killing it at once or, once
-    Ray's core is loaded, running its handler's C++ stack dump; call again after
-    ``ray.init``. The signal is remembered because Ray's calls re-raise whatever
-    interrupts them as a plain ``KeyboardInterrupt``."""
+    Ray's core is loaded, running its handler's C++ stack dump; and either signal start
+    the exit's deadline (``EXIT_DEADLINE_SECONDS``). Call again after ``ray.init``. The
+    signal is remembered because Ray's calls re-raise whatever interrupts them as a plain
+    ``KeyboardInterrupt``."""
 
-    def terminate(signum: int, _frame: object) -> None:
+    def stop(signum: int, _frame: object) -> None:
         _received["signal"] = signal.Signals(signum)
+        if not _deadline:  # the first signal: a second one only hurries the same exit
+            _deadline.append(threading.Timer(EXIT_DEADLINE_SECONDS, _exit_now))
+            _deadline[0].daemon = True
+            _deadline[0].start()
         raise KeyboardInterrupt()
 
-    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _exit_now() -> None:
+    """The deadline passed with the command still ending: say so in one line and end now.
+    ``os._exit`` skips what blocks (Ray's exit hooks); the embedded cluster's watchdog
+    kills its processes once this one is gone."""
+    err.print(
+        f"error: {stopped_by()}, but the command did not end within {EXIT_DEADLINE_SECONDS:.0f} s "
+        "(Ray did not answer), so it ended without waiting; finished images are kept, and "
+        "the next run records the ones whose rows were not written",
+        soft_wrap=True,
+        markup=False,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code())
 
 
 def stopped_by() -> str:

@@ -14,7 +14,7 @@ from nst_engine.cli import jobs  # noqa: F401
 from nst_engine.cli import report  # noqa: F401
 from nst_engine.cli import bench  # noqa: F401
 from nst_engine.cli import schema  # noqa: F401
-from nst_engine.cli.app import app, exit_code, fail, stop_on_sigterm, stopped_by
+from nst_engine.cli.app import app, exit_code, fail, stop_on_signals, stopped_by
 
 __all__ = ["app", "main"]
 
@@ -24,7 +24,7 @@ def main() -> None:
     choices) is one ``error:`` line with exit code 2 like every other error, rather than
     click's boxed usage text. (typer bundles its own click and exposes only
     ``TyperException`` publicly, so the kinds are told apart by name.)"""
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         code = app(prog_name="nst", standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):  # Ctrl-C or SIGTERM (click wraps them in Abort)
