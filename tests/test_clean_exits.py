@@ -258,9 +258,12 @@ import time
 from nst_engine.cli import app
 app.EXIT_DEADLINE_SECONDS = 1.0
 app.stop_on_signals()
-print("ready", flush=True)
+ready = False
 while True:
-    try:
+    try:  # the signal may land while "ready" is printed: caught there too
+        if not ready:
+            print("ready", flush=True)
+            ready = True
         time.sleep(60)
     except KeyboardInterrupt:
         pass
