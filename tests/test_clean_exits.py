@@ -270,15 +270,35 @@ while True:
 """
 
 
+#: A main thread blocked in C for good, never back in Python to run a signal handler (as
+#: one inside Ray's C++ calls was seen): only the C-level handler's wake-up can act.
+STUCK_IN_C = """
+import ctypes, signal
+from nst_engine.cli import app
+app.EXIT_DEADLINE_SECONDS = 1.0
+app.stop_on_signals()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # another thread gets them
+try:  # a signal that lands before the pause is run by the Python handler: caught here
+    print("ready", flush=True)
+    while True:
+        ctypes.CDLL(None).pause()
+except KeyboardInterrupt:
+    while True:
+        ctypes.CDLL(None).pause()
+"""
+
+
+@pytest.mark.parametrize("script", [STUCK, STUCK_IN_C], ids=["in-python", "in-c"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_command_stuck_after_a_stop_ends_at_the_deadline(sig: signal.Signals) -> None:
+def test_a_command_stuck_after_a_stop_ends_at_the_deadline(sig: signal.Signals, script: str) -> None:
     """Whatever blocks the exit (Ray's calls on a starved machine), the command ends
     within its deadline of the first signal, with one line and 128 + the signal."""
     stuck = subprocess.Popen(
-        [sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert stuck.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # into its sleep or pause
         stuck.send_signal(sig)
         _, stderr = stuck.communicate(timeout=30)  # 1 s deadline; before: never
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +118,10 @@ _received = {"signal": signal.SIGINT}
 #: run records them from the images), so the exit never waits longer than this.
 EXIT_DEADLINE_SECONDS = 20.0
 _deadline: list[threading.Timer] = []
+_deadline_lock = threading.Lock()
+#: The socket pair Python's C-level signal handler writes each signal's number to
+#: (``signal.set_wakeup_fd``), kept while the process lives.
+_wakeup: list[socket.socket] = []
 
 
 def stop_on_signals() -> None:
@@ -130,29 +134,56 @@ def stop_on_signals() -> None:
 
     def stop(signum: int, _frame: object) -> None:
         _received["signal"] = signal.Signals(signum)
-        if not _deadline:  # the first signal: a second one only hurries the same exit
-            _deadline.append(threading.Timer(EXIT_DEADLINE_SECONDS, _exit_now))
-            _deadline[0].daemon = True
-            _deadline[0].start()
+        _start_deadline()
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _watch_signals()
+
+
+def _start_deadline() -> None:
+    """Start the exit's deadline once: a second signal only hurries the same exit."""
+    with _deadline_lock:
+        if not _deadline:
+            _deadline.append(threading.Timer(EXIT_DEADLINE_SECONDS, _exit_now))
+            _deadline[0].daemon = True
+            _deadline[0].start()
+
+
+def _watch_signals() -> None:
+    """Start the deadline from a thread that the C-level handler wakes, too: a Python
+    handler runs only when the main thread gets back to Python, and a main thread blocked
+    inside Ray's C++ calls (the very case the deadline is for) never does."""
+    if _wakeup:  # again after ray.init, in case it set its own
+        signal.set_wakeup_fd(_wakeup[1].fileno(), warn_on_full_buffer=False)
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    _wakeup.extend((reader, writer))
+
+    def watch() -> None:
+        while data := reader.recv(64):
+            stops = [n for n in data if n in (signal.SIGINT, signal.SIGTERM)]
+            if stops:
+                _received["signal"] = signal.Signals(stops[0])
+                _start_deadline()
+
+    threading.Thread(target=watch, name="nst-stop-watch", daemon=True).start()
 
 
 def _exit_now() -> None:
     """The deadline passed with the command still ending: say so in one line and end now.
     ``os._exit`` skips what blocks (Ray's exit hooks); the embedded cluster's watchdog
     kills its processes once this one is gone."""
-    err.print(
+    line = (
         f"error: {stopped_by()}, but the command did not end within {EXIT_DEADLINE_SECONDS:.0f} s "
         "(Ray did not answer), so it ended without waiting; finished images are kept, and "
-        "the next run records the ones whose rows were not written",
-        soft_wrap=True,
-        markup=False,
+        "the next run records the ones whose rows were not written\n"
     )
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # straight to the descriptor, no flush: the blocked main thread may hold the streams' locks
+    os.write(2, line.encode())
     os._exit(exit_code())
 
 
