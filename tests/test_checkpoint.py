@@ -25,8 +25,8 @@ from nst_engine.distributed.scheduler import RunSummary, run_render
 from nst_engine.engine import Stylizer, SynthesisConfig, random_weights
 from nst_engine.engine.checkpoint import CheckpointPolicy
 from nst_engine.engine.result import SynthesisResult
-from nst_engine.planning.items import expand
-from nst_engine.planning.manifest import load_manifest
+from nst_engine.planning.items import WorkItem, expand
+from nst_engine.planning.manifest import Manifest, load_manifest
 from nst_engine.storage.roots import OutputRoot
 from tests.ray_helpers import assert_outputs_whole, rows, tiny_manifest
 
@@ -175,11 +175,9 @@ def test_remove_checkpoints_takes_the_items_files_and_their_temporaries(tmp_path
 # --- a real Ray ----------------------------------------------------------------------------
 
 
-def test_render_resumes_a_left_checkpoint_and_force_starts_afresh(tmp_path: Path) -> None:
-    manifest = tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32,), iterations=12)
-    plan = load_manifest(manifest)
-    (item,) = expand(plan)
-    # the checkpoint a worker lost after 5 iterations would have left (same work, same ids)
+def left_checkpoint(plan: Manifest, item: WorkItem, after: int) -> bytes:
+    """The checkpoint a worker lost after ``after`` iterations of ``item`` would have left
+    (same work, same ids)."""
     store = Store()
     weights, _ = plan.weights.load()
     seen = [0]
@@ -190,17 +188,25 @@ def test_render_resumes_a_left_checkpoint_and_force_starts_afresh(tmp_path: Path
         content_id=item.content_hash,
         style_ids=list(item.style_hashes),
         on_iteration=lambda _r, _i: seen.__setitem__(0, seen[0] + 1),
-        should_stop=lambda: seen[0] >= 5,
+        should_stop=lambda: seen[0] >= after,
         checkpoint=store.policy(max_overhead=None),
     )
     assert store.data is not None
+    return store.data
+
+
+def test_render_resumes_a_left_checkpoint_and_force_starts_afresh(tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32,), iterations=12)
+    plan = load_manifest(manifest)
+    (item,) = expand(plan)
+    left = left_checkpoint(plan, item, after=5)
     options = PoolOptions(cpu_actors=1, threads_per_actor=1)  # checkpoint_every: auto
     connect(num_cpus=1)
     try:
         resumed = {}
         for force in (False, True):
             root = OutputRoot(str(tmp_path / f"out-force-{force}"))
-            root.write_bytes(checkpoint_path(item.item_id), store.data)
+            root.write_bytes(checkpoint_path(item.item_id), left)
             summary = run_render([item], plan.weights, root, options, force=force)
             assert summary.rendered == 1
             (row,) = rows(root.local_path())

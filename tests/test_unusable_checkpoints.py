@@ -25,14 +25,14 @@ from nst_engine.distributed.checkpoints import CHECKPOINT_DIR, ItemCheckpoint, c
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.runtime import connect
 from nst_engine.distributed.scheduler import run_render
-from nst_engine.engine import Stylizer, SynthesisConfig
+from nst_engine.engine import SynthesisConfig
 from nst_engine.engine.result import SynthesisResult
 from nst_engine.planning.items import expand
 from nst_engine.planning.manifest import load_manifest
 from nst_engine.storage.roots import OutputRoot
 from tests.conftest import write_image
 from tests.ray_helpers import rows, tiny_manifest
-from tests.test_checkpoint import Store, synthesize
+from tests.test_checkpoint import Store, left_checkpoint, synthesize
 
 ITEM = "0123456789abcdef0123"  # an item id: where ItemCheckpoint keeps the checkpoint
 ITERATIONS = 6
@@ -235,21 +235,7 @@ def test_a_render_with_a_malformed_checkpoint_renders_the_item(tmp_path: Path) -
     manifest = tiny_manifest(tmp_path, contents=1, styles=1, sizes=(32,), iterations=12)
     plan = load_manifest(manifest)
     (item,) = expand(plan)
-    store = Store()
-    weights, _ = plan.weights.load()
-    seen = [0]
-    Stylizer(weights, device="cpu").synthesize(
-        item.content_path,
-        list(item.style_paths),
-        item.config,
-        content_id=item.content_hash,
-        style_ids=list(item.style_hashes),
-        on_iteration=lambda _r, _i: seen.__setitem__(0, seen[0] + 1),
-        should_stop=lambda: seen[0] >= 5,
-        checkpoint=store.policy(max_overhead=None),
-    )
-    assert store.data is not None
-    checkpoint = torch.load(io.BytesIO(store.data), weights_only=True)
+    checkpoint = torch.load(io.BytesIO(left_checkpoint(plan, item, after=5)), weights_only=True)
     forged = copy.deepcopy(checkpoint)
     _old_history({"s": "not a pair"})(forged)
     buffer = io.BytesIO()
