@@ -215,7 +215,8 @@ def _after_unfinished_shutdown() -> None:
     """Wait (``SHUTDOWN_SECONDS`` more) for a shutdown ``disconnect`` left running, else
     refuse: until it ends Ray still says it is connected, to a cluster whose processes the
     watchdog has killed, so a second render in this process would hand work to no one."""
-    if shutdown_unfinished() and _shutdown_done is not None and not _shutdown_done.wait(SHUTDOWN_SECONDS):
+    done = _shutdown_done  # set at once when the last shutdown finished (or none was left)
+    if done is not None and not done.wait(SHUTDOWN_SECONDS):
         raise NSTError(
             "Ray's shutdown after the last run in this process has not finished; "
             "start the next run in a new process"

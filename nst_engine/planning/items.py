@@ -21,7 +21,7 @@ from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import WeightsError, printable
 from nst_engine.planning.fingerprints import Facts, ImageIndex
 from nst_engine.planning.manifest import Manifest, ManifestError
-from nst_engine.storage.paths import UnsafePathError, safe_relative, unholdable
+from nst_engine.storage.paths import UnsafePathError, holding_problem, safe_relative
 
 ID_LENGTH = 20
 #: What to do about bad inputs, shown after them (not one of the problems).
@@ -184,8 +184,7 @@ def name_problem(location: str, relative: str) -> str | None:
     part of the output path, holds what no output path may hold (a control character; a
     name that is not UTF-8). A bad input of its items, like an unreadable image, so that
     ``--skip-bad-inputs`` renders the rest of a folder that holds one."""
-    what = unholdable(relative)
-    return f"{location!r} holds {what}, which no output path may hold; rename it" if what else None
+    return holding_problem(relative, location)
 
 
 def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> list[WorkItem]:

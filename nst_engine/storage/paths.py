@@ -32,11 +32,22 @@ def unholdable(text: str) -> str | None:
     return f"a control character ({char!r})"
 
 
+def holding_problem(text: str, name: str | None = None) -> str | None:
+    """Why ``text`` cannot become part of an output path, naming it as ``name`` (by
+    default ``text`` itself: a listed file is named by its location, checked by the part
+    that enters the path), or None. The one wording of this refusal."""
+    what = unholdable(text)
+    if what is None:
+        return None
+    shown = text if name is None else name
+    return f"{shown!r} holds {what}, which no output path may hold; rename it"
+
+
 def check_holdable(text: str) -> str:
     """``text`` itself, or ``ValueError`` naming the character no output path may hold."""
-    what = unholdable(text)
-    if what is not None:
-        raise ValueError(f"{text!r} holds {what}, which no output path may hold; rename it")
+    problem = holding_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 
