@@ -1,10 +1,14 @@
-"""``nst submit / status / logs / cancel``: render jobs on a cluster through Ray Jobs."""
+"""``nst submit / status / logs / cancel``: render jobs on a cluster through Ray Jobs, and
+``nst status OUTPUT_ROOT``: where a render stands, from its output root."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,6 +16,12 @@ from rich.markup import escape
 from nst_engine.cli.app import app, err, reports_errors
 from nst_engine.errors import NSTError
 from nst_engine.storage import uris
+
+if TYPE_CHECKING:
+    from nst_engine.results.status import RenderStatus
+
+#: Hosts and failure reasons shown before "..." (--json lists them all).
+SHOWN = 10
 
 ADDRESS_HELP = (
     "Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or http://127.0.0.1:8265)."
@@ -69,13 +79,78 @@ def submit(
 @app.command()
 @reports_errors
 def status(
-    job_id: Annotated[str, typer.Argument(help="Job id printed by nst submit.")],
+    job_id: Annotated[
+        str,
+        typer.Argument(
+            help="An output root (folder or s3://, gs:// URI), or a job id printed by nst submit."
+        ),
+    ],
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Output root: print the status as one JSON object on stdout.")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Output root: refresh until the render stops (Ctrl-C ends).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 5.0,
 ) -> None:
-    """Print a submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    """Print where a render stands: for an output root, its latest run's items done,
+    failed and to go, throughput, ETA, workers and whether it is alive, read from the
+    root's files (from any machine); for a submitted job id, the job's status
+    (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    if uris.is_uri(job_id) or Path(job_id).is_dir():
+        _root_status(job_id, as_json, interval if watch else None)
+        return
     from nst_engine.distributed.jobs import status as job_status
 
     typer.echo(job_status(_address(address), job_id))
+
+
+def _root_status(output: str, as_json: bool, interval: float | None) -> None:
+    """``nst status OUTPUT_ROOT``, once or every ``interval`` seconds while it runs."""
+    from nst_engine.runs.status import status as root_status
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watching, not the render
+        while True:
+            found = root_status(output)
+            if as_json:
+                typer.echo(json.dumps(found.to_json()))
+            else:
+                print_status(found)
+            if interval is None or found.state != "running":
+                return
+            time.sleep(interval)
+
+
+def print_status(found: RenderStatus) -> None:
+    """A render's status for people, on stderr like every command's report."""
+    from nst_engine.reports.plan import format_duration
+    from nst_engine.results.status import THROUGHPUT_MINUTES
+
+    state = {"died": "[red]died[/] (running, but its lease has no heartbeat: rerun nst render)"}
+    started = found.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    err.print(f"[bold]status[/] {escape(found.output)}  ({escape(found.manifest or 'no manifest')})")
+    err.print(f"  state        {state.get(found.state, found.state)}", soft_wrap=True)
+    if found.lease:
+        err.print(f"  driver       {escape(found.lease)}", soft_wrap=True)
+    err.print(f"  started      {started}")
+    err.print(f"  items        {found.total:>8,}")
+    err.print(f"  done         {found.done:>8,}  ({found.skipped:,} before this run)")
+    err.print(f"  failed       {found.failed:>8,}  ({found.retried:,} attempts retried)")
+    err.print(f"  to go        {found.to_go:>8,}")
+    if found.per_minute is not None:
+        err.print(f"  throughput   {found.per_minute:>8,.1f}  items/min (last {THROUGHPUT_MINUTES} min)")
+    if found.eta_seconds is not None:
+        err.print(f"  eta          {format_duration(found.eta_seconds):>8}")
+    err.print(f"  device time  {format_duration(found.device_seconds):>8}")
+    hosts = ", ".join(found.hosts[:SHOWN]) + (
+        f", ... ({len(found.hosts)})" if len(found.hosts) > SHOWN else ""
+    )
+    err.print(f"  workers      {found.workers:>8,}  nodes ({escape(hosts or 'none yet')})")
+    for device, count in found.devices.items():
+        err.print(f"    {count:>8,}  on {escape(device)}")
+    for reason, count in list(found.failures.items())[:SHOWN]:
+        err.print(f"  [red]failed[/] {count:>6,}  {escape(reason)}", soft_wrap=True)
 
 
 @app.command()

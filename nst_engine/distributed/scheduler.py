@@ -34,7 +34,7 @@ from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
 from nst_engine.results.resume import DoneCheck, check_done
-from nst_engine.results.runs import RunLog
+from nst_engine.results.runs import RunLog, new_run_id
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
 from nst_engine.storage.errors import STORAGE_ERRORS
@@ -102,7 +102,10 @@ def run_render(
     the failure of the last writes that follow it: what they could not write, the next
     run rebuilds from the images)."""
     started = time.time()
-    store = ResultTable(root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours)
+    run_id = new_run_id()
+    store = ResultTable(
+        root, flush_rows=FLUSH_ROWS, flush_seconds=FLUSH_SECONDS, guard=still_ours, run_id=run_id
+    )
     root.remove_stale_temporaries()
     summary = RunSummary(total=len(items))
     check = skip_done(items, store, force, run_kind, done)
@@ -114,7 +117,14 @@ def run_render(
     record, state = None, "interrupted"
     ending: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
-        record = runs.start(items[0].manifest_name if items else None, run_kind, len(items))
+        record = runs.start(
+            items[0].manifest_name if items else None,
+            run_kind,
+            len(items),
+            run_id=run_id,
+            skipped=summary.skipped,
+            recovered=len(check.recovered),
+        )
         _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo)
         store.compact()
         state = "finished"

@@ -97,21 +97,40 @@ def read_runs(location: str | OutputRoot) -> pa.Table:
         ) from None
 
 
+def new_run_id() -> str:
+    """A new run's id: taken before the run writes rows, so that their files name it."""
+    return uuid.uuid4().hex
+
+
 class RunLog:
     """Records runs in an output root's ``runs.parquet``."""
 
     def __init__(self, root: OutputRoot) -> None:
         self.root = root
 
-    def start(self, manifest_name: str | None, run_kind: str = "render", total: int = 0) -> RunRecord:
-        """Record a run as ``running`` now (so a killed run leaves a trace) and return it."""
+    def start(
+        self,
+        manifest_name: str | None,
+        run_kind: str = "render",
+        total: int = 0,
+        *,
+        run_id: str | None = None,
+        skipped: int = 0,
+        recovered: int = 0,
+    ) -> RunRecord:
+        """Record a run as ``running`` now (so a killed run leaves a trace) and return it.
+        ``run_id`` is the id its result rows' summaries name (``new_run_id``); ``skipped``
+        and ``recovered``, known before the run renders, let ``nst status`` count what is
+        left of a run that is still going (or died)."""
         record = RunRecord(
-            run_id=uuid.uuid4().hex,
+            run_id=run_id or new_run_id(),
             manifest_name=manifest_name,
             run_kind=run_kind,
             state="running",
             started_at=datetime.now(UTC),
             total=total,
+            skipped=skipped,
+            recovered=recovered,
         )
         self.write(record)
         return record

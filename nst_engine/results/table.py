@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from nst_engine.errors import NSTError, one_line
 from nst_engine.results.schema import SCHEMA, columns, to_table
+from nst_engine.results.summary import SUMMARY_COLUMNS, SUMMARY_KEY, TableSummary, legacy_summary, summed
 from nst_engine.storage.files import TMP_PREFIX
 from nst_engine.storage.roots import OutputRoot
 from nst_engine.storage.uris import redact
@@ -131,15 +132,57 @@ def _result_files(root: OutputRoot, location: str) -> list[str]:
 def _unmerged(root: OutputRoot, paths: list[str]) -> list[str]:
     """``paths`` checked as result tables, less the parts that a merged file among them
     already holds (left behind by a crash between a merge and its deletions)."""
+    return list(_unmerged_footers(root, paths))
+
+
+def _unmerged_footers(root: OutputRoot, paths: list[str]) -> dict[str, dict[bytes, bytes]]:
+    """``_unmerged``'s files, each with its footer's key-value metadata (one read each)."""
+    footers = {path: _footer(root, path) for path in paths}
     merged: set[str] = set()
-    for path in paths:
-        merged |= _merged_sources(root, path)
-    return [p for p in paths if posixpath.basename(p) not in merged]
+    for metadata in footers.values():
+        merged |= _sources_in(metadata)
+    return {p: m for p, m in footers.items() if posixpath.basename(p) not in merged}
+
+
+def result_footers(location: str | OutputRoot) -> dict[str, dict[bytes, bytes]]:
+    """The footer metadata of every file that holds rows of the result table at
+    ``location`` (an output root), read without a byte of the rows: what ``nst status``
+    reads (``summary``)."""
+    root = locate(location)
+    try:
+        files = _result_files(root, location if isinstance(location, str) else root.uri)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ResultsError(redact(f"{location}: cannot read results there ({one_line(exc)})")) from None
+    return _unmerged_footers(root, files)
+
+
+def file_summary(root: OutputRoot, path: str, metadata: dict[bytes, bytes]) -> TableSummary:
+    """The summary of result file ``path`` (full path) with footer ``metadata``: the one
+    in its footer, or, for a file written before summaries, one made from the columns it
+    needs, its rows attributed to the runs of ``runs.parquet`` by time."""
+    if raw := metadata.get(SUMMARY_KEY):
+        return TableSummary.from_json(raw)
+    from nst_engine.results.runs import read_runs  # runs.py builds on this module
+
+    runs = read_runs(root).select(["started_at", "run_id"]).to_pylist()
+    dataset = ds.dataset([path], schema=SCHEMA, format="parquet", filesystem=root.filesystem)
+    table = dataset.to_table(columns=list(SUMMARY_COLUMNS))
+    return legacy_summary(table, [(r["started_at"], r["run_id"]) for r in runs])
 
 
 def _merged_sources(root: OutputRoot, path: str) -> set[str]:
-    """Names of the files merged into ``path``; raises when ``path`` is no result table
-    (say so rather than reading it as rows of nulls)."""
+    """Names of the files merged into ``path``; raises when ``path`` is no result table."""
+    return _sources_in(_footer(root, path))
+
+
+def _sources_in(metadata: dict[bytes, bytes]) -> set[str]:
+    raw = metadata.get(MERGED_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _footer(root: OutputRoot, path: str) -> dict[bytes, bytes]:
+    """The key-value metadata of result file ``path``; raises when ``path`` is no result
+    table (say so rather than reading it as rows of nulls)."""
     shown = root.display_full(path)
     try:
         schema = pq.read_schema(path, filesystem=root.filesystem)
@@ -150,8 +193,7 @@ def _merged_sources(root: OutputRoot, path: str) -> set[str]:
         raise ResultsError(
             f"{shown}: not an nst results table: missing columns {', '.join(missing)}{_recovery(root, path)}"
         )
-    raw = (schema.metadata or {}).get(MERGED_KEY)
-    return set(json.loads(raw)) if raw else set()
+    return schema.metadata or {}
 
 
 def _recovery(root: OutputRoot, path: str) -> str:
@@ -232,12 +274,13 @@ def merge_files(root: OutputRoot, sources: Sequence[str], target: str) -> int:
 
     Memory stays at about a row group whatever the size of the sources. The target's
     metadata names the sources that are parts, so that readers ignore any of them left
-    behind if the caller dies before deleting them."""
-    dataset = ds.dataset(
-        [root.full_path(s) for s in sources], schema=SCHEMA, format="parquet", filesystem=root.filesystem
-    )
+    behind if the caller dies before deleting them; its summary is the sum of the
+    sources' (``summary``)."""
+    paths = [root.full_path(s) for s in sources]
+    dataset = ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=root.filesystem)
     parts = sorted(posixpath.basename(s) for s in sources if s.startswith(f"{PARTS_DIR}/"))
-    schema = SCHEMA.with_metadata({MERGED_KEY: json.dumps(parts).encode()})
+    summary = summed(file_summary(root, p, _footer(root, p)) for p in paths)
+    schema = SCHEMA.with_metadata({MERGED_KEY: json.dumps(parts).encode(), SUMMARY_KEY: summary.to_json()})
     rows = 0
     with _atomic_stream(root, target) as stream, pq.ParquetWriter(stream, schema) as writer:
         pending: list[pa.RecordBatch] = []
@@ -270,6 +313,7 @@ class ResultTable:
         flush_seconds: float = 0.0,
         compact_at: int = COMPACT_AT,
         guard: Callable[[], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
         if flush_rows < 1 or compact_at < 2:
             raise ValueError("flush_rows must be >= 1 and compact_at >= 2")
@@ -280,6 +324,8 @@ class ResultTable:
         #: called before every write; raises when this run may no longer write the root
         #: (its lease was taken over, see ``storage.lease``)
         self.guard = guard or (lambda: None)
+        #: the run whose rows these are, named in each file's summary (``summary``)
+        self.run_id = run_id
         self._buffer: list[dict[str, Any]] = []
         self._oldest = 0.0  # time.monotonic() of the oldest buffered row
         self._cleaned = False  # leftovers of a crashed merge removed (see _parts)
@@ -315,8 +361,11 @@ class ResultTable:
         if not self._buffer:
             return
         self.guard()
+        table = to_table(self._buffer)
+        summary = TableSummary.of_rows(table, self.run_id)
+        table = table.replace_schema_metadata({SUMMARY_KEY: summary.to_json()})
         buffer = io.BytesIO()
-        pq.write_table(to_table(self._buffer), buffer, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
         self.root.write_bytes(_part_name(0), buffer.getvalue())
         self._buffer = []
         try:

@@ -1,0 +1,129 @@
+"""Where a render stands, from its output root alone: ``nst status OUTPUT_ROOT``.
+
+It reads the lease (is the driver alive?), ``runs.parquet`` (the latest run: its start,
+items, and those done before it) and only the footers of the result files (their
+``summary``), so it costs one small read per file written, works from any machine that
+can read the root, and never reads a row. Counts are the latest run's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from nst_engine.errors import NSTError
+from nst_engine.results.runs import RUNS_FILE, read_runs
+from nst_engine.results.summary import RunRows, summed
+from nst_engine.results.table import file_summary, locate, result_footers
+from nst_engine.storage.lease import read_holder
+from nst_engine.storage.roots import OutputRoot
+
+#: Throughput is over the last this many minutes that have ok rows (or since the start).
+THROUGHPUT_MINUTES = 5
+
+
+class NoRenderError(NSTError):
+    """An output root where no render has been recorded."""
+
+
+@dataclass
+class RenderStatus:
+    """The latest run of an output root: ``total`` = ``skipped`` + ``rendered`` +
+    ``failed`` + ``to_go``."""
+
+    output: str
+    run_id: str
+    manifest: str | None
+    state: str  # running, died, finished or interrupted
+    started_at: datetime
+    finished_at: datetime | None
+    total: int
+    skipped: int  # done before this run (recovered ones included)
+    rendered: int  # ok in this run
+    failed: int
+    retried: int
+    to_go: int
+    per_minute: float | None  # ok items per minute, recently
+    eta_seconds: float | None
+    device_seconds: float
+    workers: int  # distinct Ray nodes seen
+    hosts: list[str]
+    devices: dict[str, int]  # device -> ok items
+    failures: dict[str, int]  # reason -> items (``other`` for the rest)
+    lease: str | None  # who holds the root now, or None
+    files_read: int = 0  # footers read
+
+    @property
+    def done(self) -> int:
+        return self.skipped + self.rendered
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data["done"] = self.done
+        return data
+
+
+def render_status(location: str | OutputRoot) -> RenderStatus:
+    """The status of the latest render in ``location`` (a folder or URI)."""
+    root = locate(location)
+    runs = read_runs(root)
+    if not runs.num_rows:
+        raise NoRenderError(
+            f"{root.uri}: no render recorded there (no {RUNS_FILE}); check the output root, "
+            "or start one with nst render"
+        )
+    run = max(runs.to_pylist(), key=lambda r: r["started_at"])
+    footers = result_footers(root)
+    rows = summed(file_summary(root, path, meta) for path, meta in footers.items()).runs.get(run["run_id"])
+    rows = rows or RunRows()
+    holder = read_holder(root)
+    alive = holder is not None and not holder.stale()
+    state = run["state"]
+    if state == "running" and not alive:
+        state = "died"
+    rendered = rows.statuses.get("ok", 0)
+    failed = rows.statuses.get("failed", 0)
+    to_go = max(0, run["total"] - run["skipped"] - rendered - failed)
+    rate = _per_minute(rows, run["started_at"].timestamp())
+    failures = dict(rows.errors, **({"other": rows.other_errors} if rows.other_errors else {}))
+    return RenderStatus(
+        output=root.uri,
+        run_id=run["run_id"],
+        manifest=run["manifest_name"],
+        state=state,
+        started_at=run["started_at"],
+        finished_at=run["finished_at"],
+        total=run["total"],
+        skipped=run["skipped"],
+        rendered=rendered,
+        failed=failed,
+        retried=rows.statuses.get("retried", 0),
+        to_go=to_go,
+        per_minute=rate,
+        eta_seconds=to_go / rate * 60 if rate and state == "running" else None,
+        device_seconds=rows.device_seconds,
+        workers=len(rows.nodes),
+        hosts=rows.hosts,
+        devices=rows.devices,
+        failures=failures,
+        lease=holder.describe() if alive and holder else None,
+        files_read=len(footers),
+    )
+
+
+def _per_minute(rows: RunRows, started: float) -> float | None:
+    """Ok items per minute over the last ``THROUGHPUT_MINUTES`` minutes with ok rows
+    (from the run's start if that is shorter); None before the first."""
+    if not rows.per_minute:
+        return None
+    last = max(rows.per_minute)
+    first = max(last - THROUGHPUT_MINUTES + 1, math.floor(started / 60))
+    items = sum(n for minute, n in rows.per_minute.items() if minute >= first)
+    # the window ends with the last ok row, not at the end of its minute
+    end = (rows.last_finished or time.time()) / 60
+    return items / max(end - max(first, started / 60), 1 / 60)
