@@ -82,7 +82,8 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
     rows = summed(file_summary(root, path, meta) for path, meta in footers.items()).runs.get(run["run_id"])
     rows = rows or RunRows()
     holder = read_holder(root)
-    alive = holder is not None and not holder.stale()
+    # a driver on this machine killed (SIGKILL, OOM) is dead at once, not after STALE_SECONDS
+    alive = holder is not None and not holder.stale() and not holder.gone()
     state = run["state"]
     if state == "running" and not alive:
         state = "died"
