@@ -85,7 +85,7 @@ MESSAGES = {
     "retries_not_a_mapping": (
         "retries: expected a mapping such as {max_attempts: 3, max_worker_failures: 3}, got 3"
     ),
-    "unknown_keys": "retry: unknown field; use address, checkpoint_every, force, manifest, output,",
+    "unknown_keys": "retry: unknown field; use address, budget, checkpoint_every, force, manifest,",
     "several": "workers.gpus: expected true or false, got 'yes'",
 }
 

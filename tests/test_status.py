@@ -71,7 +71,7 @@ def test_summary_of_rows_merges_and_round_trips() -> None:
     assert r1.statuses == {"ok": 3, "failed": 1, "retried": 1}
     assert r1.recorded == 1  # attempt 0: recorded from its image, not rendered in the run
     assert r1.errors == {"CUDA out of memory": 1} and r1.devices == {"H100 (cuda)": 3}
-    assert r1.device_seconds == 10.0 and r1.nodes == [f"node{i}" for i in range(1, 7)]
+    assert r1.worker_seconds == 10.0 and r1.nodes == [f"node{i}" for i in range(1, 7)]
     minute = int(T0.timestamp() // 60)
     assert r1.per_minute == {minute: 1, minute + 1: 2}
     assert both.runs["r2"].statuses == {"ok": 1}
@@ -104,7 +104,7 @@ def test_status_reads_only_footers_and_summarises_old_files(tmp_path: Path) -> N
     found = render_status(root)
     assert (found.rendered, found.failed, found.skipped, found.to_go) == (6, 1, 2, 1)
     assert found.state == "died" and found.files_read == 6  # running, and no lease
-    assert found.device_seconds == 14.0 and found.failures == {"CUDA out of memory": 1}
+    assert found.worker_seconds == 14.0 and found.failures == {"CUDA out of memory": 1}
 
     fresh = tmp_path / "fresh"  # compacting a legacy file writes its summary from then on
     fresh_root = OutputRoot(str(fresh))
@@ -129,7 +129,7 @@ def test_status_of_a_finished_render_matches_its_rows(tmp_path: Path) -> None:
     assert found["state"] == "finished" and found["total"] == 4 and found["to_go"] == 0
     assert found["rendered"] == sum(r["status"] == "ok" for r in rows) == found["done"] == 4
     assert found["failed"] == 0 and found["workers"] == 1 and found["files_read"] == 1
-    assert found["device_seconds"] == pytest.approx(sum(r["total_seconds"] for r in rows))
+    assert found["worker_seconds"] == pytest.approx(sum(r["total_seconds"] for r in rows))
     assert sum(found["devices"].values()) == 4 and found["per_minute"] > 0
     human = nst("status", str(out))
     assert human.returncode == 0 and "finished" in human.stderr and "to go" in human.stderr
@@ -172,5 +172,5 @@ def test_status_of_an_s3_root_from_another_process(s3: S3Server) -> None:
     table.append([row("i3", minute=1)])
     found = status_json(uri)
     assert (found["rendered"], found["failed"], found["to_go"], found["skipped"]) == (2, 1, 1, 1)
-    assert found["state"] == "died" and found["files_read"] == 2 and found["device_seconds"] == 6.0
+    assert found["state"] == "died" and found["files_read"] == 2 and found["worker_seconds"] == 6.0
     assert found["hosts"] == ["h1"] and found["devices"] == {"H100 (cuda)": 2}

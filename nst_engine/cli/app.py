@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nst_engine.errors import NSTError, one_line
+from nst_engine.results.cost import PRICE_FORM
 from nst_engine.storage.uris import redact
 
 app = typer.Typer(
@@ -33,6 +34,18 @@ ManifestArgument = Annotated[
 OutputOption = Annotated[
     str | None, typer.Option("--output", "-o", help="Output root (folder or s3://, gs://, file:// URI).")
 ]
+
+#: ``--price``, of the commands that price a render (``nst plan``, ``nst render``).
+PriceOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="KIND=AMOUNT/h,...",
+        help=f"Prices per device-hour (a GPU for cuda, a CPU core for cpu): {PRICE_FORM}.",
+    ),
+]
+#: Exit code of a render that stopped handing out items at its ``--budget`` (1: items
+#: failed; 2: an error to fix; 130/143: stopped by a signal).
+BUDGET_EXIT_CODE = 3
 
 #: The CLI's flags for fields that are not spelled ``--field-name``.
 FLAG_NAMES = {"source": "--weights", "preprocessing": "--weights-preprocessing"}

@@ -127,7 +127,10 @@ def print_status(found: RenderStatus) -> None:
     from nst_engine.reports.plan import format_duration
     from nst_engine.results.status import THROUGHPUT_MINUTES
 
-    state = {"died": "[red]died[/] (running, but its lease has no heartbeat: rerun nst render)"}
+    state = {
+        "died": "[red]died[/] (running, but its lease has no heartbeat: rerun nst render)",
+        "budget": "[yellow]budget[/] (stopped at its --budget: rerun nst render to go on)",
+    }
     started = found.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     err.print(f"[bold]status[/] {escape(found.output)}  ({escape(found.manifest or 'no manifest')})")
     err.print(f"  state        {state.get(found.state, found.state)}", soft_wrap=True)
@@ -142,7 +145,18 @@ def print_status(found: RenderStatus) -> None:
         err.print(f"  throughput   {found.per_minute:>8,.1f}  items/min (last {THROUGHPUT_MINUTES} min)")
     if found.eta_seconds is not None:
         err.print(f"  eta          {format_duration(found.eta_seconds):>8}")
-    err.print(f"  device time  {format_duration(found.device_seconds):>8}")
+    err.print(
+        f"  device time  {found.device_seconds / 3600:>8.3g}  device-hours of items "
+        f"(worker time {format_duration(found.worker_seconds)})"
+    )
+    if found.cost is not None:
+        basis = "billed: workers held, busy or idle" if found.cost_basis == "bill" else "items so far"
+        each = f"; {found.cost_per_item:.4g} per item" if found.cost_per_item is not None else ""
+        err.print(f"  cost         {found.cost:>8.4g}  ({basis}, at {escape(found.prices or '')}{each})")
+    if found.budget:
+        left = found.budget_left
+        reached = f"reached: {left:,} items not handed out" if left is not None else ""
+        err.print(f"  budget       {escape(found.budget):>8}  {reached}")
     hosts = ", ".join(found.hosts[:SHOWN]) + (
         f", ... ({len(found.hosts)})" if len(found.hosts) > SHOWN else ""
     )

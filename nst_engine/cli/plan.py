@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from nst_engine.cli.app import ManifestArgument, OutputOption, app, err, reports_errors
+from nst_engine.cli.app import ManifestArgument, OutputOption, PriceOption, app, err, reports_errors
+from nst_engine.errors import NSTError
+from nst_engine.results.cost import Prices, parse_prices
 
 if TYPE_CHECKING:
     from nst_engine.reports.plan import RenderPlan
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 SHOWN = 10
 
 
-def print_plan(plan: RenderPlan) -> None:
+def print_plan(plan: RenderPlan, prices: Prices | None = None) -> None:
     """The plan for people, on stderr like every command's report."""
     from nst_engine.reports.plan import format_duration
     from nst_engine.storage.lease import lease_note
@@ -57,10 +59,28 @@ def print_plan(plan: RenderPlan) -> None:
     elif plan.to_render:
         err.print("  predicted synthesis time on one worker (set-up not included):")
         for p in plan.predictions:
-            err.print(f"    {escape(p.device)} ({p.device_type}): {format_duration(p.seconds)}")
+            cost = f", {_cost_text(p.device_type, p.seconds, prices)}" if prices else ""
+            err.print(f"    {escape(p.device)} ({p.device_type}): {format_duration(p.seconds)}{cost}")
         err.print(f"  (fits from {escape(', '.join(plan.fits_from))})")
     for warning in plan.warnings():
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _cost_text(kind: str, seconds: float, prices: Prices) -> str:
+    """The predicted cost of ``seconds`` on one device of ``kind`` (a CPU worker holds a
+    core per thread: its cost is this times its threads)."""
+    if kind not in prices.per_hour:
+        return f"no --price for {kind}"
+    return f"cost {prices.cost(kind, seconds):.4g}" + (" per core" if kind == "cpu" else "")
+
+
+def _priced(data: dict, prices: Prices | None) -> dict:
+    """The plan's JSON with each prediction's ``cost`` (null for a kind with no price)."""
+    if prices:
+        for p in data.get("predictions", []):
+            known = p["device_type"] in prices.per_hour
+            p["cost"] = prices.cost(p["device_type"], p["seconds"]) if known else None
+    return data
 
 
 @app.command()
@@ -87,19 +107,25 @@ def plan(
             "checksum (default: trusted when its size matches its row); failures count as redo.",
         ),
     ] = False,
+    price: PriceOption = None,
 ) -> None:
     """Say what 'nst render' would do, without starting Ray.
 
     Validates and expands MANIFEST and prints the items, styles and sizes, how many are
     already done, to render and bad inputs, and the predicted time per device from earlier
-    runs' fits, with memory warnings. Writes no results: only its hash cache, and a probe
-    file it deletes at once (the output root must take what render writes).
+    runs' fits (and its cost, with --price), with memory warnings. Writes no results:
+    only its hash cache, and a probe file it deletes at once (the output root must take
+    what render writes).
     """
     from nst_engine.runs import prepare
 
+    try:
+        prices = parse_prices(price) if price is not None else None
+    except ValueError as exc:
+        raise NSTError(str(exc), field="price") from None
     prepared = prepare.prepare(manifest, output, skip_bad_inputs=True)  # counted, not refused
     result = prepare.plan(prepared, force, results_for_fits, verify_outputs)
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        typer.echo(json.dumps(_priced(result.to_json(), prices)))
     else:
-        print_plan(result)
+        print_plan(result, prices)

@@ -21,8 +21,10 @@ from rich.progress import (
 from rich.table import Table
 
 from nst_engine.cli.app import (
+    BUDGET_EXIT_CODE,
     ManifestArgument,
     OutputOption,
+    PriceOption,
     Printer,
     app,
     err,
@@ -39,6 +41,15 @@ from nst_engine.distributed.options import (
     parse_workers,
 )
 from nst_engine.errors import NSTError
+from nst_engine.results.cost import (
+    BUDGET_FORM,
+    DEVICE_KINDS,
+    Prices,
+    Spending,
+    parse_budget,
+    parse_prices,
+    unpriced_kinds,
+)
 
 if TYPE_CHECKING:
     from nst_engine.distributed.scheduler import Progress, RunSummary
@@ -76,7 +87,7 @@ class RenderView:
         return Group(self.bar, self.workers)
 
 
-def print_summary(summary: RunSummary, results: str) -> None:
+def print_summary(summary: RunSummary, results: str, prices: Prices | None = None) -> None:
     table = Table(title="render summary", show_edge=False)
     table.add_column("rendered", justify="right")
     table.add_column("skipped (already done)", justify="right")
@@ -93,6 +104,7 @@ def print_summary(summary: RunSummary, results: str) -> None:
         f"{summary.wall_seconds:.1f} s",
     )
     err.print(table)
+    print_cost(summary, prices)
     for item, reason in summary.failed[:20]:
         err.print(f"  failed: {escape(item.label)}: {escape(reason)}", soft_wrap=True)
     if len(summary.failed) > 20:
@@ -175,6 +187,14 @@ Wait = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No live view.")]
+Budget = Annotated[
+    str | None,
+    typer.Option(
+        metavar="AMOUNT|HOURSh",
+        help=f"Stop handing out items once the next one's projected spend would pass {BUDGET_FORM}; "
+        f"running ones finish, a rerun continues (exit code {BUDGET_EXIT_CODE}). Money needs --price.",
+    ),
+]
 
 
 class RenderListener(Printer):
@@ -255,6 +275,8 @@ def render(
     checkpoint_every: CheckpointEvery = "auto",
     verify_outputs: VerifyOutputs = False,
     wait: Wait = False,
+    price: PriceOption = None,
+    budget: Budget = None,
     quiet: Quiet = False,
 ) -> None:
     """Render every item of MANIFEST and write images plus results.parquet.
@@ -278,21 +300,73 @@ def render(
         max_attempts=max_attempts,
         max_worker_failures=max_worker_failures,
     )
-    request = RenderRequest(manifest, output, address, options, force, skip_bad_inputs, verify_outputs, wait)
+    spending = spending_options(price, budget, gpus)
+    request = RenderRequest(
+        manifest, output, address, options, force, skip_bad_inputs, verify_outputs, wait, spending
+    )
     listener = RenderListener(quiet)
     rendered = None
     try:
         rendered = render_run(request, listener)
     finally:
         listener.stop(rendered.summary if rendered else None)
-    print_summary(rendered.summary, rendered.results)
+    print_summary(rendered.summary, rendered.results, spending.prices)
     if rendered.lost:  # taken over mid-run (the heartbeat warned then): its writes raced another run's
         raise NSTError(rendered.lost)
     if rendered.summary.interrupted is not None:
         print_resume(rendered.summary)
         raise typer.Exit(exit_code())
+    if rendered.summary.budget_left is not None:
+        print_budget_stop(rendered.summary, spending)
+        raise typer.Exit(BUDGET_EXIT_CODE)
     if rendered.summary.failed:
         raise typer.Exit(1)
+
+
+def spending_options(price: str | None, budget: str | None, gpus: bool | None) -> Spending:
+    """``--price`` and ``--budget`` as a ``Spending``; a money budget needs a price for
+    every device kind the run may use (``--gpus``: cuda; ``--no-gpus``: cpu; else both),
+    since a kind with no price would spend without limit."""
+    try:
+        prices = parse_prices(price) if price is not None else Spending().prices
+    except ValueError as exc:
+        raise NSTError(str(exc), field="price") from None
+    try:
+        limit = parse_budget(budget) if budget is not None else None
+    except ValueError as exc:
+        raise NSTError(str(exc), field="budget") from None
+    kinds = DEVICE_KINDS if gpus is None else ("cuda",) if gpus else ("cpu",)
+    if missing := unpriced_kinds(limit, prices, kinds):
+        raise NSTError(
+            f"{budget} is money, and --price has no price for {', '.join(missing)}: give "
+            f"--price {','.join(f'{k}=AMOUNT/h' for k in missing)}, or a budget in device-hours (e.g. 12h)",
+            field="budget",
+        )
+    return Spending(prices, limit)
+
+
+def print_cost(summary: RunSummary, prices: Prices | None) -> None:
+    """The run's device time, and its bill when it has prices."""
+    if not summary.held and not summary.busy:
+        return
+    held, busy = sum(summary.held.values()), sum(summary.busy.values())
+    line = f"device time: {held / 3600:.3g} device-hours held by workers, {busy / 3600:.3g} busy"
+    if prices:
+        cost = sum(prices.cost(kind, seconds) for kind, seconds in summary.held.items())
+        line += f"; cost {cost:.4g} at {prices.text()}"
+    err.print(line)
+
+
+def print_budget_stop(summary: RunSummary, spending: Spending) -> None:
+    """Why the run stopped short, and how to go on."""
+    assert spending.budget is not None
+    left = summary.budget_left or 0
+    err.print(
+        f"budget reached: the next item would have passed --budget {spending.budget.text()}; "
+        f"{left} item{'' if left == 1 else 's'} left to do; to render them, run again "
+        "(with a new --budget): finished items are kept",
+        soft_wrap=True,
+    )
 
 
 def print_resume(summary: RunSummary) -> None:

@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import RayError
 
 from nst_engine.distributed.autoscaling import Stall, resize, stall, start_budget
+from nst_engine.distributed.budget import BudgetGuard
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Call, Lane, Pool, Worker
 from nst_engine.distributed.progress import Progress, ProgressBoard, read_board
@@ -25,6 +26,7 @@ from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError, one_line
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.cost import Spending
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import ResultTable
 from nst_engine.storage.roots import OutputRoot
@@ -132,6 +134,7 @@ class Scheduler:
         on_row: Callable[[Lane, dict[str, Any]], None] | None = None,
         worker_class: type = RenderWorker,
         redo_reasons: dict[str, str] | None = None,
+        spending: Spending | None = None,
     ) -> None:
         self.weights = weights
         self.root = root
@@ -149,6 +152,7 @@ class Scheduler:
         self.last_progress = 0.0
         self.full: str | None = None  # why the output root takes no more writes
         self.not_started = 0  # items the stop took from the queues
+        self.budget = BudgetGuard(spending or Spending())  # --price, --budget
 
     # ------------------------------------------------------------------ set-up
 
@@ -201,6 +205,8 @@ class Scheduler:
             raise
         finally:
             self.shutdown()
+        if self.summary.budget_left is not None:
+            self.summary.budget_left = self.not_started
         if self.full is not None:
             left = f"{self.not_started} more item{'' if self.not_started == 1 else 's'} left to do"
             raise OutputRootFull(
@@ -252,11 +258,18 @@ class Scheduler:
                 served = []
                 for worker in free:
                     count = call_size(lane, len(live), worker) if lane.queue else 0
+                    if count and not (count := self._affordable(worker, count)):
+                        self.stop_at_budget()
+                        return
                     if count:
                         self.send(worker, count)
                         served.append(worker)
                 # a share only shrinks as others are served: a worker that got none is done
                 free = [w for w in served if w.in_flight < limit]
+
+    def _affordable(self, worker: Worker, count: int) -> int:
+        """How many of ``count`` items ``worker`` may get within the run's budget."""
+        return self.budget.affordable(self.pool, worker.info.get("device_kind", "unknown"), count)
 
     def send(self, worker: Worker, count: int) -> None:
         """One remote call to ``worker`` with up to ``count`` queued items (``Lane.hand_out``)."""
@@ -301,6 +314,7 @@ class Scheduler:
         attempts: list[Attempt] = returned if call.batched else [returned]
         for (item, number), attempt in zip(call.items, attempts, strict=True):
             call.worker.lane.learn_item_seconds(attempt.row.get("total_seconds"))
+            self.budget.learn(attempt.row.get("device_type"), attempt.row.get("device_seconds"))
             self.settle(call.worker, item, number, attempt)
 
     def settle(self, worker: Worker, item: WorkItem, number: int, attempt: Attempt) -> None:
@@ -324,6 +338,8 @@ class Scheduler:
             lane.queue.clear()
         if decision.stop_run or self.full is not None:  # a retry put back after the stop too
             self.stop_handing_out(attempt.row["error"])
+        elif self.summary.budget_left is not None:  # as is one put back after the budget's stop
+            self.stop_at_budget()
         if decision.retire:
             error = attempt.row["error"]  # a lost worker's says so ("worker lost: ...")
             lost = attempt.outcome is Outcome.LOST
@@ -333,11 +349,21 @@ class Scheduler:
         """Hand out no more work (the output root is full): the queued items stay to do,
         for a rerun; the calls in flight come back and are recorded; ``run`` then raises
         ``OutputRootFull`` with ``error`` (the first such item's)."""
+        self._drop_queues()
+        if self.full is None:  # said once, by run: the first item's error names the cause
+            self.full = error
+
+    def stop_at_budget(self) -> None:
+        """Hand out no more work: the next item's projected spend would pass the run's
+        ``--budget``. The queued items stay to do (counted in ``summary.budget_left``);
+        the calls in flight come back and are recorded; idle workers are released."""
+        self._drop_queues()
+        self.summary.budget_left = self.not_started
+
+    def _drop_queues(self) -> None:
         for lane in self.pool.lanes:
             self.not_started += len(lane.queue)
             lane.queue.clear()
-        if self.full is None:  # said once, by run: the first item's error names the cause
-            self.full = error
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Retire ``worker`` (died, failed to start, or failed too often); ``balance``
@@ -404,6 +430,7 @@ class Scheduler:
     def shutdown(self) -> None:
         for worker in self.pool.workers.values():
             self.release(worker)
+        self.summary.held = self.pool.held(time.time())  # every worker released: the bill's
         if self.board is not None:
             with contextlib.suppress(RayError):
                 ray.kill(self.board)

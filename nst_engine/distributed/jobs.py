@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, Validat
 from nst_engine.distributed.options import parse_checkpoint_every, parse_max_batch, parse_workers
 from nst_engine.errors import NSTError, one_line
 from nst_engine.planning.yaml_files import AliasRefused, NoAliasLoader, problem_of
+from nst_engine.results.cost import parse_budget, parse_prices
 from nst_engine.storage.uris import check_location, redact
 from nst_engine.validation import Section, message, path_of
 
@@ -69,7 +70,9 @@ class RenderOption:
             return value
 
         kind: Any = (
-            int | str if self.parse else Annotated[int if self.whole else float, Field(ge=self.minimum)]
+            int | float | str
+            if self.parse
+            else Annotated[int if self.whole else float, Field(ge=self.minimum)]
         )
         described = Field(None, description=f"nst render {self.flag}")
         return Annotated[kind, BeforeValidator(check)] | None, described
@@ -91,6 +94,12 @@ WORKER_OPTIONS = {
     "per_gpu": RenderOption("--workers-per-gpu"),
 }
 CHECKPOINT_EVERY = RenderOption("--checkpoint-every", parse=parse_checkpoint_every)
+#: top-level fields with a value -> the ``nst render`` options they become
+TOP_OPTIONS = {
+    "checkpoint_every": CHECKPOINT_EVERY,
+    "price": RenderOption("--price", parse=parse_prices),  # cuda=2.50/h,cpu=0.05/h
+    "budget": RenderOption("--budget", parse=parse_budget),  # money (40) or device-hours (12h)
+}
 #: true/false fields -> the ``nst render`` flags for true and for false (None: nothing).
 SWITCHES: dict[str, tuple[str, str | None]] = {
     "skip_bad_inputs": ("--skip-bad-inputs", None),
@@ -152,7 +161,7 @@ JobFile = create_model(
     ),
     retries=(Retries | None, None),
     workers=(Workers | None, None),
-    checkpoint_every=CHECKPOINT_EVERY.as_field(),
+    **{name: option.as_field() for name, option in TOP_OPTIONS.items()},
     **{name: switch_field(flags) for name, flags in SWITCHES.items()},
 )
 
@@ -245,7 +254,7 @@ def render_args(data: dict[str, Any]) -> list[str]:
     for key, options, switches in (
         ("retries", RETRY_OPTIONS, {}),
         ("workers", WORKER_OPTIONS, WORKER_SWITCHES),
-        ("", {"checkpoint_every": CHECKPOINT_EVERY}, SWITCHES),
+        ("", TOP_OPTIONS, SWITCHES),
     ):
         values = (data.get(key) if key else data) or {}
         for name, option in options.items():

@@ -132,10 +132,21 @@ class Worker:
     items: int = 0  # items of those calls
     failures: int = 0  # attempts that counted against it (``retry.WORKER_FAULTS``)
     info: dict[str, str] = field(default_factory=dict)  # what its ready() said
+    ready_at: float | None = None  # time.time() when it became ready: its devices held from then
+    released_at: float | None = None  # ... until it was released or lost
 
     @property
     def live(self) -> bool:
         return self.ready and not self.dead
+
+    def held(self, now: float) -> tuple[str, float]:
+        """(device kind, device-seconds held so far): its devices (``ready``'s
+        ``devices``) from ready to released, busy or idle; nothing before it was ready
+        (a pending request holds no device of ours yet)."""
+        if self.ready_at is None:
+            return self.info.get("device_kind", "unknown"), 0.0
+        seconds = (self.released_at or now) - self.ready_at
+        return self.info.get("device_kind", "unknown"), seconds * float(self.info.get("devices", 1))
 
 
 @dataclass(frozen=True)
@@ -168,7 +179,7 @@ class Pool:
         return worker
 
     def mark_ready(self, worker: Worker, info: dict[str, str]) -> None:
-        worker.info, worker.ready = info, True
+        worker.info, worker.ready, worker.ready_at = info, True, time.time()
         worker.lane.last_ready, worker.lane.ever_ready = time.time(), True
         self.live += 1
 
@@ -177,6 +188,7 @@ class Pool:
         in flight come back, as lost, through ``call_back``)."""
         if worker.live:
             self.live -= 1
+            worker.released_at = time.time()
         worker.dead = True
         worker.lane.members.pop(worker.key, None)
         self.starting.pop(worker.ready_ref, None)
@@ -198,3 +210,15 @@ class Pool:
 
     def has_work(self) -> bool:
         return bool(self.in_flight) or any(lane.queue for lane in self.lanes)
+
+    def held(self, now: float) -> dict[str, float]:
+        """Device-seconds every worker of the run has held so far, per device kind."""
+        held: dict[str, float] = {}
+        for worker in self.workers.values():
+            kind, seconds = worker.held(now)
+            if seconds:
+                held[kind] = held.get(kind, 0.0) + seconds
+        return held
+
+    def in_flight_items(self) -> int:
+        return sum(lane.in_flight_items for lane in self.lanes)

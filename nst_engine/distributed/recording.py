@@ -27,6 +27,12 @@ class RunSummary:
     released: int = 0  # idle workers released while others still worked (their nodes may go)
     cancelled: int = 0  # worker requests withdrawn before a node took them
     wall_seconds: float = 0.0
+    #: device-seconds per device kind: of the rows (busy), and held by the workers from
+    #: ready to released, busy or idle (``Pool.held``, set when the pool shuts down)
+    busy: dict[str, float] = field(default_factory=dict)
+    held: dict[str, float] = field(default_factory=dict)
+    #: items not handed out because the run reached its ``--budget`` (None: it did not)
+    budget_left: int | None = None
     #: set when the run was stopped (Ctrl-C, or SIGTERM as the CLI raises it) before its end
     interrupted: KeyboardInterrupt | None = None
 
@@ -53,6 +59,9 @@ class Recorder:
         attempt's row passes here, from a worker or made by the driver)."""
         if (reason := self.redo_reasons.get(row["item_id"])) is not None:
             row["redo_reason"] = reason
+        if row.get("device_seconds") is not None:
+            kind = row.get("device_type") or "unknown"
+            self.summary.busy[kind] = self.summary.busy.get(kind, 0.0) + row["device_seconds"]
         self.store.append([row])
         if self.on_row is not None:
             self.on_row(lane, row)

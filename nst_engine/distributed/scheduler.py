@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nst_engine.distributed.autoscaling import PoolShape
 from nst_engine.distributed.checkpoints import remove_checkpoints
@@ -33,6 +34,7 @@ from nst_engine.distributed.recording import RunSummary
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
+from nst_engine.results.cost import Bill, Spending
 from nst_engine.results.resume import DoneCheck, check_done
 from nst_engine.results.runs import RunLog, new_run_id
 from nst_engine.results.schema import make_row
@@ -90,6 +92,7 @@ def run_render(
     on_progress: Callable[[Progress], None] | None = None,
     done: DoneCheck | None = None,
     still_ours: Callable[[], None] | None = None,
+    spending: Spending = Spending(),
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
     (buffered, see ``results.table``) and the run itself to its runs table. ``done`` is
@@ -100,7 +103,9 @@ def run_render(
     Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set.
     An output root that fills up stops the run with ``OutputRootFull`` (its reason, not
     the failure of the last writes that follow it: what they could not write, the next
-    run rebuilds from the images)."""
+    run rebuilds from the images). ``spending``: the run's prices, recorded with its bill,
+    and its budget: reached, the run hands out no more items and returns the summary,
+    ``budget_left`` set (state ``budget``)."""
     started = time.time()
     run_id = new_run_id()
     store = ResultTable(
@@ -124,10 +129,14 @@ def run_render(
             run_id=run_id,
             skipped=summary.skipped,
             recovered=len(check.recovered),
+            prices=spending.prices.text() or None,
+            budget=spending.budget.text() if spending.budget else None,
         )
-        _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo)
+        _render_todo(
+            todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo, spending
+        )
         store.compact()
-        state = "finished"
+        state = "finished" if summary.budget_left is None else "budget"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: rows flushed below, then the summary
         summary.interrupted = stop
     except OutputRootFull:  # the writes below may well fail too: the reason stays this
@@ -150,8 +159,21 @@ def run_render(
                         retried=summary.retried,
                         workers=summary.workers,
                         wall_seconds=summary.wall_seconds,
+                        **_bill_fields(summary, spending),
                     )
     return summary
+
+
+def _bill_fields(summary: RunSummary, spending: Spending) -> dict[str, Any]:
+    """The ``RunRecord`` fields of the run's bill."""
+    bill = Bill(spending.prices, summary.held, summary.busy)
+    return {
+        "budget_left": summary.budget_left,
+        "device_seconds_held": sum(summary.held.values()),
+        "device_seconds_busy": sum(summary.busy.values()),
+        "cost": bill.cost,
+        "bill": bill.to_json(),
+    }
 
 
 def queue_order(item: WorkItem) -> tuple[int, tuple]:
@@ -184,6 +206,7 @@ def _render_todo(
     started: float,
     on_progress: Callable[[Progress], None] | None,
     redo_reasons: dict[str, str],
+    spending: Spending,
 ) -> None:
     """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
     items done again carry their ``redo_reasons``)."""
@@ -202,6 +225,7 @@ def _render_todo(
             started=started,
             on_progress=on_progress,
             redo_reasons=redo_reasons,
+            spending=spending,
         )
         scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()

@@ -23,6 +23,7 @@ import ray
 import torch
 
 from nst_engine.distributed.checkpoints import ItemCheckpoint
+from nst_engine.distributed.device_time import DeviceClock, held_devices
 from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
@@ -188,6 +189,9 @@ class RenderWorker:
         context = ray.get_runtime_context()
         self.actor_id = context.get_actor_id() or "local"
         self.node_id = context.get_node_id()
+        # the devices this worker holds, as Ray assigned them: what its rows' device-seconds count
+        self.device_kind = self.stylizer.device.type
+        self.clock = DeviceClock(held_devices(self.device_kind, context.get_assigned_resources()))
         self.hostname = socket.gethostname()
 
     def ready(self) -> dict[str, str]:
@@ -198,6 +202,8 @@ class RenderWorker:
             "hostname": self.hostname,
             "max_batch": str(self.max_batch),
             "memory_share": str(self.stylizer.memory_share),
+            "device_kind": self.device_kind,
+            "devices": str(self.clock.devices),
         }
 
     def render_batch(
@@ -328,6 +334,7 @@ class RenderWorker:
                 self._report(item, record.iteration + 1, record.total)
 
         self._report(item)
+        mark = self.clock.start()
         stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
@@ -368,7 +375,9 @@ class RenderWorker:
             **extra,
             finished_at=_utcnow(),
             total_seconds=time.perf_counter() - start_clock,
+            device_seconds=self.clock.stop(mark),
         )
+        row.setdefault("device_type", self.device_kind)  # a failed attempt's time is priced too
         return Attempt(row, outcome)
 
     def _write(self, path: str, png: bytes) -> None:

@@ -31,8 +31,9 @@ from nst_engine.storage.roots import OutputRoot
 
 RUNS_FILE = "runs.parquet"
 _RESULT_MEANINGS = {c.name: c.meaning for c in COLUMNS}
-#: States of a run: ``running`` until it ends (forever, if its driver was killed).
-RUN_STATES = ("running", "finished", "interrupted")
+#: States of a run: ``running`` until it ends (forever, if its driver was killed);
+#: ``budget`` when it stopped handing out items at its ``--budget``.
+RUN_STATES = ("running", "finished", "interrupted", "budget")
 
 
 @dataclass
@@ -42,7 +43,9 @@ class RunRecord:
     run_id: str = run_field("unique id of the run")
     manifest_name: str | None = run_field("name of the manifest (null for a run with no items)")
     run_kind: str = run_field(_RESULT_MEANINGS["run_kind"])  # as in the result table
-    state: str = run_field("running, finished or interrupted (an error, Ctrl-C or SIGTERM)")
+    state: str = run_field(
+        "running, finished, interrupted (an error, Ctrl-C or SIGTERM) or budget (stopped at its --budget)"
+    )
     started_at: datetime = run_field("run start (UTC)")
     finished_at: datetime | None = run_field("run end (UTC), null while running", default=None)
     total: int = run_field("items in the run", default=0)
@@ -55,6 +58,21 @@ class RunRecord:
     retried: int = run_field("attempts lost or failed transiently and retried", default=0)
     workers: int = run_field("workers started", default=0)
     wall_seconds: float | None = run_field("wall time of the run", default=None)
+    prices: str | None = run_field("prices per device-hour (--price), e.g. cuda=2.5/h", default=None)
+    budget: str | None = run_field("--budget: money (40) or device-hours (12h); null: none", default=None)
+    budget_left: int | None = run_field(
+        "items not handed out because the next would have passed the budget (null: not reached)", default=None
+    )
+    device_seconds_held: float | None = run_field(
+        "device-seconds its workers held, busy or idle (GPUs, or CPU cores of CPU workers)", default=None
+    )
+    device_seconds_busy: float | None = run_field(
+        "device-seconds of its attempts (the sum of the rows' device_seconds)", default=None
+    )
+    cost: float | None = run_field("device-seconds held, priced (null without prices)", default=None)
+    bill: str | None = run_field(
+        "JSON, per device kind: held_seconds, busy_seconds, price_per_hour, cost", default=None
+    )
     hostname: str = run_field("host of the driver", default_factory=socket.gethostname)
     nst_version: str = run_field("nst-engine version of the driver", default=__version__)
 
@@ -67,6 +85,7 @@ _ARROW_TYPES: dict[Any, pa.DataType] = {
     str: pa.string(),
     str | None: pa.string(),
     int: pa.int64(),
+    int | None: pa.int64(),
     float | None: pa.float64(),
     datetime: _UTC,
     datetime | None: _UTC,
@@ -117,11 +136,13 @@ class RunLog:
         run_id: str | None = None,
         skipped: int = 0,
         recovered: int = 0,
+        **known: Any,
     ) -> RunRecord:
         """Record a run as ``running`` now (so a killed run leaves a trace) and return it.
         ``run_id`` is the id its result rows' summaries name (``new_run_id``); ``skipped``
         and ``recovered``, known before the run renders, let ``nst status`` count what is
-        left of a run that is still going (or died)."""
+        left of a run that is still going (or died); ``known``: other fields set from
+        the start (its ``prices`` and ``budget``)."""
         record = RunRecord(
             run_id=run_id or new_run_id(),
             manifest_name=manifest_name,
@@ -131,11 +152,12 @@ class RunLog:
             total=total,
             skipped=skipped,
             recovered=recovered,
+            **known,
         )
         self.write(record)
         return record
 
-    def finish(self, record: RunRecord, state: str = "finished", **counts: int | float) -> RunRecord:
+    def finish(self, record: RunRecord, state: str = "finished", **counts: Any) -> RunRecord:
         """Record the end of ``record``'s run with its ``counts`` (fields of ``RunRecord``)."""
         if state not in RUN_STATES:
             raise ValueError(f"unknown run state {state!r}")

@@ -85,6 +85,12 @@ ATTEMPT_COLUMNS = (
     Column("queue_wait_seconds", _f64, "from the run's start until a worker took the item"),
     Column("total_seconds", _f64, "worker time for the attempt: engine_seconds plus writing the image"),
     Column(
+        "device_seconds",
+        _f64,
+        "device-seconds the attempt used: its worker's devices (GPUs, or CPU cores for a CPU "
+        "worker) times its time, shared with the syntheses that ran beside it (what prices apply to)",
+    ),
+    Column(
         "output_bytes",
         _i64,
         "size of the PNG written (ok rows; attempt 0: of the image found); a rerun trusts an "

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from nst_engine.errors import NSTError
+from nst_engine.results.cost import parse_prices
 from nst_engine.results.runs import RUNS_FILE, read_runs
 from nst_engine.results.summary import RunRows, summed
 from nst_engine.results.table import file_summary, locate, result_footers
@@ -48,7 +49,17 @@ class RenderStatus:
     to_go: int
     per_minute: float | None  # ok items per minute, recently
     eta_seconds: float | None
-    device_seconds: float
+    worker_seconds: float  # the attempts' worker time (total_seconds)
+    device_seconds: float  # the attempts' device-seconds (device_seconds), all kinds
+    busy: dict[str, float]  # device kind -> the attempts' device-seconds
+    prices: str | None  # the run's --price
+    #: the attempts' device-seconds priced, while the run goes; once it ended, its bill
+    #: (what its workers held, busy and idle); None without prices
+    cost: float | None
+    cost_basis: str  # "items" or "bill": which of the two ``cost`` is
+    cost_per_item: float | None  # the attempts' cost per item rendered
+    budget: str | None
+    budget_left: int | None  # items it did not hand out, at its budget
     workers: int  # distinct Ray nodes seen
     hosts: list[str]
     devices: dict[str, int]  # device -> ok items
@@ -107,7 +118,10 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         to_go=to_go,
         per_minute=rate,
         eta_seconds=to_go / rate * 60 if rate and state == "running" else None,
-        device_seconds=rows.device_seconds,
+        worker_seconds=rows.worker_seconds,
+        device_seconds=sum(rows.busy.values()),
+        busy=rows.busy,
+        **_cost(run, rows, rendered),
         workers=len(rows.nodes),
         hosts=rows.hosts,
         devices=rows.devices,
@@ -115,6 +129,21 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         lease=holder.describe() if alive and holder else None,
         files_read=len(footers),
     )
+
+
+def _cost(run: dict[str, Any], rows: RunRows, rendered: int) -> dict[str, Any]:
+    """The cost fields of ``RenderStatus``, priced at the run's own ``--price``."""
+    prices = parse_prices(run["prices"]) if run["prices"] else None
+    items = sum(prices.cost(kind, seconds) for kind, seconds in rows.busy.items()) if prices else None
+    billed = run["state"] != "running" and run["cost"] is not None
+    return {
+        "prices": run["prices"],
+        "cost": run["cost"] if billed else items,
+        "cost_basis": "bill" if billed else "items",
+        "cost_per_item": items / rendered if items is not None and rendered else None,
+        "budget": run["budget"],
+        "budget_left": run["budget_left"],
+    }
 
 
 def _per_minute(rows: RunRows, started: float) -> float | None:

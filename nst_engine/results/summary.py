@@ -15,6 +15,7 @@ last ``MINUTES_KEPT`` minutes of each run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ SUMMARY_COLUMNS = (
     "node_id",
     "hostname",
     "total_seconds",
+    "device_seconds",
     "finished_at",
 )
 #: Failure reasons kept by count (the rest add up in ``other_errors``) ...
@@ -60,7 +62,8 @@ class RunRows:
     devices: dict[str, int] = field(default_factory=dict)  # "device_name (device_type)" -> ok items
     nodes: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
-    device_seconds: float = 0.0  # sum of total_seconds
+    worker_seconds: float = 0.0  # sum of total_seconds
+    busy: dict[str, float] = field(default_factory=dict)  # device kind -> sum of device_seconds
     first_finished: float | None = None  # epoch seconds
     last_finished: float | None = None
     per_minute: dict[int, int] = field(default_factory=dict)  # epoch minute -> ok items
@@ -78,7 +81,8 @@ class RunRows:
             devices=dict(Counter(self.devices) + Counter(other.devices)),
             nodes=_union(self.nodes, other.nodes),
             hosts=_union(self.hosts, other.hosts),
-            device_seconds=self.device_seconds + other.device_seconds,
+            worker_seconds=self.worker_seconds + other.worker_seconds,
+            busy=dict(Counter(self.busy) + Counter(other.busy)),
             first_finished=_extreme(min, self.first_finished, other.first_finished),
             last_finished=_extreme(max, self.last_finished, other.last_finished),
             per_minute={m: minutes[m] for m in sorted(minutes)[-MINUTES_KEPT:]},
@@ -110,8 +114,12 @@ class TableSummary:
         runs = {}
         for run_id, fields in json.loads(data).items():
             fields["per_minute"] = {int(m): n for m, n in fields.get("per_minute", {}).items()}
-            runs[run_id] = RunRows(**fields)
+            # a field of another version is left out (or defaults): a summary is never refused
+            runs[run_id] = RunRows(**{k: v for k, v in fields.items() if k in _FIELDS})
         return cls(runs)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRows))
 
 
 def summed(summaries: Iterable[TableSummary]) -> TableSummary:
@@ -151,13 +159,16 @@ def _run_rows(table: pa.Table) -> RunRows:
     errors: Counter[str] = Counter()
     devices: Counter[str] = Counter()
     minutes: Counter[int] = Counter()
+    busy: Counter[str] = Counter()
     finished = []
     for i, status in enumerate(data["status"]):
         if status == "ok" and data["attempt"][i] == 0:  # recorded from its image, not rendered
             rows.recorded += 1
             continue
         statuses[status] += 1
-        rows.device_seconds += data["total_seconds"][i] or 0.0
+        rows.worker_seconds += data["total_seconds"][i] or 0.0
+        if data["device_seconds"][i] is not None:
+            busy[data["device_type"][i] or "unknown"] += data["device_seconds"][i]
         if status == "failed":
             errors[(data["error"][i] or "unknown")[:ERROR_CHARS]] += 1
         when = data["finished_at"][i]
@@ -171,6 +182,7 @@ def _run_rows(table: pa.Table) -> RunRows:
     rows.errors = dict(errors.most_common(TOP_ERRORS))
     rows.other_errors = sum(errors.values()) - sum(rows.errors.values())
     rows.devices = dict(devices)
+    rows.busy = dict(busy)
     rows.nodes = _union([n for n in data["node_id"] if n], [])
     rows.hosts = _union([h for h in data["hostname"] if h], [])
     rows.first_finished = min(finished) if finished else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nst_engine.distributed.options import PoolOptions
+from nst_engine.results.cost import Spending
 from nst_engine.results.table import where_rows_are
 from nst_engine.runs.events import Listener, Silent
 from nst_engine.runs.lease import held
@@ -32,6 +33,7 @@ class RenderRequest:
     skip_bad_inputs: bool = False  # record items with bad images as failed, render the rest
     verify_outputs: bool = False  # read every done image rather than trust its size
     wait: bool = False  # wait for another run that holds the output root
+    spending: Spending = field(default_factory=Spending)  # prices and budget (--price, --budget)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def _run(
                 done=render_plan.check,
                 still_ours=still_ours,
                 on_progress=listener.progress if listener.live else None,
+                spending=request.spending,
             )
         stopping = summary.interrupted is not None
         return summary

@@ -1,0 +1,56 @@
+"""``--budget``: how many more items a run may hand out before its spend would pass it.
+
+The spend is what the run's workers have held so far (``Pool.held``: busy and idle, as a
+cloud bills it), priced (``results.cost``); the projection adds, for every item in flight
+and each one to hand out, the mean device-seconds of the items of that device kind that
+came back. Items in flight are counted whole although part of their time is in the held
+spend already: the projection errs on the side of stopping early. Before an item of a
+kind has come back there is nothing to project from, so the first calls go out.
+"""
+
+from __future__ import annotations
+
+import time
+
+from nst_engine.distributed.pool import ITEM_SECONDS_WEIGHT, Pool
+from nst_engine.results.cost import Spending
+
+
+class BudgetGuard:
+    """The budget of one run (none: every item may go out)."""
+
+    def __init__(self, spending: Spending) -> None:
+        self.spending = spending
+        self.per_item: dict[str, float] = {}  # device kind -> running mean of device-seconds per item
+
+    def learn(self, kind: str | None, device_seconds: float | None) -> None:
+        """Fold a returned attempt's device-seconds into its kind's mean."""
+        if kind is None or device_seconds is None:
+            return
+        mean = self.per_item.get(kind)
+        self.per_item[kind] = (
+            device_seconds if mean is None else mean + ITEM_SECONDS_WEIGHT * (device_seconds - mean)
+        )
+
+    def spent(self, pool: Pool, now: float | None = None) -> float:
+        """What the run's workers have held so far, in the budget's unit (0 with no budget)."""
+        budget = self.spending.budget
+        if budget is None:
+            return 0.0
+        return budget.spent(self.spending.prices, pool.held(time.time() if now is None else now))
+
+    def affordable(self, pool: Pool, kind: str, count: int) -> int:
+        """How many of ``count`` more items of device ``kind`` may go out: 0 once the spend
+        so far plus the projected cost of the items in flight and of these reaches the
+        budget."""
+        budget = self.spending.budget
+        if budget is None or not count:
+            return count
+        left = budget.amount - self.spent(pool)
+        if left <= 0:
+            return 0
+        item = budget.spent(self.spending.prices, {kind: self.per_item.get(kind, 0.0)})
+        if item <= 0:  # no item of this kind back yet, or a kind the budget does not count
+            return count
+        left -= item * pool.in_flight_items()
+        return max(0, min(count, int(left // item)))
