@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import RayError
 
 from nst_engine.distributed.autoscaling import Stall, resize, stall, start_budget
+from nst_engine.distributed.metrics import RunMetrics
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Call, Lane, Pool, Worker
 from nst_engine.distributed.progress import Progress, ProgressBoard, read_board
@@ -138,7 +139,9 @@ class Scheduler:
         self.options = options
         self.store = store or ResultTable(root)
         self.summary = summary or RunSummary()
-        self.recorder = Recorder(self.store, self.summary, run_kind, on_row, redo_reasons)
+        self.metrics = RunMetrics(run_kind)  # Prometheus, through Ray: every row, the pool
+        counted = self.metrics.counting(on_row)
+        self.recorder = Recorder(self.store, self.summary, run_kind, counted, redo_reasons)
         self.run_kind = run_kind
         self.warmup = warmup
         self.started = started if started is not None else time.time()
@@ -356,6 +359,7 @@ class Scheduler:
         for lane in self.pool.lanes:
             self.balance(lane)
             self.check_stall(lane, now)
+        self.metrics.pool_state(self.pool)
         if self.on_progress is not None and now - self.last_progress > TICK_SECONDS:
             self.last_progress = now
             self.on_progress(self.progress())
@@ -404,6 +408,7 @@ class Scheduler:
     def shutdown(self) -> None:
         for worker in self.pool.workers.values():
             self.release(worker)
+        self.metrics.finished(self.pool)
         if self.board is not None:
             with contextlib.suppress(RayError):
                 ray.kill(self.board)

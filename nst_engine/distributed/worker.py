@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import ray
 import torch
 
+from nst_engine.distributed import metrics
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
@@ -369,6 +370,7 @@ class RenderWorker:
             finished_at=_utcnow(),
             total_seconds=time.perf_counter() - start_clock,
         )
+        metrics.item_rendered(row, self.stylizer.device)
         return Attempt(row, outcome)
 
     def _write(self, path: str, png: bytes) -> None:
