@@ -47,7 +47,8 @@ def render_and_scrape(folder: Path, contents: int, port: int, expected_ok: int) 
     """Render a tiny manifest of ``contents`` × 2 items, then scrape until the ok
     counter reaches ``expected_ok`` (or the deadline: the parent's asserts say what)."""
     plan = load_manifest(tiny_manifest(folder, contents=contents, styles=2, iterations=3))
-    run_render(expand(plan), plan.weights, OutputRoot(plan.output), PoolOptions(threads_per_actor=1, cpu_actors=1))
+    options = PoolOptions(threads_per_actor=1, cpu_actors=1)
+    run_render(expand(plan), plan.weights, OutputRoot(plan.output), options)
     deadline = time.monotonic() + SCRAPE_DEADLINE
     samples = scrape(port)
     while ok_items(samples) < expected_ok and time.monotonic() < deadline:
