@@ -261,3 +261,137 @@ def test_job_file_worker_pool_and_checkpoint_keys(tmp_path: Path) -> None:
     job.write_text(f"manifest: {manifest}\nworkers: {{cuont: 2}}\n")
     with pytest.raises(NSTError, match=r"workers\.cuont: unknown field; use count"):
         load_job(job)
+
+
+# ---------------------------------------------------------------- sharing a cluster (Kueue)
+# No JSON schema of Kueue's CRDs is installed here (they ship as Go code and YAML in its
+# release manifests, not in any PyPI or npm package), so the checks below read the fields
+# Kueue's v1beta1 API requires and the references between the files by hand.
+
+KUEUE = REPO / "cluster" / "kueue-queues.yaml"
+KUEUE_API = "kueue.x-k8s.io/v1beta1"
+RAYJOB = REPO / "jobs" / "kubernetes-rayjob.yaml"
+
+
+def kueue_objects(kind: str) -> dict[str, dict]:
+    """The ``kind`` objects of cluster/kueue-queues.yaml by name."""
+    return {d["metadata"]["name"]: d for d in documents(KUEUE) if d["kind"] == kind}
+
+
+def quantity(text: str | int) -> float:
+    """A Kubernetes quantity as a number (the suffixes these files use)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3}
+    text = str(text)
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+def test_kueue_queues_are_whole() -> None:
+    """Every object has Kueue's API version; the ClusterQueue's flavors exist and give a
+    quota for each covered resource, a GPU quota among them; each LocalQueue names it."""
+    docs = documents(KUEUE)
+    assert {d["kind"] for d in docs} == {
+        "ResourceFlavor",
+        "ClusterQueue",
+        "LocalQueue",
+        "WorkloadPriorityClass",
+    }
+    assert all(d["apiVersion"] == KUEUE_API for d in docs)
+    flavors, queues = kueue_objects("ResourceFlavor"), kueue_objects("ClusterQueue")
+    for queue in queues.values():
+        for group in queue["spec"]["resourceGroups"]:
+            for flavor in group["flavors"]:
+                assert flavor["name"] in flavors, flavor["name"]
+                assert [r["name"] for r in flavor["resources"]] == group["coveredResources"]
+    gpus = [
+        quantity(r["nominalQuota"])
+        for q in queues.values()
+        for g in q["spec"]["resourceGroups"]
+        for f in g["flavors"]
+        for r in f["resources"]
+        if r["name"] == "nvidia.com/gpu"
+    ]
+    assert gpus and min(gpus) >= 1
+    local = kueue_objects("LocalQueue")
+    assert len(local) >= 2, "one LocalQueue per team"
+    for name, queue in local.items():
+        assert queue["metadata"]["namespace"], name
+        assert queue["spec"]["clusterQueue"] in queues, name
+    priorities = kueue_objects("WorkloadPriorityClass")
+    assert {"nightly", "interactive"} <= set(priorities)
+    assert all(isinstance(p["value"], int) for p in priorities.values())
+    assert priorities["interactive"]["value"] > priorities["nightly"]["value"]
+
+
+def test_rayjob_is_queued_by_kueue() -> None:
+    """The RayJob names a LocalQueue and a WorkloadPriorityClass that kueue-queues.yaml
+    defines, and is created suspended, as Kueue requires of a RayJob, which must also end
+    its cluster with the job and not run on an existing one (clusterSelector)."""
+    job = by_kind(RAYJOB)["RayJob"]
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] in kueue_objects("LocalQueue")
+    assert labels["kueue.x-k8s.io/priority-class"] in kueue_objects("WorkloadPriorityClass")
+    assert job["spec"]["suspend"] is True
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert "clusterSelector" not in job["spec"]
+
+
+def rayjob_gpu_groups(job: dict) -> list[dict]:
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return [g for g in groups if any(gpu_limit(c) for c in containers(g["template"]))]
+
+
+def test_rayjob_worker_cap_agrees_with_its_pods() -> None:
+    """The render's own cap (--workers MIN:MAX in the entrypoint) is the GPU workers its
+    pods can hold: maxReplicas × GPUs per pod × --workers-per-gpu; a larger MAX would
+    leave requests pending forever, a smaller one idle GPU pods held in the quota."""
+    from nst_engine.distributed.options import parse_workers
+
+    job = by_kind(RAYJOB)["RayJob"]
+    words = shlex.split(job["spec"]["entrypoint"])
+    _, most = parse_workers(words[words.index("--workers") + 1])
+    per_gpu = int(words[words.index("--workers-per-gpu") + 1]) if "--workers-per-gpu" in words else 1
+    gpus = sum(
+        group["maxReplicas"] * max(gpu_limit(c) for c in containers(group["template"]))
+        for group in rayjob_gpu_groups(job)
+    )
+    assert most == gpus * per_gpu
+
+
+def test_rayjob_fits_its_cluster_queue() -> None:
+    """At its largest (every GPU group at maxReplicas, plus the head) the render's pods
+    request no more than the ClusterQueue behind its LocalQueue can ever give; a job
+    larger than the quota would wait for good."""
+    job = by_kind(RAYJOB)["RayJob"]
+    local = kueue_objects("LocalQueue")[job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]]
+    queue = kueue_objects("ClusterQueue")[local["spec"]["clusterQueue"]]
+    quota: dict[str, float] = {}
+    for group in queue["spec"]["resourceGroups"]:
+        for flavor in group["flavors"]:
+            for resource in flavor["resources"]:
+                quota[resource["name"]] = quota.get(resource["name"], 0) + quantity(resource["nominalQuota"])
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [(1, spec["headGroupSpec"]["template"])]
+    pods += [(g["maxReplicas"], g["template"]) for g in spec["workerGroupSpecs"]]
+    wanted: dict[str, float] = {}
+    for count, template in pods:
+        for container in containers(template):
+            for name, value in container.get("resources", {}).get("requests", {}).items():
+                wanted[name] = wanted.get(name, 0) + count * quantity(value)
+    for name, value in wanted.items():
+        assert name in quota, f"the ClusterQueue covers no {name}: Kueue would never admit the job"
+        assert value <= quota[name], name
+
+
+def test_prometheus_scrapes_rays_service_discovery_file() -> None:
+    """cluster/prometheus.yml reads the file Ray's head writes its nodes' metrics
+    addresses to (Ray's own name for it), and parses as a Prometheus configuration."""
+    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+
+    config = yaml.safe_load((REPO / "cluster" / "prometheus.yml").read_text())
+    assert set(config) <= {"global", "scrape_configs", "rule_files", "alerting"}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
+    assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"]

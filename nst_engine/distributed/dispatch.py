@@ -16,6 +16,7 @@ from ray.exceptions import RayError
 
 from nst_engine.distributed.autoscaling import Stall, resize, stall, start_budget
 from nst_engine.distributed.budget import BudgetGuard
+from nst_engine.distributed.metrics import RunMetrics
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Call, Lane, Pool, Worker
 from nst_engine.distributed.progress import Progress, ProgressBoard, read_board
@@ -141,7 +142,10 @@ class Scheduler:
         self.options = options
         self.store = store or ResultTable(root)
         self.summary = summary or RunSummary()
-        self.recorder = Recorder(self.store, self.summary, run_kind, on_row, redo_reasons)
+        spending = spending or Spending()
+        self.metrics = RunMetrics(run_kind, spending.prices)  # Prometheus, through Ray: every row, the pool
+        counted = self.metrics.counting(on_row)
+        self.recorder = Recorder(self.store, self.summary, run_kind, counted, redo_reasons)
         self.run_kind = run_kind
         self.warmup = warmup
         self.started = started if started is not None else time.time()
@@ -152,7 +156,7 @@ class Scheduler:
         self.last_progress = 0.0
         self.full: str | None = None  # why the output root takes no more writes
         self.not_started = 0  # items the stop took from the queues
-        self.budget = BudgetGuard(spending or Spending())  # --price, --budget
+        self.budget = BudgetGuard(spending)  # --price, --budget
 
     # ------------------------------------------------------------------ set-up
 
@@ -382,6 +386,7 @@ class Scheduler:
         for lane in self.pool.lanes:
             self.balance(lane)
             self.check_stall(lane, now)
+        self.metrics.pool_state(self.pool)
         if self.on_progress is not None and now - self.last_progress > TICK_SECONDS:
             self.last_progress = now
             self.on_progress(self.progress())
@@ -431,6 +436,7 @@ class Scheduler:
         for worker in self.pool.workers.values():
             self.release(worker)
         self.summary.held = self.pool.held(time.time())  # every worker released: the bill's
+        self.metrics.finished(self.pool)
         if self.board is not None:
             with contextlib.suppress(RayError):
                 ray.kill(self.board)

@@ -30,6 +30,9 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: starved of CPU answers late (a Ctrl-C on such a machine was seen not to end within
 #: 60 s). 5 s spares the usual shutdown and ends a stopped run within seconds.
 SHUTDOWN_SECONDS = 5.0
+#: The TCP port the embedded cluster's metrics agent serves Prometheus metrics on, at
+#: 127.0.0.1 (``distributed.metrics``); unset, Ray picks a free one.
+METRICS_PORT_ENV = "NST_METRICS_EXPORT_PORT"
 #: The watchdog of the embedded cluster (see ``reaper``), while one runs.
 _watchdog: subprocess.Popen | None = None
 #: Set once the last ``ray.shutdown()`` (``disconnect``) has returned.
@@ -68,6 +71,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
             )
             raise NSTError(f"--address {address}: cannot connect to a Ray cluster ({first}){hint}") from None
         return f"Ray cluster at {address}"
+    port = metrics_port()  # a bad value said before anything starts
     _loopback_only()
     _private_token_file()
     _watchdog = reaper.start()
@@ -77,10 +81,23 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         include_dashboard=False,
         dashboard_host=LOCALHOST,
         _node_ip_address=LOCALHOST,
+        _metrics_export_port=port,
         logging_level=logging.WARNING,
         configure_logging=True,
     )
     return "embedded local Ray (token-protected, no dashboard)"
+
+
+def metrics_port() -> int | None:
+    """The embedded cluster's metrics port from ``METRICS_PORT_ENV``; None: Ray's choice."""
+    value = os.environ.get(METRICS_PORT_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise NSTError(
+            f"{METRICS_PORT_ENV}={value}: not a TCP port; set it to one from 1 to 65535 or unset it"
+        )
+    return int(value)
 
 
 def _loopback_only() -> None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import ray
 import torch
 
+from nst_engine.distributed import metrics
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.device_time import DeviceClock, held_devices
 from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
@@ -378,6 +379,7 @@ class RenderWorker:
             device_seconds=self.clock.stop(mark),
         )
         row.setdefault("device_type", self.device_kind)  # a failed attempt's time is priced too
+        metrics.item_rendered(row, self.stylizer.device)
         return Attempt(row, outcome)
 
     def _write(self, path: str, png: bytes) -> None:
