@@ -19,6 +19,7 @@ The driver plans nothing and renders nothing, only hands items to workers. Its p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from nst_engine.distributed.autoscaling import PoolShape
 from nst_engine.distributed.checkpoints import remove_checkpoints
 from nst_engine.distributed.cluster import alive_node_cpus, cpu_worker_threads, pool_shape
 from nst_engine.distributed.dispatch import OutputRootFull, Scheduler, WorkerStartError
+from nst_engine.distributed.nodes import ExcludedNode
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Lane
 from nst_engine.distributed.progress import Progress
@@ -34,7 +36,7 @@ from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
 from nst_engine.results.resume import DoneCheck, check_done
-from nst_engine.results.runs import RunLog, new_run_id
+from nst_engine.results.runs import RunLog, encode_excluded, new_run_id
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
 from nst_engine.storage.errors import STORAGE_ERRORS
@@ -115,6 +117,13 @@ def run_render(
     summary.skipped = len(check.done) + len(check.recovered)
     runs = RunLog(root)
     record, state = None, "interrupted"
+
+    def excluded(nodes: list[ExcludedNode]) -> None:
+        """A node was just excluded: the run's row says so now, for a live ``nst status``."""
+        if record is not None and _may_write(store):
+            with contextlib.suppress(*STORAGE_ERRORS):  # a status nicety: never stops the render
+                runs.write(dataclasses.replace(record, excluded_nodes=encode_excluded(nodes)))
+
     ending: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
         record = runs.start(
@@ -125,7 +134,9 @@ def run_render(
             skipped=summary.skipped,
             recovered=len(check.recovered),
         )
-        _render_todo(todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo)
+        _render_todo(
+            todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo, excluded
+        )
         store.compact()
         state = "finished"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: rows flushed below, then the summary
@@ -150,6 +161,7 @@ def run_render(
                         retried=summary.retried,
                         workers=summary.workers,
                         wall_seconds=summary.wall_seconds,
+                        excluded_nodes=encode_excluded(summary.excluded_nodes),
                     )
     return summary
 
@@ -184,6 +196,7 @@ def _render_todo(
     started: float,
     on_progress: Callable[[Progress], None] | None,
     redo_reasons: dict[str, str],
+    on_exclude: Callable[[list[ExcludedNode]], None] | None = None,
 ) -> None:
     """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
     items done again carry their ``redo_reasons``)."""
@@ -202,6 +215,7 @@ def _render_todo(
             started=started,
             on_progress=on_progress,
             redo_reasons=redo_reasons,
+            on_exclude=on_exclude,
         )
         scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import socket
 import typing
 import uuid
@@ -54,6 +55,11 @@ class RunRecord:
     failed: int = run_field("items that failed in this run", default=0)
     retried: int = run_field("attempts lost or failed transiently and retried", default=0)
     workers: int = run_field("workers started", default=0)
+    excluded_nodes: str | None = run_field(
+        "nodes excluded for the run after repeated device faults or worker deaths: a JSON list "
+        "of {node_id, hostname, reason}; null when none (written as each is excluded)",
+        default=None,
+    )
     wall_seconds: float | None = run_field("wall time of the run", default=None)
     hostname: str = run_field("host of the driver", default_factory=socket.gethostname)
     nst_version: str = run_field("nst-engine version of the driver", default=__version__)
@@ -97,6 +103,19 @@ def read_runs(location: str | OutputRoot) -> pa.Table:
         ) from None
 
 
+def encode_excluded(nodes: list[Any]) -> str | None:
+    """The ``excluded_nodes`` column of ``nodes`` (dataclasses or dicts with ``node_id``,
+    ``hostname`` and ``reason``): JSON, or None when no node was excluded."""
+    if not nodes:
+        return None
+    return json.dumps([n if isinstance(n, dict) else dataclasses.asdict(n) for n in nodes])
+
+
+def decode_excluded(text: str | None) -> list[dict[str, str]]:
+    """The nodes an ``excluded_nodes`` column names (none for null, a run from before it)."""
+    return json.loads(text) if text else []
+
+
 def new_run_id() -> str:
     """A new run's id: taken before the run writes rows, so that their files name it."""
     return uuid.uuid4().hex
@@ -135,7 +154,9 @@ class RunLog:
         self.write(record)
         return record
 
-    def finish(self, record: RunRecord, state: str = "finished", **counts: int | float) -> RunRecord:
+    def finish(
+        self, record: RunRecord, state: str = "finished", **counts: int | float | str | None
+    ) -> RunRecord:
         """Record the end of ``record``'s run with its ``counts`` (fields of ``RunRecord``)."""
         if state not in RUN_STATES:
             raise ValueError(f"unknown run state {state!r}")
