@@ -32,6 +32,7 @@ from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Lane
 from nst_engine.distributed.progress import Progress
 from nst_engine.distributed.recording import RunSummary
+from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
@@ -92,6 +93,7 @@ def run_render(
     on_progress: Callable[[Progress], None] | None = None,
     done: DoneCheck | None = None,
     still_ours: Callable[[], None] | None = None,
+    worker_class: type = RenderWorker,
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
     (buffered, see ``results.table``) and the run itself to its runs table. ``done`` is
@@ -102,7 +104,8 @@ def run_render(
     Ctrl-C or SIGTERM (as a ``KeyboardInterrupt``) returns the summary, ``interrupted`` set.
     An output root that fills up stops the run with ``OutputRootFull`` (its reason, not
     the failure of the last writes that follow it: what they could not write, the next
-    run rebuilds from the images)."""
+    run rebuilds from the images). ``worker_class``: ``RenderWorker`` or a stand-in with
+    its constructor, ``ready`` and ``render`` (tests that make a node fail on purpose)."""
     started = time.time()
     run_id = new_run_id()
     store = ResultTable(
@@ -135,7 +138,18 @@ def run_render(
             recovered=len(check.recovered),
         )
         _render_todo(
-            todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo, excluded
+            todo,
+            weights,
+            root,
+            options,
+            store,
+            summary,
+            run_kind,
+            started,
+            on_progress,
+            check.redo,
+            excluded,
+            worker_class,
         )
         store.compact()
         state = "finished"
@@ -197,6 +211,7 @@ def _render_todo(
     on_progress: Callable[[Progress], None] | None,
     redo_reasons: dict[str, str],
     on_exclude: Callable[[list[ExcludedNode]], None] | None = None,
+    worker_class: type = RenderWorker,
 ) -> None:
     """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
     items done again carry their ``redo_reasons``)."""
@@ -216,6 +231,7 @@ def _render_todo(
             on_progress=on_progress,
             redo_reasons=redo_reasons,
             on_exclude=on_exclude,
+            worker_class=worker_class,
         )
         scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()
