@@ -123,3 +123,33 @@ def test_a_node_whose_device_fails_is_excluded_and_its_items_end_ok_elsewhere(tm
     assert [n["node_id"] for n in json.loads(found.stdout)["excluded_nodes"]] == [bad.node_id]
     human = nst("status", str(plan.output))
     assert human.returncode == 0 and "excluded" in human.stderr and bad.node_id[:12] in human.stderr
+
+
+def test_a_lane_whose_every_node_is_excluded_fails_its_queue_rather_than_hang(tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path, contents=2, styles=1, sizes=(32,), iterations=5)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    bad = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    worker = type("Worker", (FaultyNodeWorker,), {"bad_node": bad.node_id, "marks": str(marks)})
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        plan = load_manifest(manifest)
+        items = expand(plan)
+        options = PoolOptions(
+            cpu_actors=1, threads_per_actor=1, max_node_failures=1, max_attempts=5, worker_start_timeout=2
+        )
+        summary = run_render(items, plan.weights, OutputRoot(plan.output), options, worker_class=worker)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.shutdown()
+        cluster.shutdown()
+    assert [node.node_id for node in summary.excluded_nodes] == [bad.node_id]
+    # the replacement waits for a node the selector allows, none joins: the stall fails the
+    # queue after worker_start_timeout, saying which node was excluded
+    assert summary.rendered == 0 and len(summary.failed) == len(items)
+    excluded = f"excluded: {summary.excluded_nodes[0].describe()}"
+    assert all(reason.endswith(excluded) for _, reason in summary.failed), summary.failed
+    assert Counter(path.name.split("-")[1] for path in marks.glob("started-*")) == {bad.node_id: 1}
