@@ -153,3 +153,21 @@ def test_a_lane_whose_every_node_is_excluded_fails_its_queue_rather_than_hang(tm
     excluded = f"excluded: {summary.excluded_nodes[0].describe()}"
     assert all(reason.endswith(excluded) for _, reason in summary.failed), summary.failed
     assert Counter(path.name.split("-")[1] for path in marks.glob("started-*")) == {bad.node_id: 1}
+
+
+def test_the_live_view_and_the_summary_name_an_excluded_node(capsys: Any) -> None:
+    from rich.console import Console
+
+    from nst_engine.cli.render import RenderView, print_summary
+    from nst_engine.distributed.nodes import ExcludedNode
+    from nst_engine.distributed.progress import Progress
+    from nst_engine.distributed.recording import RunSummary
+
+    node = ExcludedNode("ab" * 28, "gpu-7", f"2 faults, last: AcceleratorError: {DEVICE_ERROR}")
+    view = RenderView(total=4)
+    view.update(Progress(4, 1, 0, 0, 3.0, {}, [node.describe()]))
+    console = Console(record=True, width=200)
+    console.print(view)
+    assert f"excluded  {node.describe()}" in console.export_text()
+    print_summary(RunSummary(total=4, rendered=4, excluded_nodes=[node]), "out/results.parquet")
+    assert f"excluded node: {node.describe()}" in capsys.readouterr().err
