@@ -1,6 +1,7 @@
 """The retry policy (``distributed.retry.decide``) as a table: every outcome, below and at
 the attempt limit, below and at the worker's failure limit, with and without a lane rule;
-and the worker's outcome for each kind of exception. No Ray is started."""
+and the worker's outcome for each kind of exception; the node rule (``nodes``) and its
+ledger. No Ray is started."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ import pytest
 import ray
 import torch
 
+from nst_engine.distributed.nodes import (
+    NODE_FAULTS,
+    NODE_ID_LABEL,
+    ExcludedNode,
+    NodeLedger,
+    node_fault,
+    over_limit,
+)
 from nst_engine.distributed.protocol import Outcome
 from nst_engine.distributed.retry import Action, Decision, decide
 from nst_engine.distributed.worker import OutputWriteError, outcome_of
@@ -63,6 +72,16 @@ TABLE: list[tuple[Outcome, int, int, frozenset[Outcome], Decision]] = [
         frozenset({Outcome.TRANSIENT}),
         Decision(FAIL, worker_failed=True, stop_lane=True, gave_up=True),
     ),
+    # a device fault: retried (elsewhere: it counts against the worker, and its node in nodes.py)
+    (Outcome.DEVICE_FAULT, 1, 0, frozenset(), Decision(RETRY, worker_failed=True)),
+    (
+        Outcome.DEVICE_FAULT,
+        1,
+        MAX_FAILURES - 1,
+        frozenset(),
+        Decision(RETRY, worker_failed=True, retire=True),
+    ),
+    (Outcome.DEVICE_FAULT, MAX_ATTEMPTS, 0, frozenset(), Decision(FAIL, worker_failed=True, gave_up=True)),
     # lost: retried until the attempts are used up; the worker is retired, not counted
     (Outcome.LOST, 1, 0, frozenset(), Decision(RETRY, retire=True)),
     (Outcome.LOST, MAX_ATTEMPTS - 1, 0, frozenset(), Decision(RETRY, retire=True)),
@@ -130,6 +149,19 @@ def test_one_attempt_allowed_means_no_retry() -> None:
         ),
         (OSError("Connection reset by peer"), Outcome.TRANSIENT),
         (RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"), Outcome.TRANSIENT),
+        # the device or its driver failed: the node's fault, not the item's
+        (
+            torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+            Outcome.DEVICE_FAULT,
+        ),
+        (RuntimeError("CUDA error: uncorrectable ECC error encountered"), Outcome.DEVICE_FAULT),
+        (RuntimeError("CUDA error: unspecified launch failure"), Outcome.DEVICE_FAULT),
+        (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasSgemm"), Outcome.DEVICE_FAULT),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), Outcome.DEVICE_FAULT),
+        (RuntimeError("NCCL error: unhandled system error"), Outcome.DEVICE_FAULT),
+        # ... but an allocation failure is the item's size, even in a CUDA library's words
+        (RuntimeError("CUDA error: out of memory"), Outcome.OUT_OF_MEMORY),
+        (RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"), Outcome.OUT_OF_MEMORY),
         # an image not written, by its errno: the whole root, the item's place, or a hiccup
         (OutputWriteError("s/32/a.png", _os_error(errno.ENOSPC)), Outcome.ROOT_FULL),
         (OutputWriteError("s/32/a.png", _os_error(errno.EDQUOT)), Outcome.ROOT_FULL),
@@ -147,3 +179,43 @@ def test_one_attempt_allowed_means_no_retry() -> None:
 def test_the_worker_decides_the_outcome_from_the_exception_type(exc: Exception, outcome: Outcome) -> None:
     assert outcome_of(exc) is outcome
     assert not ray.is_initialized()
+
+
+# the node rule (``nodes.node_fault``): outcome, whether the driver had released the worker
+NODE_TABLE: list[tuple[Outcome, bool, bool]] = [
+    (Outcome.DEVICE_FAULT, False, True),
+    (Outcome.DEVICE_FAULT, True, True),  # a retired worker's device still failed on that node
+    (Outcome.LOST, False, True),  # the worker died by itself
+    (Outcome.LOST, True, False),  # the driver stopped it (retired, surplus, its node excluded)
+    *[(o, released, False) for o in Outcome if o not in NODE_FAULTS for released in (False, True)],
+]
+
+
+@pytest.mark.parametrize(("outcome", "released", "counts"), NODE_TABLE)
+def test_node_fault_table(outcome: Outcome, released: bool, counts: bool) -> None:
+    assert node_fault(outcome, released=released) is counts
+
+
+def test_the_node_table_covers_every_outcome() -> None:
+    assert {outcome for outcome, *_ in NODE_TABLE} == set(Outcome)
+
+
+@pytest.mark.parametrize(
+    ("faults", "limit", "out"), [(0, 3, False), (2, 3, False), (3, 3, True), (1, 1, True)]
+)
+def test_a_node_is_excluded_at_its_limit(faults: int, limit: int, out: bool) -> None:
+    assert over_limit(faults, limit) is out
+
+
+def test_the_ledger_excludes_a_node_once_and_selects_against_every_excluded_node() -> None:
+    ledger = NodeLedger(max_failures=2)
+    assert ledger.label_selector() == {}
+    assert ledger.fault("a" * 56, "gpu-1", "CUDA error: x") is None
+    assert ledger.fault("b" * 56, "gpu-2", "worker lost") is None  # another node's count is its own
+    first = ledger.fault("a" * 56, "gpu-1", "CUDA error: y")
+    assert first == ExcludedNode("a" * 56, "gpu-1", "2 faults, last: CUDA error: y")
+    assert ledger.fault("a" * 56, "gpu-1", "CUDA error: z") is None  # excluded once
+    assert ledger.label_selector() == {NODE_ID_LABEL: f"!in({'a' * 56})"}
+    assert ledger.fault("b" * 56, "gpu-2", "worker lost") is not None
+    assert ledger.label_selector() == {NODE_ID_LABEL: f"!in({'a' * 56},{'b' * 56})"}
+    assert list(ledger.excluded) == ["a" * 56, "b" * 56]

@@ -124,6 +124,7 @@ def _root_status(output: str, as_json: bool, interval: float | None) -> None:
 
 def print_status(found: RenderStatus) -> None:
     """A render's status for people, on stderr like every command's report."""
+    from nst_engine.distributed.nodes import ExcludedNode
     from nst_engine.reports.plan import format_duration
     from nst_engine.results.status import THROUGHPUT_MINUTES
 
@@ -165,6 +166,8 @@ def print_status(found: RenderStatus) -> None:
         err.print(f"    {count:>8,}  on {escape(device)}")
     for reason, count in list(found.failures.items())[:SHOWN]:
         err.print(f"  [red]failed[/] {count:>6,}  {escape(reason)}", soft_wrap=True)
+    for node in found.excluded_nodes:  # one wording with the render's summary
+        err.print(f"  [red]excluded[/]  {escape(ExcludedNode(**node).describe())}", soft_wrap=True)
 
 
 @app.command()

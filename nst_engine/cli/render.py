@@ -81,6 +81,8 @@ class RenderView:
         for actor, (label, iteration, total, loss) in sorted(progress.workers.items()):
             state = f"{escape(label)}  iteration {iteration}/{total}  loss {loss:.4g}" if label else "idle"
             table.add_row(f"worker {actor[:8]}", state)
+        for node in progress.excluded_nodes:
+            table.add_row("[red]excluded[/]", escape(node))
         self.workers = table
 
     def __rich__(self) -> Group:
@@ -105,6 +107,8 @@ def print_summary(summary: RunSummary, results: str, prices: Prices | None = Non
     )
     err.print(table)
     print_cost(summary, prices)
+    for node in summary.excluded_nodes:
+        err.print(f"  [red]excluded node[/]: {escape(node.describe())}", soft_wrap=True)
     for item, reason in summary.failed[:20]:
         err.print(f"  failed: {escape(item.label)}: {escape(reason)}", soft_wrap=True)
     if len(summary.failed) > 20:
@@ -163,6 +167,14 @@ WorkersPerGpu = Annotated[
 ]
 MaxAttempts = Annotated[int, typer.Option(min=1, help="Attempts per item when workers die.")]
 MaxWorkerFailures = Annotated[int, typer.Option(min=1, help="Failures before a worker is retired.")]
+MaxNodeFailures = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Device faults (CUDA or driver errors) and worker deaths on one node before the "
+        "run stops using that node: its items are retried elsewhere.",
+    ),
+]
 CheckpointEvery = Annotated[
     str,
     typer.Option(
@@ -272,6 +284,7 @@ def render(
     workers_per_gpu: WorkersPerGpu = PoolOptions.workers_per_gpu,
     max_attempts: MaxAttempts = PoolOptions.max_attempts,
     max_worker_failures: MaxWorkerFailures = PoolOptions.max_worker_failures,
+    max_node_failures: MaxNodeFailures = PoolOptions.max_node_failures,
     checkpoint_every: CheckpointEvery = "auto",
     verify_outputs: VerifyOutputs = False,
     wait: Wait = False,
@@ -299,6 +312,7 @@ def render(
         workers_per_gpu=workers_per_gpu,
         max_attempts=max_attempts,
         max_worker_failures=max_worker_failures,
+        max_node_failures=max_node_failures,
     )
     spending = spending_options(price, budget, gpus)
     request = RenderRequest(
@@ -385,5 +399,11 @@ def _final(summary: RunSummary) -> Progress:
     from nst_engine.distributed.scheduler import Progress
 
     return Progress(
-        summary.total, summary.rendered, len(summary.failed), summary.skipped, summary.wall_seconds, {}
+        summary.total,
+        summary.rendered,
+        len(summary.failed),
+        summary.skipped,
+        summary.wall_seconds,
+        {},
+        [node.describe() for node in summary.excluded_nodes],
     )

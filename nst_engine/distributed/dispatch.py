@@ -17,6 +17,7 @@ from ray.exceptions import RayError
 from nst_engine.distributed.autoscaling import Stall, resize, stall, start_budget
 from nst_engine.distributed.budget import BudgetGuard
 from nst_engine.distributed.metrics import RunMetrics
+from nst_engine.distributed.nodes import ExcludedNode, NodeLedger, node_fault
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Call, Lane, Pool, Worker
 from nst_engine.distributed.progress import Progress, ProgressBoard, read_board
@@ -86,7 +87,9 @@ class Scheduler:
     ``stop_handing_out``), a lost worker's attempts and transient failures are retried
     up to ``max_attempts``, and a worker is retired after ``max_worker_failures``
     failures, or when it dies or fails to start, and replaced while the lane has work
-    (``autoscaling.start_budget``); when
+    (``autoscaling.start_budget``); a node whose device faults and worker deaths reach
+    ``max_node_failures`` is excluded for the rest of the run (``nodes``, ``node_failed``:
+    its workers released, none placed there again); when
     no worker of a lane is ready for ``worker_start_timeout`` seconds its queued items
     fail, or, when none ever was, the run stops with ``WorkerStartError``; when all have
     died and no replacement is left, its queued items fail (``autoscaling.stall``).
@@ -136,6 +139,7 @@ class Scheduler:
         worker_class: type = RenderWorker,
         redo_reasons: dict[str, str] | None = None,
         spending: Spending | None = None,
+        on_exclude: Callable[[list[ExcludedNode]], None] | None = None,
     ) -> None:
         self.weights = weights
         self.root = root
@@ -157,6 +161,8 @@ class Scheduler:
         self.full: str | None = None  # why the output root takes no more writes
         self.not_started = 0  # items the stop took from the queues
         self.budget = BudgetGuard(spending)  # --price, --budget
+        self.nodes = NodeLedger(options.max_node_failures)  # faults per node, and the nodes excluded
+        self.on_exclude = on_exclude  # called with every node excluded so far, at each exclusion
 
     # ------------------------------------------------------------------ set-up
 
@@ -180,7 +186,7 @@ class Scheduler:
             max_restarts=0,
             max_task_retries=0,
             max_concurrency=limit + 1 if lane.batched else 1,
-            **lane.resources,
+            **self.placement(lane),
         )
         handle = remote.remote(
             self.weights,
@@ -298,6 +304,9 @@ class Scheduler:
             return
         if worker.dead:  # withdrawn (surplus) while its ready() was on the way
             return
+        if info.get("node_id") in self.nodes.excluded:  # requested before its node was excluded
+            self.release(worker)
+            return
         self.pool.mark_ready(worker, info)
         self.summary.workers += 1
         self.summary.peak_workers = max(self.summary.peak_workers, self.pool.live)
@@ -325,6 +334,7 @@ class Scheduler:
         """Attempt ``number`` at ``item`` on ``worker``: recorded, requeued, its lane
         stopped and its worker retired as the retry policy decides."""
         lane = worker.lane
+        released = worker.dead  # by the driver, before this attempt came back
         decision = decide(
             attempt.outcome,
             attempt=number,
@@ -348,6 +358,36 @@ class Scheduler:
             error = attempt.row["error"]  # a lost worker's says so ("worker lost: ...")
             lost = attempt.outcome is Outcome.LOST
             self.retire(worker, error if lost else f"{worker.failures} failures, last: {error}")
+        if node_fault(attempt.outcome, released=released):
+            self.node_failed(worker, attempt.row["error"] or attempt.outcome.value)
+
+    def node_failed(self, worker: Worker, error: str) -> None:
+        """Count a fault against ``worker``'s node; past ``max_node_failures`` the node is
+        excluded for the rest of the run: every worker of ours there released (their
+        calls come back lost, retried elsewhere, and count against no node) and no new one
+        placed there (``placement``)."""
+        node_id = worker.info.get("node_id")
+        if not node_id:  # a worker that did not say where it runs
+            return
+        excluded = self.nodes.fault(node_id, worker.info.get("hostname", "?"), error)
+        if excluded is None:
+            return
+        log.warning("node excluded for the rest of the run: %s", excluded.describe())
+        self.summary.excluded_nodes.append(excluded)
+        for other in list(self.pool.workers.values()):
+            if not other.dead and other.info.get("node_id") == node_id:
+                self.release(other)
+        if self.on_exclude is not None:
+            self.on_exclude(list(self.summary.excluded_nodes))
+
+    def placement(self, lane: Lane) -> dict[str, Any]:
+        """``lane``'s actor options, with a label selector that keeps a new worker off
+        every excluded node (merged with a selector the lane has of its own). Workers
+        requested before an exclusion may still land there: ``worker_ready`` releases them."""
+        avoid = self.nodes.label_selector()
+        if not avoid:
+            return lane.resources
+        return {**lane.resources, "label_selector": {**lane.resources.get("label_selector", {}), **avoid}}
 
     def stop_handing_out(self, error: str) -> None:
         """Hand out no more work (the output root is full): the queued items stay to do,
@@ -399,12 +439,14 @@ class Scheduler:
             return
         timeout = self.options.worker_start_timeout
         verdict = stall(load, lane.ever_ready, now - lane.last_ready, timeout)
+        # when the nodes that could take the workers were excluded, the message says so
+        excluded = "".join(f"; excluded: {node.describe()}" for node in self.summary.excluded_nodes)
         if verdict is Stall.NO_WORKERS:
-            self.recorder.fail_queue(lane, "every worker failed")
+            self.recorder.fail_queue(lane, "every worker failed" + excluded)
         elif verdict is Stall.TIMED_OUT:
-            self.recorder.fail_queue(lane, _start_timeout_message(lane, timeout))
+            self.recorder.fail_queue(lane, _start_timeout_message(lane, timeout) + excluded)
         elif verdict is Stall.NEVER_STARTED:
-            raise WorkerStartError(_start_timeout_message(lane, timeout))
+            raise WorkerStartError(_start_timeout_message(lane, timeout) + excluded)
 
     # ------------------------------------------------------------------ the pool
 
@@ -449,6 +491,7 @@ class Scheduler:
             skipped=self.summary.skipped,
             elapsed=time.time() - self.started,
             workers=read_board(self.board),
+            excluded_nodes=[node.describe() for node in self.summary.excluded_nodes],
         )
 
 

@@ -83,6 +83,7 @@ class RenderOption:
 RETRY_OPTIONS = {
     "max_attempts": RenderOption("--max-attempts"),
     "max_worker_failures": RenderOption("--max-worker-failures"),
+    "max_node_failures": RenderOption("--max-node-failures"),
 }
 WORKER_OPTIONS = {
     "count": RenderOption("--workers", parse=parse_workers),  # N or MIN:MAX

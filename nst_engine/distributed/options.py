@@ -66,6 +66,7 @@ class PoolOptions:
     max_in_flight: int = 2  # calls queued on one worker, including the running one (a call: 1+ items)
     max_attempts: int = 3  # attempts per item when workers die or hit transient errors
     max_worker_failures: int = 3  # failures before a worker is retired
+    max_node_failures: int = 3  # device faults and worker deaths before a node is excluded (nodes.py)
     worker_start_timeout: float = 600.0  # give up when no worker is ready for this long
     checkpoint_every: float | None = None  # seconds between checkpoints; None: auto; 0: off
     max_batch: int | None = None  # syntheses one worker runs at once; None: auto (engine.batch)

@@ -4,7 +4,7 @@ the driver reads it about twice a second into a ``Progress``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -24,6 +24,7 @@ class Progress:
     skipped: int
     elapsed: float
     workers: dict[str, tuple[str, int, int, float]]  # actor -> (item label, iteration, total, loss)
+    excluded_nodes: list[str] = field(default_factory=list)  # ExcludedNode.describe() of each
 
 
 @ray.remote(num_cpus=0)

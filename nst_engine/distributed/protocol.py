@@ -35,6 +35,10 @@ class Outcome(StrEnum):
     #: the output root takes no more writes (``ROOT_FULL_ERRNOS``): final for the item, and
     #: the run stops handing out work, whose images would be lost the same way
     ROOT_FULL = "output root full"
+    #: the worker's device or its driver failed (``is_device_fault``: a CUDA, cuBLAS, cuDNN
+    #: or NCCL error): not the item's fault, so it is retried elsewhere, and it counts
+    #: against the worker and its node (``nodes``), which may be excluded for the run
+    DEVICE_FAULT = "device fault"
     #: the worker or its node died with the call; made by the driver, never by a worker
     LOST = "lost"
 
@@ -77,3 +81,29 @@ def write_outcome(code: int | None) -> Outcome:
     if code in UNWRITABLE_ERRNOS:
         return Outcome.OUTPUT_UNWRITABLE
     return Outcome.TRANSIENT
+
+
+#: What the text of a plain ``RuntimeError`` carries when a device or its driver failed
+#: (older torch raises these rather than ``torch.AcceleratorError``): the execution and
+#: internal errors of CUDA's libraries, not their bad-parameter or not-supported errors,
+#: which are the call's and fail alike on any node. Allocation failures among them are
+#: checked first (``engine.memory.is_out_of_memory``): those are the item's size.
+DEVICE_FAULT_MARKERS = (
+    "CUDA error",
+    "CUDA driver error",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "CUBLAS_STATUS_INTERNAL_ERROR",
+    "CUDNN_STATUS_EXECUTION_FAILED",
+    "CUDNN_STATUS_INTERNAL_ERROR",
+    "NCCL error",
+    "HIP error",
+)
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` says the worker's accelerator or its driver failed: a
+    ``torch.AcceleratorError`` (matched by name, so this module needs no torch), or a
+    ``RuntimeError`` naming a device library's error (``DEVICE_FAULT_MARKERS``)."""
+    if any(cls.__name__ == "AcceleratorError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in DEVICE_FAULT_MARKERS)

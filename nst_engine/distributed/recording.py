@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nst_engine.distributed.nodes import ExcludedNode
 from nst_engine.distributed.pool import Lane
 from nst_engine.distributed.retry import Action, Decision
 from nst_engine.planning.items import WorkItem
@@ -26,6 +27,7 @@ class RunSummary:
     peak_workers: int = 0  # most workers ready at once
     released: int = 0  # idle workers released while others still worked (their nodes may go)
     cancelled: int = 0  # worker requests withdrawn before a node took them
+    excluded_nodes: list[ExcludedNode] = field(default_factory=list)  # bad nodes, in order (nodes.py)
     wall_seconds: float = 0.0
     #: device-seconds per device kind: of the rows (busy), and held by the workers from
     #: ready to released, busy or idle (``Pool.held``, set when the pool shuts down)

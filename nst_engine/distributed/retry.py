@@ -9,10 +9,12 @@ every case is one line of a table in ``tests/test_retry_policy.py``. Its rules:
   same place to write);
 * the output root full is final too, and stops the run handing out work (``stop_run``):
   every other item's image would be lost the same way, after its synthesis;
-* crowded out, transient and lost are retried, the item put first in its lane's queue,
-  until ``max_attempts`` attempts are used up; then the item fails ("gave up after");
-* crowded out and transient count against the worker that returned them, which is
-  retired at its ``max_worker_failures``-th; a lost worker is retired at once;
+* crowded out, transient, a device fault and lost are retried, the item put first in its
+  lane's queue, until ``max_attempts`` attempts are used up; then the item fails ("gave
+  up after");
+* crowded out, transient and a device fault count against the worker that returned them,
+  which is retired at its ``max_worker_failures``-th; a lost worker is retired at once
+  (what counts against a node is ``nodes.node_fault``'s rule);
 * a lane's ``stop_on`` outcomes, once final, drop the lane's remaining queue (the scaling
   benchmark stops growing a device at its first out-of-memory size).
 """
@@ -25,9 +27,9 @@ from enum import StrEnum
 from nst_engine.distributed.protocol import Outcome
 
 #: Outcomes another attempt could turn out differently (on this worker or another).
-RETRYABLE = frozenset({Outcome.CROWDED_OUT, Outcome.TRANSIENT, Outcome.LOST})
+RETRYABLE = frozenset({Outcome.CROWDED_OUT, Outcome.TRANSIENT, Outcome.DEVICE_FAULT, Outcome.LOST})
 #: Outcomes that count against the worker that returned them (a lost one is retired anyway).
-WORKER_FAULTS = frozenset({Outcome.CROWDED_OUT, Outcome.TRANSIENT})
+WORKER_FAULTS = frozenset({Outcome.CROWDED_OUT, Outcome.TRANSIENT, Outcome.DEVICE_FAULT})
 
 
 class Action(StrEnum):

@@ -19,6 +19,7 @@ The driver plans nothing and renders nothing, only hands items to workers. Its p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,16 +28,18 @@ from nst_engine.distributed.autoscaling import PoolShape
 from nst_engine.distributed.checkpoints import remove_checkpoints
 from nst_engine.distributed.cluster import alive_node_cpus, cpu_worker_threads, pool_shape
 from nst_engine.distributed.dispatch import OutputRootFull, Scheduler, WorkerStartError
+from nst_engine.distributed.nodes import ExcludedNode
 from nst_engine.distributed.options import PoolOptions
 from nst_engine.distributed.pool import Lane
 from nst_engine.distributed.progress import Progress
 from nst_engine.distributed.recording import RunSummary
+from nst_engine.distributed.worker import RenderWorker
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
 from nst_engine.results.cost import Bill, Spending
 from nst_engine.results.resume import DoneCheck, check_done
-from nst_engine.results.runs import RunLog, new_run_id
+from nst_engine.results.runs import RunLog, encode_excluded, new_run_id
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
 from nst_engine.storage.errors import STORAGE_ERRORS
@@ -93,6 +96,7 @@ def run_render(
     done: DoneCheck | None = None,
     still_ours: Callable[[], None] | None = None,
     spending: Spending = Spending(),
+    worker_class: type = RenderWorker,
 ) -> RunSummary:
     """Render ``items`` on the connected Ray cluster; rows go to ``root``'s result table
     (buffered, see ``results.table``) and the run itself to its runs table. ``done`` is
@@ -105,7 +109,9 @@ def run_render(
     the failure of the last writes that follow it: what they could not write, the next
     run rebuilds from the images). ``spending``: the run's prices, recorded with its bill,
     and its budget: reached, the run hands out no more items and returns the summary,
-    ``budget_left`` set (state ``budget``)."""
+    ``budget_left`` set (state ``budget``). ``worker_class``: ``RenderWorker`` or a
+    stand-in with its constructor, ``ready`` and ``render`` (tests that make a node fail
+    on purpose)."""
     started = time.time()
     run_id = new_run_id()
     store = ResultTable(
@@ -120,6 +126,13 @@ def run_render(
     summary.skipped = len(check.done) + len(check.recovered)
     runs = RunLog(root)
     record, state = None, "interrupted"
+
+    def excluded(nodes: list[ExcludedNode]) -> None:
+        """A node was just excluded: the run's row says so now, for a live ``nst status``."""
+        if record is not None and _may_write(store):
+            with contextlib.suppress(*STORAGE_ERRORS):  # a status nicety: never stops the render
+                runs.write(dataclasses.replace(record, excluded_nodes=encode_excluded(nodes)))
+
     ending: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
         record = runs.start(
@@ -133,7 +146,19 @@ def run_render(
             budget=spending.budget.text() if spending.budget else None,
         )
         _render_todo(
-            todo, weights, root, options, store, summary, run_kind, started, on_progress, check.redo, spending
+            todo,
+            weights,
+            root,
+            options,
+            store,
+            summary,
+            run_kind,
+            started,
+            on_progress,
+            check.redo,
+            spending,
+            excluded,
+            worker_class,
         )
         store.compact()
         state = "finished" if summary.budget_left is None else "budget"
@@ -160,6 +185,7 @@ def run_render(
                         workers=summary.workers,
                         wall_seconds=summary.wall_seconds,
                         **_bill_fields(summary, spending),
+                        excluded_nodes=encode_excluded(summary.excluded_nodes),
                     )
     return summary
 
@@ -207,6 +233,8 @@ def _render_todo(
     on_progress: Callable[[Progress], None] | None,
     redo_reasons: dict[str, str],
     spending: Spending,
+    on_exclude: Callable[[list[ExcludedNode]], None] | None = None,
+    worker_class: type = RenderWorker,
 ) -> None:
     """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
     items done again carry their ``redo_reasons``)."""
@@ -226,6 +254,8 @@ def _render_todo(
             on_progress=on_progress,
             redo_reasons=redo_reasons,
             spending=spending,
+            on_exclude=on_exclude,
+            worker_class=worker_class,
         )
         scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()

@@ -25,7 +25,7 @@ import torch
 from nst_engine.distributed import metrics
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.device_time import DeviceClock, held_devices
-from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
+from nst_engine.distributed.protocol import Attempt, Outcome, is_device_fault, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
@@ -64,7 +64,8 @@ def outcome_of(exc: BaseException) -> Outcome:
     not written (by the errno: the place, the whole root, or a hiccup); the item's
     input (final); out of memory beside other syntheses (``CrowdedOut``, checked first:
     it is an allocation failure too, but one a smaller batch may not have); out of memory
-    at its size on this device (final); anything else (an I/O hiccup or the like)."""
+    at its size on this device (final); the device or its driver failing (the node's
+    fault, ``is_device_fault``); anything else (an I/O hiccup or the like)."""
     if isinstance(exc, OutputWriteError):
         return write_outcome(exc.errno)
     if isinstance(exc, NSTError):
@@ -73,6 +74,8 @@ def outcome_of(exc: BaseException) -> Outcome:
         return Outcome.CROWDED_OUT
     if is_out_of_memory(exc):
         return Outcome.OUT_OF_MEMORY
+    if is_device_fault(exc):
+        return Outcome.DEVICE_FAULT
     return Outcome.TRANSIENT
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import socket
 import typing
 import uuid
@@ -57,6 +58,11 @@ class RunRecord:
     failed: int = run_field("items that failed in this run", default=0)
     retried: int = run_field("attempts lost or failed transiently and retried", default=0)
     workers: int = run_field("workers started", default=0)
+    excluded_nodes: str | None = run_field(
+        "nodes excluded for the run after repeated device faults or worker deaths: a JSON list "
+        "of {node_id, hostname, reason}; null when none (written as each is excluded)",
+        default=None,
+    )
     wall_seconds: float | None = run_field("wall time of the run", default=None)
     prices: str | None = run_field("prices per device-hour (--price), e.g. cuda=2.5/h", default=None)
     budget: str | None = run_field("--budget: money (40) or device-hours (12h); null: none", default=None)
@@ -114,6 +120,19 @@ def read_runs(location: str | OutputRoot) -> pa.Table:
         raise ResultsError(
             f"{root.display(RUNS_FILE)}: cannot read the runs table ({one_line(exc)})"
         ) from None
+
+
+def encode_excluded(nodes: list[Any]) -> str | None:
+    """The ``excluded_nodes`` column of ``nodes`` (dataclasses or dicts with ``node_id``,
+    ``hostname`` and ``reason``): JSON, or None when no node was excluded."""
+    if not nodes:
+        return None
+    return json.dumps([n if isinstance(n, dict) else dataclasses.asdict(n) for n in nodes])
+
+
+def decode_excluded(text: str | None) -> list[dict[str, str]]:
+    """The nodes an ``excluded_nodes`` column names (none for null, a run from before it)."""
+    return json.loads(text) if text else []
 
 
 def new_run_id() -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from nst_engine.errors import NSTError
 from nst_engine.results.cost import parse_prices
-from nst_engine.results.runs import RUNS_FILE, read_runs
+from nst_engine.results.runs import RUNS_FILE, decode_excluded, read_runs
 from nst_engine.results.summary import RunRows, summed
 from nst_engine.results.table import file_summary, locate, result_footers
 from nst_engine.storage.lease import read_holder
@@ -66,6 +66,8 @@ class RenderStatus:
     failures: dict[str, int]  # reason -> items (``other`` for the rest)
     lease: str | None  # who holds the root now, or None
     files_read: int = 0  # footers read
+    #: nodes the run stopped using (``runs.parquet``'s ``excluded_nodes``): node_id, hostname, reason
+    excluded_nodes: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -128,6 +130,7 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         failures=failures,
         lease=holder.describe() if alive and holder else None,
         files_read=len(footers),
+        excluded_nodes=decode_excluded(run["excluded_nodes"]),
     )
 
 
