@@ -182,3 +182,19 @@ def test_a_size_too_large_to_fit_whole_is_planned_in_tiles(setup) -> None:
     assert _estimate_cell(fit, item(2048, 100).config).endswith(" s")
     assert _estimate_cell(fit, item(8192, 10).config).endswith("px tiles (too large to fit whole)")
     assert _estimate_cell(fit, item(16384, 100).config) == "does not fit in memory, even in tiles"
+
+
+def test_plan_prices_the_prediction(setup) -> None:
+    """``--price``: each prediction's cost is its seconds at its kind's price per hour."""
+    manifest, _items, bench = setup
+    args = ["plan", str(manifest), "--results-for-fits", str(bench), "--price", "cuda=3600/h"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    [fake] = json.loads(result.stdout)["predictions"]
+    assert fake["cost"] == pytest.approx(fake["seconds"])  # 3600 an hour: 1 a second
+    people = CliRunner().invoke(app, args)
+    assert f"cost {fake['seconds']:.4g}" in people.stderr
+    unpriced = CliRunner().invoke(app, [*args[:-1], "cpu=1/h", "--json"])
+    assert json.loads(unpriced.stdout)["predictions"][0]["cost"] is None
+    bad = CliRunner().invoke(app, [*args[:-1], "tpu=3/h"])
+    assert bad.exit_code == 2 and "--price: expected KIND=AMOUNT/h" in bad.stderr
