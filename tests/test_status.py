@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nst_engine.errors import NSTError
-from nst_engine.results.runs import RunLog
+from nst_engine.results.runs import RunLog, read_runs
 from nst_engine.results.status import render_status
 from nst_engine.results.summary import SUMMARY_KEY, TableSummary
 from nst_engine.results.table import MERGED_KEY, ResultTable, read_results
@@ -174,3 +174,39 @@ def test_status_of_an_s3_root_from_another_process(s3: S3Server) -> None:
     assert (found["rendered"], found["failed"], found["to_go"], found["skipped"]) == (2, 1, 1, 1)
     assert found["state"] == "died" and found["files_read"] == 2 and found["worker_seconds"] == 6.0
     assert found["hosts"] == ["h1"] and found["devices"] == {"H100 (cuda)": 2}
+
+
+def test_watch_follows_a_render_on_s3_to_its_end(tmp_path: Path, s3: S3Server) -> None:
+    """From a second process, ``nst status s3://... --watch --json`` follows a render to
+    its end: a line per refresh, counts that only grow, an ETA while it runs, and at the
+    end the rows' counts and the run's bill."""
+    # 12 items of a second or two: rows reach the root in parts every FLUSH_SECONDS, so the
+    # render must outlast a flush or two for a refresh to see it under way
+    manifest = tiny_manifest(tmp_path, contents=6, styles=2, sizes=(48,), iterations=400)
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"s3://{s3.bucket}/nightly"
+    extra = ("--workers", "1", "--threads-per-actor", "1", "--output", uri, "--price", "cpu=3.6/h")
+    render = start_render(manifest, home, *extra)
+    try:
+        wait_for(lambda: OutputRoot(uri).exists("runs.parquet"), 300, "the run's record", render)
+        watch = nst("status", uri, "--watch", "--json", "--interval", "0.5")
+        assert render.wait(300) == 0, render.communicate()[1]
+    finally:
+        render.kill()
+    assert watch.returncode == 0, watch.stderr
+    seen = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert seen[0]["state"] == "running" and seen[-1]["state"] == "finished"
+    done = [s["done"] + s["failed"] for s in seen]
+    assert done == sorted(done) and done[-1] == 12
+    going = [s for s in seen if s["eta_seconds"] is not None]
+    assert going, "no refresh while items were still to go"
+    for s in going:
+        assert s["state"] == "running" and s["to_go"] > 0
+        assert s["eta_seconds"] == pytest.approx(s["to_go"] / s["per_minute"] * 60)
+    final = seen[-1]
+    rows = read_results(uri).to_pylist()
+    assert final["rendered"] == sum(r["status"] == "ok" for r in rows) == 12 and final["to_go"] == 0
+    assert final["device_seconds"] == pytest.approx(sum(r["device_seconds"] for r in rows))
+    bill = read_runs(uri).to_pylist()[-1]
+    assert final["cost_basis"] == "bill" and final["cost"] == pytest.approx(bill["cost"]) and bill["cost"] > 0

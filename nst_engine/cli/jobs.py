@@ -113,9 +113,11 @@ def _root_status(output: str, as_json: bool, interval: float | None) -> None:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the watching, not the render
         while True:
             found = root_status(output)
-            if as_json:
+            if as_json:  # a line per refresh, for scripts
                 typer.echo(json.dumps(found.to_json()))
             else:
+                if interval is not None and err.is_terminal:  # refreshed in place, as watch(1) does
+                    err.clear()
                 print_status(found)
             if interval is None or found.state != "running":
                 return
