@@ -177,3 +177,8 @@ def test_a_render_stops_at_its_budget_and_a_rerun_finishes_it(tmp_path: Path) ->
     ok_ids = [r["item_id"] for r in rows if r["status"] == "ok"]
     assert len(ok_ids) == len(set(ok_ids)) == 8  # the rest, and nothing twice
     assert status_json(str(out))["state"] == "finished"
+    report = nst("report", str(out), "--output", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    cost = page[page.index('<h2 id="cost">') : page.index('<h2 id="failures">')]
+    assert cost.count("<tr><td>") == 2 and "budget, " in cost and "cpu=3.6/h" in cost

@@ -7,6 +7,7 @@ from pathlib import Path
 from nst_engine.reports import html, plots
 from nst_engine.reports.scaling import fit_devices
 from nst_engine.reports.selection import load_results
+from nst_engine.results.runs import read_runs
 
 
 def build_report(location: str | Path, out_dir: Path, page_size: int = 60) -> html.ReportSummary:
@@ -18,4 +19,5 @@ def build_report(location: str | Path, out_dir: Path, page_size: int = 60) -> ht
     out_dir.mkdir(parents=True, exist_ok=True)
     fits = {fit.device: fit for fit in fit_devices(results.rows)}
     figures = plots.write_plots(results, fits, out_dir / plots.PLOTS_DIR)
-    return html.write_pages(results, fits, figures, out_dir, page_size)
+    runs = read_runs(results.root).to_pylist()  # a row per run: small, whatever the items
+    return html.write_pages(results, fits, figures, out_dir, page_size, runs)

@@ -292,6 +292,35 @@ def _devices(results: Results, fits: dict[str, DeviceFit]) -> str:
     return "".join(out)
 
 
+def _costs(runs: list[dict[str, Any]]) -> str:
+    """What each run held and cost (``runs.parquet``'s bill), newest first: device-hours
+    its workers held (busy or idle) and used, its price and cost, per item rendered."""
+    billed = [r for r in runs if r["device_seconds_held"] is not None]
+    if not billed:
+        return '<h2 id="cost">Cost</h2><p class="muted">No run with a bill yet.</p>'
+    body = []
+    for run in sorted(billed, key=lambda r: r["started_at"], reverse=True):
+        cost, rendered = run["cost"], run["rendered"]
+        each = cost / rendered if cost is not None and rendered else None
+        left = f", {run['budget_left']} left" if run["budget_left"] is not None else ""
+        body.append(
+            f"<tr><td>{esc(_when(run['started_at']))}</td><td>{esc(run['state'])}{esc(left)}</td>"
+            f'<td class="num">{rendered}</td>'
+            f'<td class="num">{_num(run["device_seconds_held"] / 3600)}</td>'
+            f'<td class="num">{_num((run["device_seconds_busy"] or 0) / 3600)}</td>'
+            f"<td>{esc(run['prices'] or '–')}</td><td>{esc(run['budget'] or '–')}</td>"
+            f'<td class="num">{_num(cost, ".4g")}</td>'
+            f'<td class="num">{_num(each, ".4g")}</td></tr>'
+        )
+    priced = [r["cost"] for r in billed if r["cost"] is not None]
+    total = f"<p>All runs: {_num(sum(priced), '.4g')} at their prices.</p>" if priced else ""
+    return (
+        f'<h2 id="cost">Cost</h2>{total}<table><tr><th>run started</th><th>state</th><th>rendered</th>'
+        "<th>device-hours held</th><th>device-hours busy</th><th>prices (per device-hour)</th>"
+        f"<th>budget</th><th>cost</th><th>per item</th></tr>{''.join(body)}</table>"
+    )
+
+
 def _failures(results: Results) -> str:
     failures = results.failures
     if not failures:
@@ -358,9 +387,15 @@ def _gallery(rows: list[str], page: int, pages: int, total: int) -> str:
 
 
 def write_pages(
-    results: Results, fits: dict[str, DeviceFit], figures: list[Plot], out_dir: Path, page_size: int
+    results: Results,
+    fits: dict[str, DeviceFit],
+    figures: list[Plot],
+    out_dir: Path,
+    page_size: int,
+    runs: list[dict[str, Any]] | None = None,
 ) -> ReportSummary:
-    """index.html (overview + first gallery page) and gallery-N.html for the other pages."""
+    """index.html (overview + first gallery page) and gallery-N.html for the other pages;
+    ``runs``: the rows of ``runs.parquet``, for the cost."""
     thumbs = Thumbnails(out_dir)
     items = results.latest_ok
     pages = max(1, math.ceil(len(items) / page_size))
@@ -370,7 +405,8 @@ def write_pages(
     )
     overview_nav = (
         '<nav><a href="index.html#plots">plots</a><a href="index.html#devices">devices</a>'
-        '<a href="index.html#failures">failures</a><a href="index.html#gallery">gallery</a></nav>'
+        '<a href="index.html#cost">cost</a><a href="index.html#failures">failures</a>'
+        '<a href="index.html#gallery">gallery</a></nav>'
     )
     for page in range(1, pages + 1):
         chunk = items[(page - 1) * page_size : page * page_size]
@@ -379,7 +415,7 @@ def write_pages(
         )
         if page == 1:
             body = header + overview_nav + _counts(results) + _plots(figures)
-            body += _devices(results, fits) + _failures(results) + gallery
+            body += _devices(results, fits) + _costs(runs or []) + _failures(results) + gallery
         else:
             body = header + overview_nav + gallery
         write_atomic(
