@@ -39,14 +39,14 @@ class BudgetGuard:
             return 0.0
         return budget.spent(self.spending.prices, pool.held(time.time() if now is None else now))
 
-    def affordable(self, pool: Pool, kind: str, count: int) -> int:
+    def affordable(self, pool: Pool, kind: str, count: int, spent: float | None = None) -> int:
         """How many of ``count`` more items of device ``kind`` may go out: 0 once the spend
-        so far plus the projected cost of the items in flight and of these reaches the
-        budget."""
+        so far (``spent``, if the caller has it: ``spent(pool)`` walks every worker) plus
+        the projected cost of the items in flight and of these reaches the budget."""
         budget = self.spending.budget
         if budget is None or not count:
             return count
-        left = budget.amount - self.spent(pool)
+        left = budget.amount - (self.spent(pool) if spent is None else spent)
         if left <= 0:
             return 0
         item = budget.spent(self.spending.prices, {kind: self.per_item.get(kind, 0.0)})

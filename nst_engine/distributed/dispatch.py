@@ -258,6 +258,7 @@ class Scheduler:
         so the tail is spread over every worker. A worker that holds its share already
         (its first call took the whole queue) keeps its other slots empty: items sent there
         would only be taken from a worker that could run them sooner."""
+        spent = self.budget.spent(self.pool)  # once a pass, not per call: O(workers) each
         for lane in self.pool.lanes:
             if not lane.queue:
                 continue
@@ -268,7 +269,7 @@ class Scheduler:
                 served = []
                 for worker in free:
                     count = call_size(lane, len(live), worker) if lane.queue else 0
-                    if count and not (count := self._affordable(worker, count)):
+                    if count and not (count := self._affordable(worker, count, spent)):
                         self.stop_at_budget()
                         return
                     if count:
@@ -277,9 +278,9 @@ class Scheduler:
                 # a share only shrinks as others are served: a worker that got none is done
                 free = [w for w in served if w.in_flight < limit]
 
-    def _affordable(self, worker: Worker, count: int) -> int:
+    def _affordable(self, worker: Worker, count: int, spent: float) -> int:
         """How many of ``count`` items ``worker`` may get within the run's budget."""
-        return self.budget.affordable(self.pool, worker.info.get("device_kind", "unknown"), count)
+        return self.budget.affordable(self.pool, worker.info.get("device_kind", "unknown"), count, spent)
 
     def send(self, worker: Worker, count: int) -> None:
         """One remote call to ``worker`` with up to ``count`` queued items (``Lane.hand_out``)."""
