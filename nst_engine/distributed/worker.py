@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import ray
 import torch
 
+from nst_engine.distributed import preemption
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.protocol import Attempt, Outcome, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
@@ -189,6 +191,9 @@ class RenderWorker:
         self.actor_id = context.get_actor_id() or "local"
         self.node_id = context.get_node_id()
         self.hostname = socket.gethostname()
+        self.holdings = preemption.Holdings()  # the syntheses a SIGTERM waits for
+        if context.get_actor_id():  # an actor's process, not a caller's constructing one
+            preemption.install(self.holdings)
 
     def ready(self) -> dict[str, str]:
         return {
@@ -198,6 +203,7 @@ class RenderWorker:
             "hostname": self.hostname,
             "max_batch": str(self.max_batch),
             "memory_share": str(self.stylizer.memory_share),
+            "pid": str(os.getpid()),  # the process a stop (SIGTERM) goes to
         }
 
     def render_batch(
@@ -334,17 +340,19 @@ class RenderWorker:
             config = item_config(item)  # validates again: inside the try, as a bad input
             # how it runs, decided here once (placement.place; the engine does not decide again)
             placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
-            result = self.stylizer.synthesize(
-                item.content_path,
-                list(item.style_paths),
-                config,
-                content_id=item.content_hash,
-                style_ids=list(item.style_hashes),
-                on_iteration=on_iteration,
-                checkpoint=checkpoint.policy,
-                batch=batch,
-                placement=placement,
-            )
+            # told to stop, a checkpointed synthesis saves and never returns (preemption)
+            with self.holdings.holding(checkpoint.policy is not None):
+                result = self.stylizer.synthesize(
+                    item.content_path,
+                    list(item.style_paths),
+                    config,
+                    content_id=item.content_hash,
+                    style_ids=list(item.style_hashes),
+                    on_iteration=on_iteration,
+                    checkpoint=checkpoint.policy,
+                    batch=batch,
+                    placement=placement,
+                )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
             self._write(item.output_path, png)
