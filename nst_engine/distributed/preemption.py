@@ -81,7 +81,6 @@ class Holdings:
             self._release(stop.saved_at)
             released = True
             _await_exit()
-            raise  # only when no exit came: the item is retried as a transient failure
         finally:
             if not released:
                 self._release(None, stopped=False)
@@ -104,9 +103,11 @@ _stopping = threading.Event()
 
 
 def _await_exit() -> None:
-    """Wait for the stop's exit (the grace period, then some): a stopped synthesis's
-    thread must not return its row first."""
+    """Wait for the stop's exit: a stopped synthesis's thread must not return its row
+    first. Should no exit come (the grace period, then some), exit from here: a worker
+    with the notice set would fail every item it is given."""
     time.sleep(grace_seconds() + 10)
+    os._exit(EXIT_CODE)
 
 
 def install(holdings: Holdings) -> None:
