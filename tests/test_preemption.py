@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,14 @@ from ray.cluster_utils import Cluster
 from nst_engine.distributed.cluster import pool_shape
 from nst_engine.distributed.dispatch import Scheduler
 from nst_engine.distributed.options import PoolOptions
-from nst_engine.distributed.preemption import DEFAULT_GRACE_SECONDS, GRACE_ENV, grace_seconds
+from nst_engine.distributed.preemption import (
+    DEFAULT_GRACE_SECONDS,
+    GRACE_ENV,
+    PROCESS_TITLE,
+    grace_seconds,
+    relay,
+    titled,
+)
 from nst_engine.distributed.recording import RunSummary
 from nst_engine.distributed.scheduler import render_lane
 from nst_engine.distributed.worker import RenderWorker
@@ -214,6 +223,7 @@ def render_and_stop(tmp_path: Path, contents: int, max_batch: int) -> tuple[RunS
             if held:
                 pid = held[0]
                 names = {n for p, n, _ in traced(output) if p == pid}
+                seen["titled"] = pid in titled(f"ray::{TracedWorker.__name__}")  # as a relay finds it
                 seen["before"] = {n: reached(output, pid, n) for n in names}
                 os.kill(pid, signal.SIGTERM)
                 seen["after"] = {n: reached(output, pid, n) for n in names}
@@ -238,6 +248,7 @@ def check_resumed(tmp_path: Path, summary: RunSummary, seen: dict[str, Any], con
     ``resumed_from_iteration`` by content name."""
     assert "pid" in seen, "the held synthesis never reached its iteration"
     assert str(seen["pid"]) in seen["ready_pids"]  # ready() names the process to signal
+    assert seen["titled"], "the relay's title does not find the worker's process"
     output = tmp_path / "out"
     assert summary.failed == [] and summary.retried == contents
     table = rows(output)
@@ -273,3 +284,48 @@ def test_sigterm_checkpoints_every_synthesis_a_batch_worker_holds(tmp_path: Path
     assert seen["before"][other] > 0, "the second synthesis had not started: not a batch"
     assert seen["before"][other] <= resumed[other] <= seen["after"][other] + 1
     assert resumed[other] == reached(tmp_path / "out", seen["pid"], other)
+
+
+# --- the relay a node about to go runs (preStop, spot notice) --------------------------
+
+
+def test_the_relay_looks_for_render_workers_by_their_process_title() -> None:
+    """Ray titles an actor's process ``ray::<class>`` (``.method`` added while a call
+    runs), as the traced worker's test above shows for its own class."""
+    assert f"ray::{RenderWorker.__name__}" == PROCESS_TITLE
+
+
+def titled_process(title: str, ignore_term: bool = False) -> subprocess.Popen:
+    """A process whose command line starts with ``title``, as a Ray worker's does."""
+    trap = "trap '' TERM; " if ignore_term else ""  # an ignored signal stays so across exec
+    return subprocess.Popen(["bash", "-c", f"{trap}exec -a '{title}' sleep 60"])
+
+
+def test_relay_stops_the_titled_processes_and_waits_for_them() -> None:
+    title = f"ray::NoWorker{uuid.uuid4().hex}"  # this test's own: others' workers are left alone
+    workers = [titled_process(title + ".render"), titled_process(title)]
+    try:
+        deadline = time.monotonic() + 10
+        while len(titled(title)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(titled(title)) == sorted(w.pid for w in workers)
+        # the relay returns once they are gone: reaped here, as their parent
+        threading.Thread(target=lambda: [w.wait() for w in workers], daemon=True).start()
+        assert relay(title, wait=30) == 0
+        assert [w.wait(timeout=5) for w in workers] == [-signal.SIGTERM] * 2
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def test_relay_gives_up_after_its_wait() -> None:
+    title = f"ray::NoWorker{uuid.uuid4().hex}"
+    stubborn = titled_process(title, ignore_term=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not titled(title) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert relay(title, wait=0.5) == 1 and stubborn.poll() is None
+    finally:
+        stubborn.kill()
+        stubborn.wait()

@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from nst_engine.engine.stop_notice import StopRequested, request_stop
 from nst_engine.signals import watch_signals
@@ -140,3 +141,45 @@ def _stop(holdings: Holdings) -> None:
         os._exit(EXIT_CODE)
 
     threading.Thread(target=finish, name="nst-preemption", daemon=True).start()
+
+
+# --- relaying the notice: Kubernetes' preStop hook, the AWS spot notice ----------------
+
+#: How Ray titles a render worker's process (``ray::<actor class>``, ``.method`` while
+#: a call runs): what a relay looks for.
+PROCESS_TITLE = "ray::RenderWorker"
+#: Seconds a relay waits beyond the grace period for the workers to be gone.
+RELAY_MARGIN_SECONDS = 5.0
+
+
+def titled(title: str = PROCESS_TITLE, proc: Path = Path("/proc")) -> list[int]:
+    """The pids of this machine's processes whose command line starts with ``title``."""
+    pids = []
+    for entry in proc.glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if command.startswith(title.encode()):
+            pids.append(int(entry.name))
+    return pids
+
+
+def relay(title: str = PROCESS_TITLE, wait: float | None = None) -> int:
+    """SIGTERM every render worker on this machine, then wait until they are gone (their
+    syntheses saved) or ``wait`` seconds (default: the grace period and a margin) pass;
+    how many are still there. For a node about to go: Kubernetes' preStop hook, before
+    it stops ``ray start`` (whose end would kill the workers at once), and the AWS spot
+    notice (``cluster/spot-notice.sh``)."""
+    for pid in titled(title):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + (grace_seconds() + RELAY_MARGIN_SECONDS if wait is None else wait)
+    while (left := titled(title)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return len(left)
+
+
+if __name__ == "__main__":  # python -m nst_engine.distributed.preemption
+    left = relay()
+    print(f"nst: {left} render workers still running" if left else "nst: render workers stopped", flush=True)
