@@ -9,9 +9,11 @@ retries resume from the checkpoints. A synthesis with checkpointing off has noth
 save and is not waited for.
 
 Ray's worker has its own SIGTERM handler (``Worker.main_loop``: ``SystemExit`` in the
-main thread, which kills a synthesis running there unsaved, and never runs while the
-main thread waits in Ray's C++ task loop, as a threaded actor's does): ``install``
-replaces it, and hears the signal from a thread (``nst_engine.signals``).
+main thread). Seen in Ray 2.60: an actor whose calls run in its main thread dies at
+once, its synthesis unsaved; a threaded actor's main thread waits in Ray's C++ task
+loop, so the handler runs only once the calls running have ended, a synthesis of
+minutes outliving any grace period. ``install`` replaces it, and hears the signal from
+a thread (``nst_engine.signals``), whatever the main thread is doing.
 """
 
 from __future__ import annotations
