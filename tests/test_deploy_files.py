@@ -6,15 +6,21 @@ Fast and offline: no Ray is started, no cluster or Kubernetes API is contacted.
 from __future__ import annotations
 
 import configparser
+import http.server
+import importlib.util
+import os
 import shlex
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from nst_engine.distributed.jobs import entrypoint, is_job_file, load_job
+from nst_engine.distributed.preemption import DEFAULT_GRACE_SECONDS, GRACE_ENV, RELAY_MARGIN_SECONDS
 from nst_engine.errors import NSTError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,3 +401,97 @@ def test_prometheus_scrapes_rays_service_discovery_file() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
     assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+
+
+# --- preemption: the render workers save before a node goes (issue 20) ------------------
+
+
+def gpu_worker_pods() -> list[tuple[str, dict]]:
+    """(file, pod template) of every Kubernetes GPU worker group."""
+    specs = [
+        (
+            "cluster/kuberay-raycluster.yaml",
+            by_kind(REPO / "cluster" / "kuberay-raycluster.yaml")["RayCluster"]["spec"],
+        ),
+        (
+            "jobs/kubernetes-rayjob.yaml",
+            by_kind(REPO / "jobs" / "kubernetes-rayjob.yaml")["RayJob"]["spec"]["rayClusterSpec"],
+        ),
+    ]
+    return [(name, group["template"]) for name, spec in specs for group in spec["workerGroupSpecs"]]
+
+
+@pytest.mark.parametrize("name,pod", gpu_worker_pods(), ids=lambda v: v if isinstance(v, str) else "")
+def test_worker_pods_relay_the_stop_and_wait_for_it(name: str, pod: dict) -> None:
+    """preStop tells the render workers to save (``ray start``, PID 1, would kill them at
+    once), and the pod's grace period outlasts the workers' and the relay's wait."""
+    (container,) = containers(pod)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]) is not None, command
+    assert command[2] == "nst_engine.distributed.preemption"
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    grace = float(env.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS)  # one default: the module's
+    assert pod["spec"]["terminationGracePeriodSeconds"] > grace + RELAY_MARGIN_SECONDS + 5, name
+
+
+def test_aws_spot_notice_is_started_on_workers() -> None:
+    config = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    remote = {dst: src for dst, src in config["file_mounts"].items() if src.endswith("spot-notice.sh")}
+    (destination,) = remote
+    assert (REPO / remote[destination]).is_file()
+    assert any(destination in command for command in config["worker_setup_commands"])
+    result = subprocess.run(
+        ["sh", "-n", str(REPO / "cluster" / "spot-notice.sh")], capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_spot_notice_relays_once_the_instance_action_appears(tmp_path: Path) -> None:
+    """Against a stand-in for the instance metadata (IMDSv2: a token by PUT, then the
+    spot action with it): nothing while there is no action, the relay once there is."""
+    if shutil.which("wget") is None:
+        pytest.skip("wget not installed")
+    state = {"action": False, "polls": 0}
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self._answer(200 if self.path == "/latest/api/token" else 404, b"tok")
+
+        def do_GET(self) -> None:
+            ok = self.path == "/latest/meta-data/spot/instance-action"
+            ok = ok and self.headers.get("X-aws-ec2-metadata-token") == "tok"
+            state["polls"] += 1
+            self._answer(200 if ok and state["action"] else 404, b'{"action": "terminate"}')
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    relayed = tmp_path / "relayed"
+    env = {
+        **os.environ,
+        "NST_IMDS_URL": f"http://127.0.0.1:{server.server_port}/latest",
+        "NST_SPOT_RELAY": f"touch {relayed}",
+        "NST_SPOT_POLL_SECONDS": "0.1",
+    }
+    script = subprocess.Popen(
+        ["sh", str(REPO / "cluster" / "spot-notice.sh")], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while state["polls"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state["polls"] >= 3 and not relayed.exists() and script.poll() is None
+        state["action"] = True
+        assert script.wait(timeout=30) == 0
+    finally:
+        script.kill()
+        server.shutdown()
+    assert relayed.exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.markup import escape
 
 from nst_engine.errors import NSTError, one_line
 from nst_engine.results.cost import PRICE_FORM
+from nst_engine.signals import watch_signals
 from nst_engine.storage.uris import redact
 
 app = typer.Typer(
@@ -132,9 +132,6 @@ _received = {"signal": signal.SIGINT}
 EXIT_DEADLINE_SECONDS = 20.0
 _deadline: list[threading.Timer] = []
 _deadline_lock = threading.Lock()
-#: The socket pair Python's C-level signal handler writes each signal's number to
-#: (``signal.set_wakeup_fd``), kept while the process lives.
-_wakeup: list[socket.socket] = []
 
 
 def stop_on_signals() -> None:
@@ -168,22 +165,13 @@ def _watch_signals() -> None:
     """Start the deadline from a thread that the C-level handler wakes, too: a Python
     handler runs only when the main thread gets back to Python, and a main thread blocked
     inside Ray's C++ calls (the very case the deadline is for) never does."""
-    if _wakeup:  # again after ray.init, in case it set its own
-        signal.set_wakeup_fd(_wakeup[1].fileno(), warn_on_full_buffer=False)
-        return
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    _wakeup.extend((reader, writer))
+    watch_signals((signal.SIGINT, signal.SIGTERM), _heard)
 
-    def watch() -> None:
-        while data := reader.recv(64):
-            stops = [n for n in data if n in (signal.SIGINT, signal.SIGTERM)]
-            if stops:
-                _received["signal"] = signal.Signals(stops[0])
-                _start_deadline()
 
-    threading.Thread(target=watch, name="nst-stop-watch", daemon=True).start()
+def _heard(signum: signal.Signals) -> None:
+    """A stopping signal, as the watcher thread hears it."""
+    _received["signal"] = signum
+    _start_deadline()
 
 
 def _exit_now() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import ray
 import torch
 
-from nst_engine.distributed import metrics
+from nst_engine.distributed import metrics, preemption
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.device_time import DeviceClock, held_devices
 from nst_engine.distributed.protocol import Attempt, Outcome, is_device_fault, write_outcome
@@ -197,6 +198,9 @@ class RenderWorker:
         self.device_kind = self.stylizer.device.type
         self.clock = DeviceClock(held_devices(self.device_kind, context.get_assigned_resources()))
         self.hostname = socket.gethostname()
+        self.holdings = preemption.Holdings()  # the syntheses a SIGTERM waits for
+        if context.get_actor_id():  # an actor's process, not a caller's constructing one
+            preemption.install(self.holdings)
 
     def ready(self) -> dict[str, str]:
         return {
@@ -208,6 +212,7 @@ class RenderWorker:
             "memory_share": str(self.stylizer.memory_share),
             "device_kind": self.device_kind,
             "devices": str(self.clock.devices),
+            "pid": str(os.getpid()),  # the process a stop (SIGTERM) goes to
         }
 
     def render_batch(
@@ -345,17 +350,19 @@ class RenderWorker:
             config = item_config(item)  # validates again: inside the try, as a bad input
             # how it runs, decided here once (placement.place; the engine does not decide again)
             placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
-            result = self.stylizer.synthesize(
-                item.content_path,
-                list(item.style_paths),
-                config,
-                content_id=item.content_hash,
-                style_ids=list(item.style_hashes),
-                on_iteration=on_iteration,
-                checkpoint=checkpoint.policy,
-                batch=batch,
-                placement=placement,
-            )
+            # told to stop, a checkpointed synthesis saves and never returns (preemption)
+            with self.holdings.holding(checkpoint.policy is not None):
+                result = self.stylizer.synthesize(
+                    item.content_path,
+                    list(item.style_paths),
+                    config,
+                    content_id=item.content_hash,
+                    style_ids=list(item.style_hashes),
+                    on_iteration=on_iteration,
+                    checkpoint=checkpoint.policy,
+                    batch=batch,
+                    placement=placement,
+                )
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
             self._write(item.output_path, png)

@@ -48,6 +48,7 @@ import torch
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.optimize import Run
 from nst_engine.engine.run_state import check_state
+from nst_engine.engine.stop_notice import StopRequested, stop_requested
 from nst_engine.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ class Checkpointer:
         # the clocks start with the optimisation, after the read
         self.resumed_from, self.started = run.iteration, time.perf_counter()
         self.last_save = self.started
+        if stop_requested():  # told to stop before any work: the checkpoint read stays as it is
+            raise StopRequested(None)
         return self.resumed_from
 
     def _discard(self) -> None:
@@ -182,19 +185,29 @@ class Checkpointer:
             log.warning("could not remove the unusable checkpoint: %s", one_line(exc))
 
     def after_iteration(self, run: Run) -> None:
-        """Save ``run`` if a checkpoint is due; called after each iteration that moved it."""
+        """Save ``run`` if a checkpoint is due; called after each iteration that moved it.
+        Once the process is told to stop (``stop_notice``), a run that goes on saves now,
+        due or not, and ends with ``StopRequested``; a finished one ends as it would."""
+        if stop_requested() and not run.done:
+            saved = self.enabled and self._save(run)
+            raise StopRequested(run.iteration if saved else None)
         if not self.enabled or run.done or not self._due(run):
             return
+        self._save(run)
+
+    def _save(self, run: Run) -> bool:
+        """Save ``run`` now; whether it was saved (a failure ends checkpointing)."""
         start = time.perf_counter()
         try:
             self.policy.save(encode(run, self.work))
         except OSError as exc:
             log.warning("checkpointing stopped for this synthesis: could not save: %s", exc)
             self.enabled = False
-            return
+            return False
         self.last_save = time.perf_counter()
         self.save_seconds = self.last_save - start
         self.saves += 1
+        return True
 
     def _due(self, run: Run) -> bool:
         policy, now = self.policy, time.perf_counter()
