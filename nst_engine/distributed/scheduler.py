@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nst_engine.distributed.autoscaling import PoolShape
@@ -39,7 +41,7 @@ from nst_engine.errors import NSTError
 from nst_engine.planning.items import WorkItem
 from nst_engine.results.cost import Bill, Spending
 from nst_engine.results.resume import DoneCheck, check_done
-from nst_engine.results.runs import RunLog, encode_excluded, new_run_id
+from nst_engine.results.runs import RunLog, RunRecord, encode_excluded, new_run_id
 from nst_engine.results.schema import make_row
 from nst_engine.results.table import FLUSH_ROWS, FLUSH_SECONDS, ResultTable
 from nst_engine.storage.errors import STORAGE_ERRORS
@@ -124,42 +126,26 @@ def run_render(
     if force:  # redone from the start, not from an earlier run's checkpoint
         remove_checkpoints(root, [i.item_id for i in todo])
     summary.skipped = len(check.done) + len(check.recovered)
-    runs = RunLog(root)
-    record, state = None, "interrupted"
-
-    def excluded(nodes: list[ExcludedNode]) -> None:
-        """A node was just excluded: the run's row says so now, for a live ``nst status``."""
-        if record is not None and _may_write(store):
-            with contextlib.suppress(*STORAGE_ERRORS):  # a status nicety: never stops the render
-                runs.write(dataclasses.replace(record, excluded_nodes=encode_excluded(nodes)))
-
+    entry, state = RunEntry(RunLog(root), store), "interrupted"
     ending: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
-        record = runs.start(
-            items[0].manifest_name if items else None,
-            run_kind,
-            len(items),
-            run_id=run_id,
-            skipped=summary.skipped,
-            recovered=len(check.recovered),
-            prices=spending.prices.text() or None,
-            budget=spending.budget.text() if spending.budget else None,
-        )
-        _render_todo(
-            todo,
+        entry.start(**_start_fields(items, run_kind, run_id, summary.skipped, len(check.recovered), spending))
+        scheduler = functools.partial(
+            Scheduler,
             weights,
             root,
             options,
-            store,
-            summary,
-            run_kind,
-            started,
-            on_progress,
-            check.redo,
-            spending,
-            excluded,
-            worker_class,
+            store=store,
+            summary=summary,
+            run_kind=run_kind,
+            started=started,
+            on_progress=on_progress,
+            redo_reasons=check.redo,  # the rows of items done again say why
+            spending=spending,
+            on_exclude=entry.excluded,
+            worker_class=worker_class,
         )
+        _render_todo(todo, store, summary, run_kind, scheduler, options)
         store.compact()
         state = "finished" if summary.budget_left is None else "budget"
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: rows flushed below, then the summary
@@ -173,27 +159,62 @@ def run_render(
                 store.flush()  # on an error or Ctrl-C too: no row received is lost
             finally:  # and the run is recorded as it ended, even if that flush failed
                 summary.wall_seconds = time.time() - started
-                if record is not None and _may_write(store):
-                    runs.finish(
-                        record,
-                        state,
-                        rendered=summary.rendered,
-                        skipped=summary.skipped,
-                        recovered=len(check.recovered),
-                        failed=len(summary.failed),
-                        retried=summary.retried,
-                        workers=summary.workers,
-                        wall_seconds=summary.wall_seconds,
-                        **_bill_fields(summary, spending),
-                        excluded_nodes=encode_excluded(summary.excluded_nodes),
-                    )
+                entry.finish(state, _end_fields(summary, len(check.recovered), spending))
     return summary
 
 
-def _bill_fields(summary: RunSummary, spending: Spending) -> dict[str, Any]:
-    """The ``RunRecord`` fields of the run's bill."""
+@dataclass
+class RunEntry:
+    """This run's row of ``runs.parquet``: written as it starts (so a killed run leaves a
+    trace), when it excludes a node (for a live ``nst status``) and as it ends; never
+    once the output root is another run's (its lease lost)."""
+
+    runs: RunLog
+    store: ResultTable
+    record: RunRecord | None = None
+
+    def start(self, *args: Any, **fields: Any) -> None:
+        self.record = self.runs.start(*args, **fields)
+
+    def excluded(self, nodes: list[ExcludedNode]) -> None:
+        if self.record is not None and _may_write(self.store):
+            with contextlib.suppress(*STORAGE_ERRORS):  # a status nicety: never stops the render
+                self.runs.write(dataclasses.replace(self.record, excluded_nodes=encode_excluded(nodes)))
+
+    def finish(self, state: str, fields: dict[str, Any]) -> None:
+        if self.record is not None and _may_write(self.store):
+            self.runs.finish(self.record, state, **fields)
+
+
+def _start_fields(
+    items: list[WorkItem], run_kind: str, run_id: str, skipped: int, recovered: int, spending: Spending
+) -> dict[str, Any]:
+    """The ``RunRecord`` fields known at the run's start (``RunLog.start``'s arguments)."""
+    return {
+        "manifest_name": items[0].manifest_name if items else None,
+        "run_kind": run_kind,
+        "total": len(items),
+        "run_id": run_id,
+        "skipped": skipped,
+        "recovered": recovered,
+        "prices": spending.prices.text() or None,
+        "budget": spending.budget.text() if spending.budget else None,
+    }
+
+
+def _end_fields(summary: RunSummary, recovered: int, spending: Spending) -> dict[str, Any]:
+    """The ``RunRecord`` fields known at the run's end: its counts, its bill, the nodes it
+    excluded."""
     bill = Bill(spending.prices, summary.held, summary.busy)
     return {
+        "rendered": summary.rendered,
+        "skipped": summary.skipped,
+        "recovered": recovered,
+        "failed": len(summary.failed),
+        "retried": summary.retried,
+        "workers": summary.workers,
+        "wall_seconds": summary.wall_seconds,
+        "excluded_nodes": encode_excluded(summary.excluded_nodes),
         "budget_left": summary.budget_left,
         "device_seconds_held": sum(summary.held.values()),
         "device_seconds_busy": sum(summary.busy.values()),
@@ -223,40 +244,20 @@ def _may_write(store: ResultTable) -> bool:
 
 def _render_todo(
     todo: list[WorkItem],
-    weights: WeightsSpec,
-    root: OutputRoot,
-    options: PoolOptions,
     store: ResultTable,
     summary: RunSummary,
     run_kind: str,
-    started: float,
-    on_progress: Callable[[Progress], None] | None,
-    redo_reasons: dict[str, str],
-    spending: Spending,
-    on_exclude: Callable[[list[ExcludedNode]], None] | None = None,
-    worker_class: type = RenderWorker,
+    make_scheduler: Callable[[], Scheduler],
+    options: PoolOptions,
 ) -> None:
-    """``run_render``'s work: record bad inputs as failed, render the rest (the rows of
-    items done again carry their ``redo_reasons``)."""
+    """``run_render``'s work: record bad inputs as failed, render the rest with the
+    scheduler ``make_scheduler`` makes (only when there is a rest: it starts Ray actors)."""
     bad = [i for i in todo if i.input_error]
     store.append([make_row(i, "failed", 1, error=i.input_error, run_kind=run_kind) for i in bad])
     summary.failed += [(i, i.input_error or "") for i in bad]
     todo = [i for i in todo if not i.input_error]
     if todo:
-        scheduler = Scheduler(
-            weights,
-            root,
-            options,
-            store=store,
-            summary=summary,
-            run_kind=run_kind,
-            started=started,
-            on_progress=on_progress,
-            redo_reasons=redo_reasons,
-            spending=spending,
-            on_exclude=on_exclude,
-            worker_class=worker_class,
-        )
+        scheduler = make_scheduler()
         scheduler.add_lane(render_lane(todo, pool_shape(options, len(todo))))
         scheduler.run()
 

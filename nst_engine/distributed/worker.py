@@ -30,6 +30,7 @@ from nst_engine.distributed.protocol import Attempt, Outcome, is_device_fault, w
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
 from nst_engine.engine.memory import is_out_of_memory, release_cached
+from nst_engine.engine.result import SynthesisResult
 from nst_engine.engine.synthesis import Stylizer
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import NSTError, one_line
@@ -334,35 +335,12 @@ class RenderWorker:
             "started_at": started,
             "queue_wait_seconds": max(0.0, time.time() - run_started),
         }
-        last = [0.0]
-
-        def on_iteration(record: Any, _image: Any) -> None:
-            now = time.perf_counter()
-            if now - last[0] >= PROGRESS_INTERVAL:
-                last[0] = now
-                self._report(item, record.iteration + 1, record.total)
-
         self._report(item)
         mark = self.clock.start()
         stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
-            config = item_config(item)  # validates again: inside the try, as a bad input
-            # how it runs, decided here once (placement.place; the engine does not decide again)
-            placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
-            # told to stop, a checkpointed synthesis saves and never returns (preemption)
-            with self.holdings.holding(checkpoint.policy is not None):
-                result = self.stylizer.synthesize(
-                    item.content_path,
-                    list(item.style_paths),
-                    config,
-                    content_id=item.content_hash,
-                    style_ids=list(item.style_hashes),
-                    on_iteration=on_iteration,
-                    checkpoint=checkpoint.policy,
-                    batch=batch,
-                    placement=placement,
-                )
+            result = self._synthesize(item, checkpoint, batch)
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
             self._write(item.output_path, png)
@@ -391,6 +369,35 @@ class RenderWorker:
         row.setdefault("device_type", self.device_kind)  # a failed attempt's time is priced too
         metrics.item_rendered(row, self.stylizer.device)
         return Attempt(row, outcome)
+
+    def _synthesize(
+        self, item: WorkItem, checkpoint: ItemCheckpoint, batch: EvaluationBatch | None
+    ) -> SynthesisResult:
+        """``item``'s synthesis, its progress posted to the board. Told to stop (SIGTERM),
+        a checkpointed synthesis saves and never returns (``preemption``)."""
+        config = item_config(item)  # validates again: inside the caller's try, as a bad input
+        # how it runs, decided here once (placement.place; the engine does not decide again)
+        placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
+        last = [0.0]
+
+        def on_iteration(record: Any, _image: Any) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= PROGRESS_INTERVAL:
+                last[0] = now
+                self._report(item, record.iteration + 1, record.total)
+
+        with self.holdings.holding(checkpoint.policy is not None):
+            return self.stylizer.synthesize(
+                item.content_path,
+                list(item.style_paths),
+                config,
+                content_id=item.content_hash,
+                style_ids=list(item.style_hashes),
+                on_iteration=on_iteration,
+                checkpoint=checkpoint.policy,
+                batch=batch,
+                placement=placement,
+            )
 
     def _write(self, path: str, png: bytes) -> None:
         """The item's image into the output root; a failure is an ``OutputWriteError``."""
