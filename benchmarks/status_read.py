@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -41,13 +42,25 @@ def main() -> None:
         rows = synthetic_rows(args.rows, args.iterations)
         for n, row in enumerate(rows):
             worker = n % args.workers
-            row.update(node_id=f"{worker:056x}", hostname=f"gpu-{worker}", device_seconds=1.0)
+            node = hashlib.sha256(str(worker).encode()).hexdigest()[:56]  # as random as Ray's ids
+            row.update(node_id=node, hostname=f"gpu-{worker}", device_seconds=1.0)
         for start in range(0, len(rows), FLUSH_ROWS):
             store.append(rows[start : start + FLUSH_ROWS])
         files = sorted(Path(folder).rglob("*.parquet"))
         footers = [
             len(pq.read_schema(f).metadata.get(SUMMARY_KEY, b"")) for f in files if f.name != "runs.parquet"
         ]
+        # bytes an object store would serve: the footers' summaries, or the summary's
+        # columns of every row group (compressed, as stored)
+        column_bytes = sum(
+            meta.row_group(g).column(c).total_compressed_size
+            for f in files
+            if f.name != "runs.parquet"
+            for meta in [pq.read_metadata(f)]
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+            if meta.row_group(g).column(c).path_in_schema in SUMMARY_COLUMNS
+        )
         status = median_seconds(lambda: render_status(root), args.repeat)
         rows_read = median_seconds(lambda: read_results(root, list(SUMMARY_COLUMNS)), args.repeat)
         found = render_status(root)
@@ -56,6 +69,7 @@ def main() -> None:
         f"summaries {sum(footers) / 2**10:.0f} KiB in all (largest {max(footers) / 2**10:.0f} KiB)"
     )
     print(f"status: {dataclasses.asdict(found)['rendered']:,} rendered, {found.files_read} footers read")
+    print(f"bytes: summaries {sum(footers) / 2**20:.2f} MiB, summary columns {column_bytes / 2**20:.2f} MiB")
     print("| read | median s | rows / this |")
     print("| --- | --- | --- |")
     print(f"| `render_status` (footers) | {status:.3f} | {rows_read / status:.1f}× |")

@@ -47,6 +47,9 @@ TOP_ERRORS = 20
 ERROR_CHARS = 120
 #: Distinct node ids and host names kept per run (a cap, not a sample).
 MAX_NAMES = 1000
+#: A node id is kept by its first this many hex digits (48 bits: enough to count a
+#: cluster's nodes apart; a whole Ray id is 56), so a footer of 1,000 nodes stays small.
+NODE_ID_CHARS = 12
 #: Minutes of ok items kept per run, the latest ones: enough for a throughput.
 MINUTES_KEPT = 60
 
@@ -60,7 +63,7 @@ class RunRows:
     errors: dict[str, int] = field(default_factory=dict)
     other_errors: int = 0
     devices: dict[str, int] = field(default_factory=dict)  # "device_name (device_type)" -> ok items
-    nodes: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # node ids, their first NODE_ID_CHARS
     hosts: list[str] = field(default_factory=list)
     worker_seconds: float = 0.0  # sum of total_seconds
     busy: dict[str, float] = field(default_factory=dict)  # device kind -> sum of device_seconds
@@ -183,7 +186,7 @@ def _run_rows(table: pa.Table) -> RunRows:
     rows.other_errors = sum(errors.values()) - sum(rows.errors.values())
     rows.devices = dict(devices)
     rows.busy = dict(busy)
-    rows.nodes = _union([n for n in data["node_id"] if n], [])
+    rows.nodes = _union([n[:NODE_ID_CHARS] for n in data["node_id"] if n], [])
     rows.hosts = _union([h for h in data["hostname"] if h], [])
     rows.first_finished = min(finished) if finished else None
     rows.last_finished = max(finished) if finished else None
