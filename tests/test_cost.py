@@ -121,7 +121,9 @@ def test_budget_projects_the_items_in_flight_and_the_next() -> None:
     pool = pool_with_worker(held_seconds=3600.0)  # 1 GPU-hour held: 2.0 spent at 2/h
     guard = BudgetGuard(Spending(parse_prices("cuda=2/h"), parse_budget("3")))
     assert guard.affordable(pool, "cuda", 5) == 5  # no item back yet: nothing to project from
+    assert guard.unknown("cuda")  # ... so dispatch sends a call per worker, no more
     guard.learn("cuda", 900.0)  # an item costs a quarter hour: 0.5
+    assert not guard.unknown("cuda") and guard.unknown("cpu")
     assert guard.spent(pool) == pytest.approx(2.0)
     assert guard.affordable(pool, "cuda", 5) == 2  # 1.0 left: two more
     pool.lanes[0].in_flight_items = 1
@@ -130,6 +132,7 @@ def test_budget_projects_the_items_in_flight_and_the_next() -> None:
     assert guard.affordable(pool, "cuda", 5) == 0
     unlimited = BudgetGuard(Spending(parse_prices("cuda=2/h")))
     assert unlimited.affordable(pool, "cuda", 5) == 5 and unlimited.spent(pool) == 0.0
+    assert not unlimited.unknown("cuda")  # no budget: every slot of every worker is used
     over = BudgetGuard(Spending(Prices(), parse_budget("0.5h")))  # device-hours: 1 held already
     assert over.affordable(pool, "cuda", 5) == 0
 

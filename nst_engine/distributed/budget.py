@@ -5,7 +5,8 @@ cloud bills it), priced (``results.cost``); the projection adds, for every item 
 and each one to hand out, the mean device-seconds of the items of that device kind that
 came back. Items in flight are counted whole although part of their time is in the held
 spend already: the projection errs on the side of stopping early. Before an item of a
-kind has come back there is nothing to project from, so the first calls go out.
+kind has come back there is nothing to project from, so a call per worker goes out (and
+no more until one is back): a budget smaller than that first wave is passed by it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class BudgetGuard:
         self.per_item[kind] = (
             device_seconds if mean is None else mean + ITEM_SECONDS_WEIGHT * (device_seconds - mean)
         )
+
+    def unknown(self, kind: str | None) -> bool:
+        """Whether the run has a budget and no item of device ``kind`` has come back yet:
+        then there is no cost to project, and ``dispatch`` sends each worker one call,
+        not ``max_in_flight``, so the first wave spends as little as it can."""
+        return self.spending.budget is not None and self.per_item.get(kind or "unknown") is None
 
     def spent(self, pool: Pool, now: float | None = None) -> float:
         """What the run's workers have held so far, in the budget's unit (0 with no budget)."""

@@ -269,6 +269,8 @@ class Scheduler:
                 served = []
                 for worker in free:
                     count = call_size(lane, len(live), worker) if lane.queue else 0
+                    if count and worker.in_flight and self.budget.unknown(worker.info.get("device_kind")):
+                        continue  # no cost to project from yet: a call per worker until one is back
                     if count and not (count := self._affordable(worker, count, spent)):
                         self.stop_at_budget()
                         return
