@@ -53,16 +53,18 @@ def make_clip(
     audio: str | None = "aac",
     frames: int = FRAMES,
     rate: Fraction = RATE,
+    ticks: list[int] | None = None,
 ) -> Path:
     """A clip of ``scene`` frames, key frames every 8 (so decoding from frame k seeks), and
-    a 440 Hz tone as long as the picture in ``audio``'s codec."""
+    a 440 Hz tone as long as the picture in ``audio``'s codec; frame i is shown at
+    ``ticks[i]`` / ``rate`` (default: i / ``rate``, a constant rate)."""
     with av.open(str(path), "w", format=container) as out:
         video = out.add_stream("libx264", rate=rate, options={"g": "8", "crf": "18"})
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         sound = out.add_stream(audio, rate=SAMPLE_RATE, layout="mono") if audio else None
         for index in range(frames):
             picture = av.VideoFrame.from_ndarray(scene(index), format="rgb24")
-            picture.pts = index
+            picture.pts = ticks[index] if ticks else index
             out.mux(video.encode(picture))
         out.mux(video.encode())
         if sound is not None:
@@ -94,6 +96,8 @@ def assert_scene(frame: np.ndarray, index: int) -> None:
     """The square is red at its centre and the background keeps its colour far from it."""
     row, col = square_centre(index)
     assert np.abs(frame[row, col].astype(int) - RED).max() <= TOLERANCE, (index, frame[row, col])
+    reds = np.flatnonzero(np.abs(frame[row].astype(int) - RED).max(axis=1) <= TOLERANCE)
+    assert abs(int(reds[0]) - 2 * index) <= 1, (index, reds[0])  # frame k's square, not k ± 1's
     corner = scene(index)[HEIGHT - 4, WIDTH - 4].astype(int)
     assert np.abs(frame[HEIGHT - 4, WIDTH - 4].astype(int) - corner).max() <= TOLERANCE, index
 
@@ -274,3 +278,22 @@ def test_decoding_from_frame_k_seeks_rather_than_falls_back(clip: Path) -> None:
             while True:
                 indices.append(next(decoding).index)
     assert indices == [11, 12, 13] and finished.value.value is True
+
+
+def test_a_variable_rate_clip_decodes_from_frame_k_as_a_whole(tmp_path: Path) -> None:
+    """Timestamps with gaps, as phones record: frame k is the k-th frame shown, not the
+    one at time k / rate, whether decoded from the start or from a seek."""
+    ticks = [0, 1, 2, 3, 5, 6, 8, 9, 10, 13, 14, 15, 17, 18, 19, 20, 22, 23, 26, 27]
+    clip = make_clip(tmp_path / "phone.mp4", audio=None, frames=len(ticks), ticks=ticks)
+    video = VideoFile(str(clip))
+    assert video.info().frames == len(ticks) and video.info().rate != RATE  # the average
+    whole = list(video.frames())
+    assert [f.index for f in whole] == list(range(len(ticks)))
+    for frame in whole:
+        assert_scene(frame.array, frame.index)
+    for start in (7, 12, 17):
+        with av.open(str(clip)) as container:
+            part = list(_seek_frames(container, container.streams.video[0], start, start + 3, str(clip)))
+        assert [f.index for f in part] == [start, start + 1, start + 2]
+        for frame in part:
+            np.testing.assert_array_equal(frame.array, whole[frame.index].array)

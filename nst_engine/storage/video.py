@@ -175,25 +175,41 @@ def _seek_frames(
     location: str,
 ) -> Iterator[Frame]:
     """Frames from ``start`` after a seek to the key frame at or before it, each indexed by
-    its timestamp at the clip's rate (the frame at time t is frame round(t × rate)).
-    Returns False, having yielded nothing, when the decoder lands after frame ``start``
-    or a frame has no timestamp: the caller then decodes from the first frame."""
-    rate, base = _rate(stream, location), stream.time_base
-    origin = stream.start_time or 0
-    container.seek(origin + round(Fraction(start) / rate / base), stream=stream, backward=True)
+    the rank of its timestamp among all frames' (``_frame_times``): right for clips of
+    variable frame rate too (phones record those), where time × rate is not the index.
+    Returns False, having yielded nothing, when the frames cannot be told apart by their
+    timestamps or the decoder lands after frame ``start``: the caller then decodes from
+    the first frame."""
+    times = _frame_times(container, stream)
+    if times is None:
+        return False
+    if start >= len(times):
+        return True
+    rank = {pts: index for index, pts in enumerate(times)}
+    container.seek(times[start], stream=stream, backward=True)
     wanted = start  # the next index to yield
     for frame in container.decode(stream):
-        index = None if frame.pts is None else round((frame.pts - origin) * base * rate)
+        index = rank.get(frame.pts)
         if wanted == start and (index is None or index > start):
             return False  # nothing yielded yet: the caller decodes from frame 0 instead
         if index is None:
-            raise VideoError(f"{location}: frame {wanted} has no timestamp; cannot tell which frame it is")
+            raise VideoError(f"{location}: frame {wanted} has a timestamp no packet has; cannot place it")
         if stop is not None and index >= stop:
             return True
         if index >= wanted:
             yield Frame(index, frame.to_ndarray(format="rgb24"))
             wanted = index + 1
     return True
+
+
+def _frame_times(container: av.container.InputContainer, stream: av.VideoStream) -> list[int] | None:
+    """Every frame's timestamp in presentation order, read from the packets without
+    decoding any (one pass over the file's bytes, far cheaper than decoding up to frame
+    k); None when a packet has none or two share one."""
+    times = [packet.pts for packet in container.demux(stream) if packet.size]  # size 0: the flush packet
+    if None in times or len(set(times)) != len(times):
+        return None
+    return sorted(times)
 
 
 # --- frame sequences ---------------------------------------------------------------------
