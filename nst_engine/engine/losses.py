@@ -278,17 +278,33 @@ class StyleTransferObjective(nn.Module):
         self.style_weight = style_weight
         self.tv_weight = tv_weight
         self.tv_loss = TotalVariationLoss()
+        # a video frame's pull towards the previous stylized frame (``with_temporal``)
+        self.temporal_loss: Term | None = None
+        self.temporal_weight = 0.0
         self.layers = sorted(set(self.content_losses) | set(self.style_losses))
         self.items = 1
         # per image: its layer weights (0 where it has no such layer) and α, β, λ
         self._set_weights([self])
 
+    def with_temporal(self, term: Term, weight: float) -> StyleTransferObjective:
+        """This objective plus γ·``term`` in its total (Ruder et al. 2016, eq. 8: the
+        paper's loss plus the temporal loss of eq. 7), ``term`` a ``temporal.TemporalLoss``
+        over the image. The term is a column of ``mix`` that only the total row weighs;
+        its value is read from the term itself. Weight 0 leaves every iterate as it was
+        without the term (it adds exact zeros)."""
+        self.temporal_loss = term.to(self.mix.device)
+        self.temporal_weight = weight
+        self._set_weights([self])
+        return self
+
     def _set_weights(self, parts: Sequence[StyleTransferObjective]) -> None:
         """``mix`` (4, T, B): how each image's (total, content, style, tv) weigh the raw
-        terms (content layers, style layers, then TV when an image uses it), each term's
-        factor included; 0 for a layer an image has no loss at. float64: the weights are
-        exact as given, and (4, T, B) costs nothing."""
+        terms (content layers, style layers, then TV when an image uses it, then the
+        temporal term when one has it), each term's factor included; 0 for a layer an
+        image has no loss at. float64: the weights are exact as given, and (4, T, B)
+        costs nothing."""
         self.any_tv = any(p.tv_weight for p in parts)
+        self.any_temporal = any(p.temporal_loss is not None for p in parts)
         rows: list[list[list[float]]] = [[], [], [], []]  # (4, T, B)
         for name, term in self.content_losses.items():
             per_image = [term.factor * p.content_layer_weights.get(name, 0.0) for p in parts]
@@ -307,6 +323,10 @@ class StyleTransferObjective(nn.Module):
             rows[1].append([0.0] * len(parts))
             rows[2].append([0.0] * len(parts))
             rows[3].append([1.0 if p.tv_weight else 0.0 for p in parts])
+        if self.any_temporal:  # in the total only: no row of its own (``LossTerms``)
+            rows[0].append([p.temporal_weight if p.temporal_loss is not None else 0.0 for p in parts])
+            for row in rows[1:]:
+                row.append([0.0] * len(parts))
         device = next(iter(self.style_losses.values())).target.device  # type: ignore[union-attr]
         flat = [w for row in rows for term in row for w in term]
         mix = to_device(flat, device, torch.float64).view(4, len(rows[0]), len(parts))
@@ -338,6 +358,8 @@ class StyleTransferObjective(nn.Module):
         joined.content_losses = nn.ModuleDict({k: ContentLoss(stacked(k, "content_losses")) for k in content})
         joined.style_losses = nn.ModuleDict({k: StyleLoss(stacked(k, "style_losses")) for k in style})
         joined.tv_loss = first.tv_loss
+        joined.temporal_loss = _stacked_temporal(parts)
+        joined.temporal_weight = 0.0  # per image only, in ``mix``
         joined.layers = sorted(set(content) | set(style))
         joined.items = len(parts)
         joined.content_layer_weights = joined.style_layer_weights = {}  # per image only
@@ -376,6 +398,9 @@ class StyleTransferObjective(nn.Module):
         if self.any_tv:
             terms.append(self.tv_loss)
             inputs.append(images)
+        if self.any_temporal:
+            terms.append(self.temporal_loss)
+            inputs.append(images)
         return LossTerms(_Weighted.apply(tuple(terms), self.mix, self._slopes(terms, inputs), *inputs))
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -404,7 +429,26 @@ class StyleTransferObjective(nn.Module):
         picked.style_losses = nn.ModuleDict(
             {k: StyleLoss(v.target.index_select(0, where)) for k, v in self.style_losses.items()}
         )
+        if self.temporal_loss is not None:
+            picked.temporal_loss = _picked_temporal(self.temporal_loss, where)
         picked.items = len(index)
         picked.register_buffer("mix", self.mix.index_select(2, where), persistent=False)
         picked._slopes_by_shape = {k: v.index_select(2, where) for k, v in self._slopes_by_shape.items()}
         return picked
+
+
+def _stacked_temporal(parts: Sequence[StyleTransferObjective]) -> Term | None:
+    """The temporal terms of ``parts`` as one over their images (None when none has one):
+    an image without one gets zero targets and weights, and 0 in ``mix`` besides."""
+    terms = [p.temporal_loss for p in parts]
+    like = next((t for t in terms if t is not None), None)
+    if like is None:
+        return None
+    targets = [t.target if t is not None else torch.zeros_like(like.target) for t in terms]
+    weights = [t.weights if t is not None else torch.zeros_like(like.weights) for t in terms]
+    return type(like)(torch.cat(targets), torch.cat(weights))
+
+
+def _picked_temporal(term: Term, where: torch.Tensor) -> Term:
+    """``term`` (a stacked ``TemporalLoss``) for the images at ``where`` only."""
+    return type(term)(term.target.index_select(0, where), term.weights.index_select(0, where))

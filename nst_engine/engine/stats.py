@@ -67,6 +67,13 @@ class SynthesisStats:
     final_style_loss: float = stat("style loss of the output")
     final_tv_loss: float = stat("total-variation loss of the output (0 unless tv_weight is set)")
     final_total_loss: float = stat("total loss of the output")
+    final_temporal_loss: float | None = stat(
+        "video frames after a shot's first: temporal loss of the output (Ruder et al. 2016, eq. 7, "
+        "unweighted), its departure from the previous stylized frame warped by the flow, over the "
+        "pixels the consistency check trusts; the total holds it times temporal_weight (null for images)",
+        kw_only=True,
+        default=None,
+    )
     iteration_seconds: list[float] = stat("wall time of each iteration")
     total_losses: list[float] = stat("loss curve: total loss at the start of each iteration")
     content_losses: list[float] = stat("content loss at the start of each iteration")
@@ -143,6 +150,7 @@ def synthesis_stats(
     coarse_seconds: float = 0.0,
     tile: int = 0,
     tiles: int = 0,
+    temporal_loss: float | None = None,
 ) -> SynthesisStats:
     """The statistics record of one finished optimisation (``trace`` holds the records of
     every attempt, those before ``resumed_from_iteration`` restored from a checkpoint)."""
@@ -165,6 +173,7 @@ def synthesis_stats(
         final_style_loss=style,
         final_tv_loss=tv,
         final_total_loss=total,
+        final_temporal_loss=temporal_loss,
         iteration_seconds=[r.seconds for r in records],
         total_losses=[r.total for r in records],
         content_losses=[r.content for r in records],

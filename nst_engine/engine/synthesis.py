@@ -9,6 +9,7 @@ objective, start and output), ``optimize`` (the run), ``stats`` and ``result``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,11 +19,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from nst_engine.engine import color
 from nst_engine.engine.batch import EvaluationBatch, Member
 from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.device import resolve_device
 from nst_engine.engine.images import ImageLike, load_image, save_png
+from nst_engine.engine.losses import Term
 from nst_engine.engine.memory import MemoryModel
 from nst_engine.engine.optimize import (
     Alone,
@@ -44,7 +47,28 @@ from nst_engine.engine.tiles import TiledGradient, tile_count
 from nst_engine.engine.weights import VGGWeights
 from nst_engine.errors import ConfigError
 
-__all__ = ["CheckpointPolicy", "Stylizer", "SynthesisResult", "resolve_device"]
+__all__ = ["CheckpointPolicy", "PreviousFrame", "Stylizer", "SynthesisResult", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class PreviousFrame:
+    """What a video frame after its shot's first takes from the frame before (Ruder et al.
+    2016, Sec. 3): the previous stylized output warped into this frame by the backward
+    flow, (1, 3, H, W) in [0, 1] at the synthesis size, as the start image; and, with
+    ``temporal``, the temporal loss towards it (eq. 7) over the consistency ``weights``
+    (1, 1, H, W), weighted by ``SynthesisConfig.temporal_weight``. Without ``temporal``
+    it is the warm start alone."""
+
+    warped: torch.Tensor
+    weights: torch.Tensor
+    temporal: bool = True
+
+    def digest(self) -> str:
+        """A hash of what it changes in the iterates, for checkpoint fingerprints."""
+        h = hashlib.sha256(b"temporal" if self.temporal else b"start")
+        for tensor in (self.warped, self.weights):
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 class Stylizer:
@@ -103,6 +127,7 @@ class Stylizer:
         checkpoint: CheckpointPolicy | None = None,
         batch: EvaluationBatch | None = None,
         placement: Placement | None = None,
+        previous: PreviousFrame | None = None,
     ) -> SynthesisResult:
         """Run one synthesis; ``content``/``styles`` are paths or PIL images.
 
@@ -117,6 +142,10 @@ class Stylizer:
         synthesis lost with its worker continues on the next attempt instead of starting
         over; the statistics then hold the whole run (records of the earlier attempts
         first) and ``resumed_from_iteration``. The result equals an uninterrupted run's.
+
+        With ``previous`` it is a video frame after its shot's first (``video``): it starts
+        from the previous stylized frame warped into it, not from ``config.init`` nor the
+        coarser scales, and (``PreviousFrame.temporal``) adds the temporal loss.
         """
         _check_style_count(len(styles), config)
         started = time.perf_counter()
@@ -127,13 +156,18 @@ class Stylizer:
             list(style_ids or [image_digest(s) for s in style_imgs]),
         )
         placement = placement or self.place(*synthesis_size(content_img, config), config, batch)
+        if previous is not None:
+            _check_previous(previous, synthesis_size(content_img, config), placement)
+            ids = (f"{ids[0]}+previous:{previous.digest()}", ids[1])  # another work, for checkpoints
         watch = _Watch(on_iteration, snapshot_every, snapshot_path, should_stop, checkpoint)
         with (
             _join(batch if placement.how is How.BATCHED else None, content_img, config) as member,
             # a batch's members share the peak of the batch, which the batch itself enters
             contextlib.nullcontext(batch.peak) if batch is not None else PeakMemory(self.device) as memory,
         ):
-            ran = self._optimize(content_img, style_imgs, config, placement.tile, member, ids, watch)
+            ran = self._optimize(
+                content_img, style_imgs, config, placement.tile, member, ids, watch, previous
+            )
         stats = self._stats(ran, config, memory, member, started)
         metadata = png_metadata(config, self.weights, ids[0], ids[1], stats)
         return SynthesisResult(ran.output, stats, metadata)
@@ -147,13 +181,17 @@ class Stylizer:
         member: Member | None,
         ids: tuple[str, list[str]],
         watch: _Watch,
+        previous: PreviousFrame | None = None,
     ) -> _Ran:
         """The synthesis itself: targets, the coarser scales unless a checkpoint resumes
-        past them, and the run at the requested size, timed."""
+        past them or a previous frame starts it, and the run at the requested size, timed."""
         targets_start = time.perf_counter()
         problem = Problem.build(content, styles, config, self.cache)
+        temporal = _temporal_term(problem, previous)
         targets_seconds = time.perf_counter() - targets_start
         image = problem.initial_image()
+        if previous is not None:
+            image.copy_(_as_optimised(problem, previous.warped))
         evaluator = _evaluator(problem, tile, member)
         run = start_run(problem.objective, image, config.optimizer_settings(), evaluator)
         hook = _iteration_hook(problem, watch.on_iteration, watch.snapshot_every, watch.snapshot_path)
@@ -164,10 +202,11 @@ class Stylizer:
             resumed_from = keeper.restore(run)
             hook = _checkpointing(hook, keeper, run)
         start = time.perf_counter()
-        # a run resumed from a checkpoint is past its coarse scales
+        # a run resumed from a checkpoint is past its coarse scales; a video frame after
+        # its shot's first starts from the frame before instead
         coarse = (
             []
-            if resumed_from
+            if resumed_from or previous is not None
             else self._coarse_start(content, styles, config, image, member, watch.should_stop)
         )
         coarse_seconds = time.perf_counter() - start if coarse else 0.0
@@ -184,6 +223,7 @@ class Stylizer:
             coarse_seconds,
             resumed_from,
             tiled.tile if isinstance(tiled, TiledGradient) else 0,
+            _term_value(temporal, image),
         )
 
     def _stats(
@@ -212,6 +252,7 @@ class Stylizer:
             coarse_seconds=ran.coarse_seconds,
             tile=ran.tile,
             tiles=tile_count(height, width, ran.tile),
+            temporal_loss=ran.temporal_loss,
         )
 
     def _coarse_start(
@@ -304,6 +345,51 @@ class _Ran:
     coarse_seconds: float
     resumed_from: int
     tile: int
+    temporal_loss: float | None  # unweighted, at the output; None without the term
+
+
+def _check_previous(previous: PreviousFrame, size: tuple[int, int], placement: Placement) -> None:
+    """A previous frame must be at the synthesis size; its temporal loss is not part of
+    the tiled evaluation (``tiles``), so a frame with one cannot run tiled."""
+    if tuple(previous.warped.shape[-2:]) != size or tuple(previous.weights.shape[-2:]) != size:
+        raise ValueError(
+            f"the previous frame is {tuple(previous.warped.shape[-2:])}, "
+            f"its weights {tuple(previous.weights.shape[-2:])}; the synthesis is {size}"
+        )
+    if previous.temporal and placement.tile:
+        raise ConfigError(
+            f"a video frame with the temporal loss does not run tiled yet; this one needs "
+            f"{placement.tile} px tiles here: use a smaller size or a device with more memory",
+            field="size",
+        )
+
+
+def _as_optimised(problem: Problem, image: torch.Tensor) -> torch.Tensor:
+    """An output-space image (RGB) as the optimisation sees it: its luminance in
+    luminance mode (``Problem.finish`` puts the content's colours back)."""
+    image = image.detach().float().cpu()
+    return color.luminance(image) if problem.config.color == "luminance" else image
+
+
+def _temporal_term(problem: Problem, previous: PreviousFrame | None) -> Term | None:
+    """The temporal loss towards the warped previous frame, joined to ``problem``'s
+    objective with the configured weight; None where there is none."""
+    if previous is None or not previous.temporal:
+        return None
+    # imported here: ``temporal`` needs OpenCV (flow), which only video frames load
+    from nst_engine.engine.temporal import TemporalLoss
+
+    term = TemporalLoss(_as_optimised(problem, previous.warped), previous.weights.detach().float().cpu())
+    problem.objective.with_temporal(term, problem.config.temporal_weight)
+    return problem.objective.temporal_loss
+
+
+def _term_value(term: Term | None, image: torch.Tensor) -> float | None:
+    """``term``'s raw value at the one image ``image``, as a float."""
+    if term is None:
+        return None
+    with torch.no_grad():
+        return float(term.raw(image.float())[0][0])
 
 
 def _check_style_count(count: int, config: SynthesisConfig) -> None:
