@@ -176,3 +176,69 @@ def test_an_evaluation_that_runs_out_of_memory_runs_again_in_smaller_tiles(tmp_p
     report = out_of_memory_report("tiles_oom_child.py", tmp_path)
     assert 16 <= report["tile"] < 512, report  # halved at least once
     assert report["loss_difference"] < 1e-5 and report["grad_difference"] < 1e-4, report
+
+
+def _with_temporal(built: Problem, weight: float, seed: int) -> None:
+    """``built``'s objective plus a temporal term (Ruder et al. 2016, eq. 7) towards a
+    random warped frame over random {0, 1} weights, in float64."""
+    from nst_engine.engine.temporal import TemporalLoss
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = built.initial_image().shape
+    warped = torch.rand(shape, generator=gen, dtype=torch.float64)
+    weights = (torch.rand(1, 1, *shape[-2:], generator=gen) < 0.7).double()
+    built.objective.with_temporal(TemporalLoss(warped, weights), weight)
+    built.objective.double()  # the term keeps float32 buffers: its target is rounded once
+
+
+def test_tiled_temporal_loss_and_gradient_equal_untiled(content_path: Path, style_path: Path) -> None:
+    """A video frame's temporal term, cut per tile over the pixels each owns, gives the
+    untiled loss and gradient, as the paper's terms do (TV on too: both pixel terms)."""
+    built = problem(content_path, style_path, size=128, tv_weight=1e-3)
+    image = built.initial_image().double()
+    plain, _ = untiled(built.objective, image)
+    _with_temporal(built, weight=1e4, seed=6)
+    values, grad = untiled(built.objective, image)
+    assert values[0] > plain[0] * 1.01  # the term weighs in the total
+    assert values[1:] == pytest.approx(plain[1:], rel=1e-12)  # and in no other column
+    tiled = TiledGradient(built.objective, 48)  # a ragged last tile
+    assert len(tiled.tiles(*image.shape[-2:])) > 4
+    for _ in range(2):  # the grid moves: owned regions change, the sum does not
+        tiled_values, tiled_grad = tiled_at(tiled, built.objective, image)
+        assert tiled_values == pytest.approx(values, rel=1e-10, abs=1e-12)
+        assert torch.allclose(tiled_grad, grad.reshape(-1), rtol=1e-9, atol=1e-9 * grad.abs().max().item())
+
+
+def test_tiled_temporal_gradient_pulls_towards_the_target(content_path: Path, style_path: Path) -> None:
+    """At weight alone (the paper's weights 0), the tiled gradient is (2/D)·c·(x − ω)
+    itself, zero wherever c is."""
+    built = problem(content_path, style_path, size=96)
+    built.objective.content_weight = built.objective.style_weight = 0.0  # α = β = 0
+    image = built.initial_image().double()
+    _with_temporal(built, weight=1.0, seed=7)
+    warped, weights = built.objective.temporal_loss.target, built.objective.temporal_loss.weights
+    _, grad = tiled_at(TiledGradient(built.objective, 48), built.objective, image)
+    expected = 2.0 / image[0].numel() * weights * (image - warped)
+    assert torch.allclose(grad, expected.reshape(-1), rtol=1e-12, atol=1e-18)
+    assert (weights == 0).any() and (grad.view_as(image)[(weights == 0).expand_as(image)] == 0).all()
+
+
+def test_a_tiled_video_frame_gives_the_untiled_frame(stylizer: Stylizer, tmp_path: Path) -> None:
+    """Through the engine: a frame with the temporal loss runs in tiles (no longer refused)
+    and lands where the untiled frame does."""
+    from nst_engine.engine.synthesis import PreviousFrame
+
+    content = write_image(tmp_path / "content.png", 64, 48, seed=4)
+    style = write_image(tmp_path / "style.png", 48, 48, seed=5)
+    base = SynthesisConfig(size=64, iterations=5, tile=0)
+    gen = torch.Generator().manual_seed(8)
+    previous = PreviousFrame(
+        torch.rand(1, 3, 48, 64, generator=gen), (torch.rand(1, 1, 48, 64, generator=gen) < 0.8).float()
+    )
+    whole = stylizer.synthesize(content, [style], base, previous=previous)
+    tiled = stylizer.synthesize(content, [style], replace(base, tile=32), previous=previous)
+    assert (tiled.stats.tile, tiled.stats.tiles) == (32, 4)  # 64x48: 2 × 2
+    assert whole.stats.final_temporal_loss is not None
+    assert tiled.stats.final_temporal_loss == pytest.approx(whole.stats.final_temporal_loss, rel=1e-4)
+    assert tiled.stats.final_total_loss == pytest.approx(whole.stats.final_total_loss, rel=1e-4)
+    assert (tiled.image - whole.image).abs().max() < 1e-3

@@ -157,7 +157,7 @@ class Stylizer:
         )
         placement = placement or self.place(*synthesis_size(content_img, config), config, batch)
         if previous is not None:
-            _check_previous(previous, synthesis_size(content_img, config), placement)
+            _check_previous(previous, synthesis_size(content_img, config))
             ids = (f"{ids[0]}+previous:{previous.digest()}", ids[1])  # another work, for checkpoints
         watch = _Watch(on_iteration, snapshot_every, snapshot_path, should_stop, checkpoint)
         with (
@@ -348,19 +348,13 @@ class _Ran:
     temporal_loss: float | None  # unweighted, at the output; None without the term
 
 
-def _check_previous(previous: PreviousFrame, size: tuple[int, int], placement: Placement) -> None:
-    """A previous frame must be at the synthesis size; its temporal loss is not part of
-    the tiled evaluation (``tiles``), so a frame with one cannot run tiled."""
+def _check_previous(previous: PreviousFrame, size: tuple[int, int]) -> None:
+    """A previous frame must be at the synthesis size (tiled or not: ``tiles`` cuts its
+    temporal loss per tile)."""
     if tuple(previous.warped.shape[-2:]) != size or tuple(previous.weights.shape[-2:]) != size:
         raise ValueError(
             f"the previous frame is {tuple(previous.warped.shape[-2:])}, "
             f"its weights {tuple(previous.weights.shape[-2:])}; the synthesis is {size}"
-        )
-    if previous.temporal and placement.tile:
-        raise ConfigError(
-            f"a video frame with the temporal loss does not run tiled yet; this one needs "
-            f"{placement.tile} px tiles here: use a smaller size or a device with more memory",
-            field="size",
         )
 
 

@@ -19,6 +19,10 @@ so each owned response is the whole image's: the tiled loss and gradient equal t
 untiled ones up to float summation order (``tests/test_tiles.py``), so no seam can form.
 The grid still moves by one step per evaluation, so that not even rounding has a fixed seam.
 The price: a second forward pass per tile, and the halos' pixels computed twice.
+
+A video frame's temporal loss (Ruder et al. 2016, eq. 7) is a sum over pixels too: each
+tile adds it over the pixels it owns, its warped-previous target and consistency weights
+cut there like the content target, normalised by the whole image's D, so the shares add up.
 """
 
 from __future__ import annotations
@@ -131,10 +135,15 @@ class TiledGradient:
             sums, content = self._sums(objective, image, tiles)
             slopes, style = _style(objective, sums, image.shape[-2:])
             grad = torch.zeros_like(image)
+            temporal = image.new_zeros(())
             for rows, cols in tiles:
                 grad[..., rows.pixels, cols.pixels] += self._tile_gradient(
                     objective, image, rows, cols, slopes
                 )
+                if objective.temporal_loss is not None:
+                    share, share_grad = _temporal_share(objective.temporal_loss, image, rows, cols)
+                    temporal += share
+                    grad[..., rows.owned(1), cols.owned(1)] += objective.temporal_weight * share_grad
         tv = image.new_zeros(())
         if objective.tv_weight:
             with torch.enable_grad():
@@ -143,7 +152,7 @@ class TiledGradient:
                 (tv_grad,) = torch.autograd.grad(tv, x)
             grad.add_(tv_grad, alpha=objective.tv_weight)
         total = objective.content_weight * content + objective.style_weight * style
-        total = total + objective.tv_weight * tv.detach()
+        total = total + objective.tv_weight * tv.detach() + objective.temporal_weight * temporal
         return torch.stack([total, content, style, tv.detach()]).view(1, 4), grad.reshape(1, -1)
 
     def _owned(
@@ -210,6 +219,20 @@ class TiledGradient:
                 grads.append(full)
             torch.autograd.backward(outputs, grads)
         return x.grad
+
+
+def _temporal_share(
+    term: torch.nn.Module, image: torch.Tensor, rows: Span, cols: Span
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tile's share of the temporal loss (1/D) Σ_k c_k (x_k − ω_k)² (Ruder et al. 2016,
+    eq. 7; ``temporal.TemporalLoss``'s ``target`` ω and ``weights`` c) over the pixels it
+    owns, D the whole image's pixels × channels, and its gradient (2/D) c (x − ω) there:
+    pixel-wise, so it needs no halo, and the owned regions' shares sum to the whole."""
+    owned = (..., rows.owned(1), cols.owned(1))
+    diff = image[owned] - term.target[owned].to(image.dtype)
+    weighted = diff * term.weights[owned].to(image.dtype)
+    count = image[0].numel()
+    return (weighted * diff).sum() / count, weighted * (2.0 / count)
 
 
 def _style(

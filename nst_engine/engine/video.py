@@ -19,6 +19,7 @@ from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.flow import FrameFlow, frame_flow
 from nst_engine.engine.images import ImageLike, load_image, resize, to_tensor
 from nst_engine.engine.problem import synthesis_size
+from nst_engine.engine.shots import starts_shot
 from nst_engine.engine.stats import SynthesisStats
 from nst_engine.engine.synthesis import PreviousFrame, Stylizer
 from nst_engine.engine.targets import image_digest
@@ -37,12 +38,15 @@ class ShotFrame:
     """One stylized frame of a shot: the output (1, 3, H, W) in [0, 1] at the synthesis
     size, its statistics (``stats.final_temporal_loss`` set after the first frame), and
     the flow from the frame before (None for the first), whose ``seconds`` is the flow
-    time and whose weights say which pixels the warping error may be measured over."""
+    time and whose weights say which pixels the warping error may be measured over, and
+    whether the frame starts a shot (``shots``): synthesized as a first frame, its flow
+    (kept for its time and trusted fraction) across a cut, not to measure coherence by."""
 
     index: int
     image: torch.Tensor
     stats: SynthesisStats
     flow: FrameFlow | None
+    starts_shot: bool = False
 
     @property
     def flow_seconds(self) -> float:
@@ -74,6 +78,7 @@ def stylize_shot(
     *,
     later_iterations: int | None = None,
     temporal: bool = True,
+    cuts: Iterable[int] | None = None,
 ) -> Iterator[ShotFrame]:
     """Stylize one shot's frames in order, each as it is done.
 
@@ -81,12 +86,15 @@ def stylize_shot(
     i > 0 starts from ``warp(stylized[i−1], frame_flow(content[i−1], content[i]).backward)``
     and runs ``later_iterations`` (default ``iterations_after_first``) with the temporal
     loss at ``config.temporal_weight``; ``temporal=False`` keeps the warm start alone.
+    A frame that starts a shot (``shots.starts_shot``: at a cut found from the flow, or at
+    the indices of ``cuts`` when given) starts a new chain, synthesized as frame 0 is.
     """
     style_images = [load_image(s) for s in styles]
     style_ids = [image_digest(s) for s in style_images]
     later = dataclasses.replace(
         config, iterations=iterations_after_first(config) if later_iterations is None else later_iterations
     )
+    given = None if cuts is None else frozenset(cuts)
     previous: tuple[torch.Tensor, torch.Tensor] | None = None  # (content, stylized) of frame i−1
     for index, frame in enumerate(frames):
         image = load_image(frame)
@@ -94,9 +102,11 @@ def stylize_shot(
         flow, start = None, None
         if previous is not None:
             flow = frame_flow(previous[0], content)
-            start = PreviousFrame(warp(previous[1], flow.backward), flow.weights, temporal)
+            if not starts_shot(index, flow, given):
+                start = PreviousFrame(warp(previous[1], flow.backward), flow.weights, temporal)
+        first = start is None
         result = stylizer.synthesize(
-            image, style_images, config if start is None else later, style_ids=style_ids, previous=start
+            image, style_images, config if first else later, style_ids=style_ids, previous=start
         )
-        yield ShotFrame(index, result.image, result.stats, flow)
+        yield ShotFrame(index, result.image, result.stats, flow, first)
         previous = (content, result.image)
