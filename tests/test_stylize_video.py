@@ -92,12 +92,15 @@ def test_a_rerun_renders_only_the_missing_frames(rendered: Path, inputs: tuple[P
     assert mp4_facts(rendered) == (FRAMES, RATE, "aac")
 
 
-def test_max_frames_renders_and_encodes_only_the_first(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_max_frames_and_a_rerun_at_another_size(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     clip, style = inputs
     run = nst(clip, style, "-o", tmp_path / "try.mp4", *FAST, "--max-frames", "2", "-q")
     assert run.returncode == 0, run.stderr
     assert frame_files(tmp_path / "try.frames") == [FRAME_NAME.format(0), FRAME_NAME.format(1)]
     assert mp4_facts(tmp_path / "try.mp4")[:2] == (2, RATE)
+    # resuming on frames of another --size would chain mismatched images: refused
+    run = nst(clip, style, "-o", tmp_path / "try.mp4", *FAST, "--max-frames", "3", "--size", "48", "-q")
+    assert run.returncode == 2 and "frame_000001.png: is 32x24, not 48x36" in run.stderr, run.stderr
 
 
 def test_a_frame_folder_at_an_ntsc_rate(inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -131,7 +134,7 @@ def test_bad_input_is_one_line_naming_it(which: str, inputs: tuple[Path, Path], 
 
 
 def test_the_runs_layer_resumes_past_a_gap(inputs: tuple[Path, Path], tmp_path: Path) -> None:
-    """Called from Python: with frame 2 of 5 missing, only it is rendered (chained on from
+    """Called from Python: with frame 2 of 4 missing, only it is rendered (chained on from
     frame 1's PNG, so it has a warping error), and the frames after it are kept."""
     clip, style = inputs
     request = VideoRequest(
@@ -140,24 +143,15 @@ def test_the_runs_layer_resumes_past_a_gap(inputs: tuple[Path, Path], tmp_path: 
         tmp_path / "gap.mp4",
         SynthesisConfig(size=32, iterations=3),
         WeightsSpec(source="random"),
-        max_frames=5,
+        max_frames=4,
         device="cpu",
     )
     first = stylize_video(request)
-    assert (first.rendered, first.skipped, first.written.frames) == (5, 0, 5)
+    assert (first.rendered, first.skipped, first.written.frames) == (4, 0, 4)
     assert first.warping_error is not None and first.flow_seconds > 0
     request.frame_path(2).unlink()
     seen: list[FrameDone] = []
     again = stylize_video(request, on_frame=seen.append)
-    assert [f.index for f in seen] == list(range(5)) and [f.index for f in seen if f.rendered] == [2]
+    assert [f.index for f in seen] == list(range(4)) and [f.index for f in seen if f.rendered] == [2]
     assert seen[2].warping_error is not None and seen[2].flow_seconds > 0
-    assert (again.rendered, again.skipped, again.written.frames) == (1, 4, 5)
-
-
-def test_a_frames_folder_of_another_size_is_refused(inputs: tuple[Path, Path], tmp_path: Path) -> None:
-    """Resuming on frames a run at another ``--size`` left would chain mismatched images."""
-    clip, style = inputs
-    first = nst(clip, style, "-o", tmp_path / "a.mp4", *FAST, "--max-frames", "1", "-q")
-    assert first.returncode == 0, first.stderr
-    run = nst(clip, style, "-o", tmp_path / "a.mp4", *FAST, "--max-frames", "2", "--size", "48", "-q")
-    assert run.returncode == 2 and "frame_000000.png: is 32x24, not 48x36" in run.stderr, run.stderr
+    assert (again.rendered, again.skipped, again.written.frames) == (1, 3, 4)
