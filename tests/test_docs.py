@@ -37,7 +37,18 @@ from tests.browser import chromium
 from tests.browser import flags as browser_flags
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("stylize", "render", "plan", "submit", "status", "logs", "cancel", "report", "estimate")
+COMMANDS = (
+    "stylize",
+    "stylize-video",
+    "render",
+    "plan",
+    "submit",
+    "status",
+    "logs",
+    "cancel",
+    "report",
+    "estimate",
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from typing import NoReturn
 import typer
 
 from nst_engine.cli import stylize  # noqa: F401
+from nst_engine.cli import stylize_video  # noqa: F401
 from nst_engine.cli import render  # noqa: F401
 from nst_engine.cli import plan  # noqa: F401
 from nst_engine.cli import jobs  # noqa: F401
