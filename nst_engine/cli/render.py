@@ -366,7 +366,7 @@ def print_cost(summary: RunSummary, prices: Prices | None) -> None:
     held, busy = sum(summary.held.values()), sum(summary.busy.values())
     line = f"device time: {held / 3600:.3g} device-hours held by workers, {busy / 3600:.3g} busy"
     if prices:
-        cost = sum(prices.cost(kind, seconds) for kind, seconds in summary.held.items())
+        cost = prices.total(summary.held)
         line += f"; cost {cost:.4g} at {prices.text()}"
     err.print(line)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from nst_engine.distributed.pool import ITEM_SECONDS_WEIGHT, Pool
+from nst_engine.distributed.pool import Pool, folded
 from nst_engine.results.cost import Spending
 
 
@@ -28,10 +28,7 @@ class BudgetGuard:
         """Fold a returned attempt's device-seconds into its kind's mean."""
         if kind is None or device_seconds is None:
             return
-        mean = self.per_item.get(kind)
-        self.per_item[kind] = (
-            device_seconds if mean is None else mean + ITEM_SECONDS_WEIGHT * (device_seconds - mean)
-        )
+        self.per_item[kind] = folded(self.per_item.get(kind), device_seconds)
 
     def unknown(self, kind: str | None) -> bool:
         """Whether the run has a budget and no item of device ``kind`` has come back yet:

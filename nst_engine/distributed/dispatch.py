@@ -157,7 +157,7 @@ class Scheduler:
         self.worker_class = worker_class  # RenderWorker's constructor, ready() and render()
         self.pool = Pool()
         self.board = ProgressBoard.remote() if on_progress is not None else None
-        self.last_progress = 0.0
+        self.last_report = 0.0  # when the progress callback and the pool's metrics last ran
         self.full: str | None = None  # why the output root takes no more writes
         self.not_started = 0  # items the stop took from the queues
         self.budget = BudgetGuard(spending)  # --price, --budget
@@ -422,17 +422,18 @@ class Scheduler:
 
     def tick(self) -> None:
         """Time-driven checks: the output root is still this run's (its lease), each
-        lane's pool resized (``balance``), lanes that can get no worker, and the progress
-        callback."""
+        lane's pool resized (``balance``), lanes that can get no worker, and, once a tick,
+        the progress callback and the pool's metrics."""
         self.store.guard()
         now = time.time()
         for lane in self.pool.lanes:
             self.balance(lane)
             self.check_stall(lane, now)
-        self.metrics.pool_state(self.pool)
-        if self.on_progress is not None and now - self.last_progress > TICK_SECONDS:
-            self.last_progress = now
-            self.on_progress(self.progress())
+        if now - self.last_report > TICK_SECONDS:  # tick runs every event: report once a tick
+            self.last_report = now
+            self.metrics.pool_state(self.pool)  # walks every worker (the spend)
+            if self.on_progress is not None:
+                self.on_progress(self.progress())
 
     def check_stall(self, lane: Lane, now: float) -> None:
         """Fail ``lane``'s queue, or stop the run, when it can get no worker (``stall``)."""

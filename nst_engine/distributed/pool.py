@@ -18,8 +18,14 @@ from nst_engine.planning.items import WorkItem
 
 #: Items per call at most: bounds what a lost worker takes down with it (all retried).
 MAX_BATCH = 64
-#: Weight of the newest item in a lane's running mean of worker seconds per item.
+#: Weight of the newest item in a running mean of seconds per item (a lane's worker
+#: seconds, a budget's device-seconds per device kind).
 ITEM_SECONDS_WEIGHT = 0.2
+
+
+def folded(mean: float | None, value: float) -> float:
+    """The running mean ``mean`` (None: none yet) with ``value`` folded in."""
+    return value if mean is None else mean + ITEM_SECONDS_WEIGHT * (value - mean)
 
 
 @dataclass
@@ -109,12 +115,8 @@ class Lane:
 
     def learn_item_seconds(self, seconds: float | None) -> None:
         """Fold an attempt's worker time into the running mean that sizes calls."""
-        if seconds is None:
-            return
-        if self.item_seconds is None:
-            self.item_seconds = float(seconds)
-        else:
-            self.item_seconds += ITEM_SECONDS_WEIGHT * (float(seconds) - self.item_seconds)
+        if seconds is not None:
+            self.item_seconds = folded(self.item_seconds, float(seconds))
 
 
 @dataclass

@@ -41,6 +41,10 @@ class Prices:
         """The price of ``device_seconds`` of ``kind`` (0 for a kind with no price)."""
         return self.per_hour.get(kind, 0.0) * device_seconds / 3600
 
+    def total(self, seconds: Mapping[str, float]) -> float:
+        """The price of device-seconds per kind (``Bill.held``, a summary's ``busy``)."""
+        return sum(self.cost(kind, amount) for kind, amount in seconds.items())
+
     def text(self) -> str:
         """``cuda=2.5/h,cpu=0.05/h``: what ``parse_prices`` reads back (recorded with a run)."""
         return ",".join(f"{kind}={amount:g}/h" for kind, amount in self.per_hour.items())
@@ -77,7 +81,7 @@ class Budget:
         """What ``held`` (device-seconds per kind) spends of this budget, in its unit."""
         if self.device_hours:
             return sum(held.values()) / 3600
-        return sum(prices.cost(kind, seconds) for kind, seconds in held.items())
+        return prices.total(held)
 
     def text(self) -> str:
         return f"{self.amount:g}h" if self.device_hours else f"{self.amount:g}"
@@ -126,7 +130,7 @@ class Bill:
         """The held device-seconds priced; None with no prices."""
         if not self.prices:
             return None
-        return sum(self.prices.cost(kind, seconds) for kind, seconds in self.held.items())
+        return self.prices.total(self.held)
 
     def to_json(self) -> str:
         """Per kind: device-seconds held and busy, the price per hour and the cost."""

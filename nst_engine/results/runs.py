@@ -109,7 +109,10 @@ def read_runs(location: str | OutputRoot) -> pa.Table:
     try:
         if not root.exists(RUNS_FILE):
             return RUNS_SCHEMA.empty_table()
-        table = pq.read_table(io.BytesIO(root.read_bytes(RUNS_FILE)))
+        # by path on the root's filesystem, not from bytes in a Python buffer: a process
+        # that had read it from bytes was seen to abort at exit under load ("terminate
+        # called without an active exception", nst status beside a render)
+        table = pq.read_table(root.full_path(RUNS_FILE), filesystem=root.filesystem)
         missing = [n for n in RUNS_SCHEMA.names if n not in table.column_names]
         for name in missing:  # a column added after the file was written reads as null
             table = table.append_column(

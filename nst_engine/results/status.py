@@ -17,8 +17,8 @@ from typing import Any
 from nst_engine.errors import NSTError
 from nst_engine.results.cost import parse_prices
 from nst_engine.results.runs import RUNS_FILE, decode_excluded, read_runs
-from nst_engine.results.summary import RunRows, summed
-from nst_engine.results.table import file_summary, locate, result_footers
+from nst_engine.results.summary import RunRows
+from nst_engine.results.table import files_summary, locate, result_footers
 from nst_engine.storage.lease import read_holder
 from nst_engine.storage.roots import OutputRoot
 
@@ -92,7 +92,7 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         )
     run = max(runs.to_pylist(), key=lambda r: r["started_at"])
     footers = result_footers(root)
-    rows = summed(file_summary(root, path, meta) for path, meta in footers.items()).runs.get(run["run_id"])
+    rows = files_summary(root, footers).runs.get(run["run_id"])
     rows = rows or RunRows()
     holder = read_holder(root)
     # a driver on this machine killed (SIGKILL, OOM) is dead at once, not after STALE_SECONDS
@@ -137,7 +137,7 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
 def _cost(run: dict[str, Any], rows: RunRows, rendered: int) -> dict[str, Any]:
     """The cost fields of ``RenderStatus``, priced at the run's own ``--price``."""
     prices = parse_prices(run["prices"]) if run["prices"] else None
-    items = sum(prices.cost(kind, seconds) for kind, seconds in rows.busy.items()) if prices else None
+    items = prices.total(rows.busy) if prices else None
     billed = run["state"] != "running" and run["cost"] is not None
     return {
         "prices": run["prices"],

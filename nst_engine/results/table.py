@@ -38,6 +38,7 @@ import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 
 from nst_engine.errors import NSTError, one_line
 from nst_engine.results.schema import SCHEMA, columns, to_table
-from nst_engine.results.summary import SUMMARY_COLUMNS, SUMMARY_KEY, TableSummary, legacy_summary, summed
+from nst_engine.results.summary import SUMMARY_COLUMNS, SUMMARY_KEY, TableSummary, legacy_summary
 from nst_engine.storage.files import TMP_PREFIX
 from nst_engine.storage.roots import OutputRoot
 from nst_engine.storage.uris import redact
@@ -156,18 +157,24 @@ def result_footers(location: str | OutputRoot) -> dict[str, dict[bytes, bytes]]:
     return _unmerged_footers(root, files)
 
 
-def file_summary(root: OutputRoot, path: str, metadata: dict[bytes, bytes]) -> TableSummary:
-    """The summary of result file ``path`` (full path) with footer ``metadata``: the one
-    in its footer, or, for a file written before summaries, one made from the columns it
-    needs, its rows attributed to the runs of ``runs.parquet`` by time."""
-    if raw := metadata.get(SUMMARY_KEY):
-        return TableSummary.from_json(raw)
-    from nst_engine.results.runs import read_runs  # runs.py builds on this module
+def files_summary(root: OutputRoot, footers: dict[str, dict[bytes, bytes]]) -> TableSummary:
+    """The summed summary of the result files ``footers`` names (full path -> footer
+    metadata): each footer's own, or, for a file written before summaries, one made from
+    the columns it needs, its rows attributed to the runs of ``runs.parquet`` by time
+    (read once, and only when there is such a file)."""
+    total = TableSummary()
+    starts: list[tuple[datetime, str]] | None = None
+    for path, metadata in footers.items():
+        if raw := metadata.get(SUMMARY_KEY):
+            total = total.merged(TableSummary.from_json(raw))
+            continue
+        if starts is None:
+            from nst_engine.results.runs import read_runs  # runs.py builds on this module
 
-    runs = read_runs(root).select(["started_at", "run_id"]).to_pylist()
-    dataset = ds.dataset([path], schema=SCHEMA, format="parquet", filesystem=root.filesystem)
-    table = dataset.to_table(columns=list(SUMMARY_COLUMNS))
-    return legacy_summary(table, [(r["started_at"], r["run_id"]) for r in runs])
+            starts = [(r["started_at"], r["run_id"]) for r in read_runs(root).to_pylist()]
+        dataset = ds.dataset([path], schema=SCHEMA, format="parquet", filesystem=root.filesystem)
+        total = total.merged(legacy_summary(dataset.to_table(columns=list(SUMMARY_COLUMNS)), starts))
+    return total
 
 
 def _merged_sources(root: OutputRoot, path: str) -> set[str]:
@@ -279,7 +286,7 @@ def merge_files(root: OutputRoot, sources: Sequence[str], target: str) -> int:
     paths = [root.full_path(s) for s in sources]
     dataset = ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=root.filesystem)
     parts = sorted(posixpath.basename(s) for s in sources if s.startswith(f"{PARTS_DIR}/"))
-    summary = summed(file_summary(root, p, _footer(root, p)) for p in paths)
+    summary = files_summary(root, {p: _footer(root, p) for p in paths})
     schema = SCHEMA.with_metadata({MERGED_KEY: json.dumps(parts).encode(), SUMMARY_KEY: summary.to_json()})
     rows = 0
     with _atomic_stream(root, target) as stream, pq.ParquetWriter(stream, schema) as writer:
