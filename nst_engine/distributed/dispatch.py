@@ -19,7 +19,7 @@ from nst_engine.distributed.budget import BudgetGuard
 from nst_engine.distributed.metrics import RunMetrics
 from nst_engine.distributed.nodes import ExcludedNode, NodeLedger, node_fault
 from nst_engine.distributed.options import PoolOptions
-from nst_engine.distributed.pool import Call, Lane, Pool, Worker
+from nst_engine.distributed.pool import MAX_BATCH, Call, Lane, Pool, Worker
 from nst_engine.distributed.progress import Progress, ProgressBoard, read_board
 from nst_engine.distributed.protocol import Attempt, Outcome
 from nst_engine.distributed.recording import Recorder, RunSummary
@@ -182,6 +182,8 @@ class Scheduler:
         # calls of several items run side by side on their worker (threads), so a later
         # call's items join the batch an earlier one opened; one more thread for ready()
         limit = lane.max_in_flight or self.options.max_in_flight
+        if lane.chained:  # up to its max_batch calls, each a shot's frame (``call_limit``)
+            limit = max(limit, self.options.max_batch or MAX_BATCH)
         remote = ray.remote(self.worker_class).options(
             max_restarts=0,
             max_task_retries=0,
@@ -210,6 +212,7 @@ class Scheduler:
                 self.tick()  # after dispatch: the pool is sized for what is still queued
                 for ref in self._wait():
                     self._handle(ref)
+            self.fail_stranded()
         except KeyboardInterrupt:
             self.collect_finished()
             raise
@@ -262,9 +265,8 @@ class Scheduler:
         for lane in self.pool.lanes:
             if not lane.queue:
                 continue
-            limit = lane.max_in_flight or self.options.max_in_flight
             live = lane.live_workers()
-            free = sorted((w for w in live if w.in_flight < limit), key=lambda w: w.items)
+            free = sorted((w for w in live if w.in_flight < self.call_limit(w)), key=lambda w: w.items)
             while free and lane.queue:
                 served = []
                 for worker in free:
@@ -278,7 +280,17 @@ class Scheduler:
                         self.send(worker, count)
                         served.append(worker)
                 # a share only shrinks as others are served: a worker that got none is done
-                free = [w for w in served if w.in_flight < limit]
+                free = [w for w in served if w.in_flight < self.call_limit(w)]
+
+    def call_limit(self, worker: Worker) -> int:
+        """Calls ``worker`` may hold at once: its lane's ``max_in_flight``; on a lane of
+        video shots, at least as many as the worker runs syntheses at once (its
+        ``max_batch``), since a shot's next frame is released, and sent, alone, as the
+        frame before it finishes: the frames of shots at the same step fill one batch."""
+        limit = worker.lane.max_in_flight or self.options.max_in_flight
+        if worker.lane.chained and worker.lane.batched:
+            limit = max(limit, int(worker.info.get("max_batch", 1)))
+        return limit
 
     def _affordable(self, worker: Worker, count: int, spent: float) -> int:
         """How many of ``count`` items ``worker`` may get within the run's budget."""
@@ -351,8 +363,12 @@ class Scheduler:
         self.recorder.settle(lane, item, number, attempt.row, decision)
         if decision.action is Action.RETRY:
             lane.put_back(item, number + 1)
+        elif decision.action is Action.OK:
+            lane.release(item.item_id)  # the next frame of its shot may start
+        else:
+            self.recorder.fail(lane, [(f, 1) for f in lane.cut_off(item.item_id)], chain_broken(item))
         if decision.stop_lane:
-            lane.queue.clear()
+            lane.clear()
         if decision.stop_run or self.full is not None:  # a retry put back after the stop too
             self.stop_handing_out(attempt.row["error"])
         elif self.summary.budget_left is not None:  # as is one put back after the budget's stop
@@ -407,10 +423,17 @@ class Scheduler:
         self._drop_queues()
         self.summary.budget_left = self.not_started
 
+    def fail_stranded(self) -> None:
+        """Frames still waiting when nothing else is left: the frame before them neither
+        finished nor failed here (a bug, were it to happen): recorded as failed, not lost."""
+        for lane in self.pool.lanes:
+            stranded = [(item, 1) for item in lane.waiting.values()]
+            lane.clear()
+            self.recorder.fail(lane, stranded, "not started: the frame before it never finished; run again")
+
     def _drop_queues(self) -> None:
         for lane in self.pool.lanes:
-            self.not_started += len(lane.queue)
-            lane.queue.clear()
+            self.not_started += lane.clear()
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Retire ``worker`` (died, failed to start, or failed too often); ``balance``
@@ -497,6 +520,12 @@ class Scheduler:
             workers=read_board(self.board),
             excluded_nodes=[node.describe() for node in self.summary.excluded_nodes],
         )
+
+
+def chain_broken(item: WorkItem) -> str:
+    """Why the frames after ``item`` in its shot were not rendered (it failed for good)."""
+    where = f"frame {item.frame.index} of {item.frame.clip}" if item.frame else item.item_id
+    return f"not started: {where} failed, and this frame continues from it; run again to render them"
 
 
 def _start_error(exc: BaseException) -> str:

@@ -63,9 +63,44 @@ class Lane:
     ever_ready: bool = field(init=False, default=False)
     in_flight_items: int = field(init=False, default=0)
     item_seconds: float | None = field(init=False, default=None)  # running mean, worker time
+    #: video frames held back until the frame before them has its image: that frame's item
+    #: id -> the frame that continues from it (a shot is a chain: one follower at most)
+    waiting: dict[str, WorkItem] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.queue = deque((item, 1) for item in self.items)
+        ids = {item.item_id for item in self.items}
+        for item in self.items:  # a predecessor done in an earlier run is not here: no wait
+            if item.after in ids:
+                self.waiting[item.after] = item
+        self.queue = deque((item, 1) for item in self.items if item.after not in ids)
+
+    @property
+    def chained(self) -> bool:
+        """Whether items of this lane wait for others (the frames of video shots)."""
+        return any(item.after is not None for item in self.items)
+
+    def release(self, item_id: str) -> None:
+        """``item_id`` has its image: the frame that continues from it may go, first in
+        line, so shots move on (and frames of shots at the same step meet in a batch)."""
+        follower = self.waiting.pop(item_id, None)
+        if follower is not None:
+            self.queue.appendleft((follower, 1))
+
+    def cut_off(self, item_id: str) -> list[WorkItem]:
+        """``item_id`` failed for good: the frames that would continue from it, in order,
+        taken from the lane (they cannot start; the caller records them)."""
+        followers = []
+        while (follower := self.waiting.pop(item_id, None)) is not None:
+            followers.append(follower)
+            item_id = follower.item_id
+        return followers
+
+    def clear(self) -> int:
+        """Drop every item not handed out (queued or waiting); how many there were."""
+        dropped = len(self.queue) + len(self.waiting)
+        self.queue.clear()
+        self.waiting.clear()
+        return dropped
 
     @property
     def batched(self) -> bool:
@@ -211,6 +246,8 @@ class Pool:
         return [*self.in_flight, *self.starting]
 
     def has_work(self) -> bool:
+        """Calls in flight or items queued. (A waiting frame alone is no work: its
+        predecessor is queued or in flight; else ``Scheduler.fail_stranded``.)"""
         return bool(self.in_flight) or any(lane.queue for lane in self.lanes)
 
     def held(self, now: float) -> dict[str, float]:

@@ -84,8 +84,14 @@ class Recorder:
             self.summary.failed.append((item, row["error"]))
 
     def fail_queue(self, lane: Lane, message: str) -> None:
-        """Every item still queued in ``lane`` fails with ``message`` (no worker left for them)."""
-        while lane.queue:
-            item, attempt = lane.take()
+        """Every item still queued or waiting in ``lane`` fails with ``message`` (no worker
+        left for them)."""
+        items = [*lane.queue, *((item, 1) for item in lane.waiting.values())]
+        lane.clear()
+        self.fail(lane, items, message)
+
+    def fail(self, lane: Lane, items: list[tuple[WorkItem, int]], message: str) -> None:
+        """Each (item, attempt) of ``items``, not handed out, fails with ``message``."""
+        for item, attempt in items:
             self.record(lane, make_row(item, "failed", attempt, error=message, run_kind=self.run_kind))
             self.summary.failed.append((item, message))

@@ -26,6 +26,7 @@ import torch
 from nst_engine.distributed import metrics, preemption
 from nst_engine.distributed.checkpoints import ItemCheckpoint
 from nst_engine.distributed.device_time import DeviceClock, held_devices
+from nst_engine.distributed.frames import FrameStart, FrameStarts
 from nst_engine.distributed.protocol import Attempt, Outcome, is_device_fault, write_outcome
 from nst_engine.engine.batch import CrowdedOut, EvaluationBatch, auto_batch
 from nst_engine.engine.images import encode_png
@@ -199,6 +200,7 @@ class RenderWorker:
         self.device_kind = self.stylizer.device.type
         self.clock = DeviceClock(held_devices(self.device_kind, context.get_assigned_resources()))
         self.hostname = socket.gethostname()
+        self.frames = FrameStarts(self.root)  # video frames: their clips kept open between items
         self.holdings = preemption.Holdings()  # the syntheses a SIGTERM waits for
         if context.get_actor_id():  # an actor's process, not a caller's constructing one
             preemption.install(self.holdings)
@@ -340,7 +342,10 @@ class RenderWorker:
         stats, error, outcome = None, None, Outcome.OK
         checkpoint = ItemCheckpoint(self.root, item.item_id, self.checkpoint_every)
         try:
-            result = self._synthesize(item, checkpoint, batch)
+            frame = self.frames.start(item, item_config(item)) if item.frame is not None else None
+            if frame is not None and frame.flow_seconds is not None:
+                extra["flow_seconds"] = frame.flow_seconds
+            result = self._synthesize(item, checkpoint, batch, frame)
             metadata = {**result.metadata, ITEM_ID_KEY: item.item_id}  # what recovery reads
             png = encode_png(result.image, metadata)
             self._write(item.output_path, png)
@@ -371,10 +376,15 @@ class RenderWorker:
         return Attempt(row, outcome)
 
     def _synthesize(
-        self, item: WorkItem, checkpoint: ItemCheckpoint, batch: EvaluationBatch | None
+        self,
+        item: WorkItem,
+        checkpoint: ItemCheckpoint,
+        batch: EvaluationBatch | None,
+        frame: FrameStart | None = None,
     ) -> SynthesisResult:
         """``item``'s synthesis, its progress posted to the board. Told to stop (SIGTERM),
-        a checkpointed synthesis saves and never returns (``preemption``)."""
+        a checkpointed synthesis saves and never returns (``preemption``). A video frame
+        (``frame``) starts from its decoded content and the frame before it."""
         config = item_config(item)  # validates again: inside the caller's try, as a bad input
         # how it runs, decided here once (placement.place; the engine does not decide again)
         placement = self.stylizer.place(*item.shape, config, batch) if all(item.shape) else None
@@ -388,7 +398,7 @@ class RenderWorker:
 
         with self.holdings.holding(checkpoint.policy is not None):
             return self.stylizer.synthesize(
-                item.content_path,
+                frame.image if frame is not None else item.content_path,
                 list(item.style_paths),
                 config,
                 content_id=item.content_hash,
@@ -397,6 +407,7 @@ class RenderWorker:
                 checkpoint=checkpoint.policy,
                 batch=batch,
                 placement=placement,
+                previous=frame.previous if frame is not None else None,
             )
 
     def _write(self, path: str, png: bytes) -> None:

@@ -12,7 +12,7 @@ whose trusted fraction falls below ``CUT_TRUSTED_FRACTION``; cuts may also be gi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import torch
 
@@ -49,7 +49,16 @@ def starts_shot(index: int, flow: FrameFlow | None, cuts: Collection[int] | None
 def find_cuts(frames: Sequence[torch.Tensor]) -> list[int]:
     """The indices of the frames (1, 3, H, W) in [0, 1], of one size, that start a shot
     after the first: where the flow from the frame before is a cut."""
-    return [i for i in range(1, len(frames)) if is_cut(frame_flow(frames[i - 1], frames[i]))]
+    return list(find_cuts_in(frames))
+
+
+def find_cuts_in(frames: Iterable[torch.Tensor]) -> Iterator[int]:
+    """``find_cuts`` over frames as they come (a whole clip need not be held)."""
+    previous = None
+    for index, frame in enumerate(frames):
+        if previous is not None and is_cut(frame_flow(previous, frame)):
+            yield index
+        previous = frame
 
 
 def split_shots(count: int, cuts: Iterable[int]) -> list[range]:

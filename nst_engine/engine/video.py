@@ -70,6 +70,13 @@ def content_frame(frame: ImageLike, config: SynthesisConfig) -> torch.Tensor:
     return to_tensor(resize(image, *synthesis_size(image, config)))
 
 
+def warm_start(flow: FrameFlow, previous_stylized: torch.Tensor, temporal: bool = True) -> PreviousFrame:
+    """How a frame after its shot's first starts (Ruder et al. 2016, Sec. 3): the previous
+    stylized frame (1, 3, H, W) warped into it by ``flow`` (from the previous content frame
+    to this one), and, with ``temporal``, pulled towards it where the flow is trusted."""
+    return PreviousFrame(warp(previous_stylized, flow.backward), flow.weights, temporal)
+
+
 def stylize_shot(
     frames: Iterable[ImageLike],
     styles: Sequence[ImageLike],
@@ -103,7 +110,7 @@ def stylize_shot(
         if previous is not None:
             flow = frame_flow(previous[0], content)
             if not starts_shot(index, flow, given):
-                start = PreviousFrame(warp(previous[1], flow.backward), flow.weights, temporal)
+                start = warm_start(flow, previous[1], temporal)
         first = start is None
         result = stylizer.synthesize(
             image, style_images, config if first else later, style_ids=style_ids, previous=start

@@ -20,12 +20,33 @@ from nst_engine.engine.weights import check_source
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import WeightsError, printable
 from nst_engine.planning.fingerprints import Facts, ImageIndex
-from nst_engine.planning.manifest import Manifest, ManifestError
+from nst_engine.planning.manifest import ItemSpec, Manifest, ManifestError
 from nst_engine.storage.paths import UnsafePathError, holding_problem, safe_relative
 
 ID_LENGTH = 20
 #: What to do about bad inputs, shown after them (not one of the problems).
 SKIP_HINT = "(use --skip-bad-inputs to record these items as failed and render the rest)"
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Which frame of which clip a work item is, and where its shot's chain stands.
+
+    A frame after its shot's first continues from the frame before it (Ruder et al.
+    2016): it starts from that frame's stylized image, read back from the output root at
+    ``previous_output``, warped by the optical flow between the two content frames, so it
+    may start only once the item ``after`` has an image (the scheduler holds it back till
+    then). Reading the image back, rather than keeping it in a worker's memory, lets any
+    worker continue any shot, and a shot resume after preemption at its last frame."""
+
+    clip: str  # the clip's location (a video file, or a frame folder or pattern)
+    rate: str | None  # a frame sequence's frame rate (a video file has its own)
+    index: int  # 0-based, in the clip
+    shot: int  # 0-based, in the clip
+    frames: int  # the clip's frame count
+    clip_output: str  # the stylized clip's mp4, relative to the output root
+    after: str | None = None  # the item id of the frame before, in the same shot
+    previous_output: str | None = None  # that frame's image, relative to the output root
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,13 @@ class WorkItem:
     pixels_estimate: int  # for largest-first scheduling
     input_error: str | None = None  # set when an image is missing or unreadable
     shape: tuple[int, int] = (0, 0)  # (height, width) of the output, as the engine sizes it
+    frame: FrameRef | None = None  # set for a video frame
+
+    @property
+    def after(self) -> str | None:
+        """The item that must have its image before this one can start (a video frame's
+        predecessor in its shot), or None."""
+        return self.frame.after if self.frame is not None else None
 
     @property
     def batch_key(self) -> tuple[tuple[int, int], str, str, str, bool]:
@@ -62,7 +90,8 @@ class WorkItem:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.content_path).name} × {self.style_name} @ {self.size}"
+        frame = f" frame {self.frame.index}" if self.frame is not None else ""
+        return f"{Path(self.content_path).name}{frame} × {self.style_name} @ {self.size}"
 
 
 def weights_file(spec: WeightsSpec, where: str = "weights") -> str | None:
@@ -111,12 +140,16 @@ def item_id(
     config: SynthesisConfig,
     weights: dict[str, Any],
     init_hash: str | None = None,
+    after: str | None = None,
 ) -> str:
-    """Hash of what changes the output; an init image counts by its contents, not its path."""
+    """Hash of what changes the output; an init image counts by its contents, not its path.
+    A video frame after its shot's first starts from the frame before, so that frame's id
+    (``after``), and through it the whole chain before, is part of its own."""
     params = config.to_params()
     if init_hash is not None:
         params["init"] = f"sha256:{init_hash}"
-    payload = {
+    payload: dict[str, Any] = {"after": after} if after is not None else {}
+    payload |= {
         "content": content_hash,
         "styles": [[h, w] for h, w in zip(style_hashes, style_weights, strict=True)],
         "config": params,
@@ -164,7 +197,7 @@ def expand(
     counts) defaults to one on that cache."""
     if index is None:
         index = ImageIndex(manifest.output, manifest.stamps, write=write_cache)
-    images = [p for spec in manifest.items for p in (spec.content, *spec.style.images)]
+    images = [p for spec in manifest.items for p in (*_content_image(spec), *spec.style.images)]
     images += [p for spec in manifest.items if (p := _init_location(spec.config.init))]
     if manifest.weights.normalize:
         images += list(manifest.weights.calibration)
@@ -174,9 +207,25 @@ def expand(
         weights = None
     index.prepare(images=images, weights=[weights] if weights else [])  # loaded while images decode
     try:
-        return _expand(manifest, index, skip_bad_inputs)
+        return _expand(manifest, index, skip_bad_inputs, _clip_facts(manifest, write_cache))
     finally:
         index.save()  # what was learnt stays learnt, even when the manifest has bad inputs
+
+
+def _content_image(spec: ItemSpec) -> tuple[str, ...]:
+    """The content image a spec reads at planning: none for a clip (``planning.clips``)."""
+    return (spec.content,) if spec.video is None else ()
+
+
+def _clip_facts(manifest: Manifest, write_cache: bool) -> dict[str, Any]:
+    """The manifest's clips read (``planning.clips``), or nothing when it has none."""
+    options = {spec.content: spec.video for spec in manifest.items if spec.video is not None}
+    if not options:
+        return {}
+    # imported here: clips need PyAV and OpenCV, which only manifests with videos load
+    from nst_engine.planning.clips import read_clips
+
+    return read_clips(options, manifest.output, write_cache)
 
 
 def name_problem(location: str, relative: str) -> str | None:
@@ -187,7 +236,9 @@ def name_problem(location: str, relative: str) -> str | None:
     return holding_problem(relative, location)
 
 
-def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> list[WorkItem]:
+def _expand(
+    manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool, clips: dict[str, Any]
+) -> list[WorkItem]:
     try:
         weights = weights_identity(manifest.weights, index, f"{manifest.source}: weights")
         refused: list[str] = []
@@ -197,6 +248,8 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
     problems: list[str] = []
     seen_outputs: dict[str, str] = {}
     for spec in manifest.items:
+        if spec.video is not None:
+            continue  # below, with the other frames of its clip
         init = _init_location(spec.config.init)
         paths = (spec.content, *spec.style.images, *((init,) if init else ()))
         unusable_name = name_problem(spec.content, spec.content_rel)
@@ -261,6 +314,15 @@ def _expand(manifest: Manifest, index: ImageIndex, skip_bad_inputs: bool) -> lis
                 shape=shape,
             )
         )
+    if clips:
+        # imported here, as for ``_clip_facts``
+        from nst_engine.planning.frames import frame_items
+
+        videos = [spec for spec in manifest.items if spec.video is not None]
+        styles = {p: index.image(p) for spec in videos for p in spec.style.images}
+        frames, frame_problems = frame_items(manifest, videos, styles, clips, weights)
+        items += frames
+        problems += frame_problems
     bad_inputs = problems if not skip_bad_inputs else []
     if refused or bad_inputs:
         raise ManifestError([*refused, *bad_inputs], hint=SKIP_HINT if bad_inputs else None)

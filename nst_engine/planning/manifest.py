@@ -14,6 +14,7 @@ YAML is read with the safe loader and only plain values are accepted.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from nst_engine.planning.manifest_model import (
     Params,
     StyleEntry,
     StyleItem,
+    VideoEntry,
+    VideoItem,
     WeightsItem,
     given_params,
 )
@@ -41,6 +44,7 @@ from nst_engine.planning.sources import (
     MAX_IMAGES_KEY,
     Listing,
     Stamp,
+    is_glob,
     list_images,
     locate,
 )
@@ -54,6 +58,7 @@ PARAM_FIELDS = Params.model_fields
 TABLE_COLUMNS = {"content", "style", "style_weights", "style_name", "size"}
 STYLE_ITEM: TypeAdapter[Any] = TypeAdapter(StyleItem)
 WEIGHTS_ITEM: TypeAdapter[Any] = TypeAdapter(WeightsItem)
+VIDEO_ITEM: TypeAdapter[Any] = TypeAdapter(VideoItem)
 
 
 class ManifestError(NSTError):
@@ -76,8 +81,19 @@ class StyleSpec:
 
 
 @dataclass(frozen=True)
+class VideoOptions:
+    """A clip's own settings (``VideoEntry``): a frame sequence's rate, the frames that
+    start shots when given, and the iterations of frames after a shot's first."""
+
+    rate: str | None = None
+    cuts: tuple[int, ...] | None = None
+    later_iterations: int | None = None
+
+
+@dataclass(frozen=True)
 class ItemSpec:
-    """One content × style × size before hashing; ``where`` locates it in the manifest."""
+    """One content × style × size before hashing; ``where`` locates it in the manifest.
+    With ``video``, the content is a clip, expanded into its frames by planning."""
 
     content: str  # absolute path or URI
     content_rel: str  # path relative to its folder/prefix/glob base, for the output layout
@@ -85,6 +101,7 @@ class ItemSpec:
     size: int
     config: SynthesisConfig
     where: str
+    video: VideoOptions | None = None
 
 
 @dataclass
@@ -331,6 +348,30 @@ def _expand_contents(
     return found
 
 
+def _expand_videos(
+    entries: list[tuple[int, Any]], base: Path
+) -> tuple[list[tuple[str, str, tuple]], dict[str, VideoOptions]]:
+    """(location, name for the layout, manifest path) of every clip, and each one's
+    options. A clip's name is its file's, or its frame folder's (a pattern: the folder it
+    is in); whether it can be read is found when planning opens it."""
+    found: list[tuple[str, str, tuple]] = []
+    options: dict[str, VideoOptions] = {}
+    for i, raw in entries:
+        entry = VIDEO_ITEM.validate_python(raw)
+        if isinstance(entry, str):
+            entry = VideoEntry(path=entry)
+        location = locate(entry.path, base)
+        parts = [p for p in location.rstrip("/").split("/") if p]
+        is_pattern = "%" in parts[-1] or is_glob(parts[-1])
+        name = parts[-2] if is_pattern and len(parts) > 1 else parts[-1]
+        found.append((location, name, ("videos", i)))
+        cuts = tuple(sorted(set(entry.cuts))) if entry.cuts is not None else None
+        options[location] = VideoOptions(
+            None if entry.rate is None else str(entry.rate), cuts, entry.later_iterations
+        )
+    return found, options
+
+
 def _style_name(paths: Iterable[str]) -> str:
     return "+".join(Path(p).stem for p in paths)
 
@@ -414,6 +455,10 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
         if ("overrides", j) not in checked.bad and checked.ok("overrides", j, "match")
     ]
     items = _items(contents, styles, sizes, checked.params(("params",)), overrides, base, problems)
+    clips, options = _expand_videos(checked.entries("videos"), base)
+    if clips:
+        frames = _items(clips, styles, sizes, checked.params(("params",)), overrides, base, problems)
+        items += [dataclasses.replace(spec, video=options[spec.content]) for spec in frames]
     if problems.items:
         raise ManifestError(problems.in_order())
     return Manifest(

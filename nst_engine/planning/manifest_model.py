@@ -145,7 +145,28 @@ class Weights(Section):
         return source
 
 
+class VideoEntry(Section):
+    """One clip, stylized as chains of frames (Ruder et al. 2016): a video file, or its frames
+    as a folder of images or a pattern (frame_%04d.png, frame_*.png)."""
+
+    path: Input = Field(description="Video file, frame folder or pattern, or URI, relative to the manifest.")
+    rate: Annotated[str | int | float, Field(coerce_numbers_to_str=True)] | None = Field(
+        None,
+        description="Frames per second of a frame folder or pattern (24, 30000/1001); "
+        "a video file has its own.",
+    )
+    cuts: list[Annotated[int, Strict(), Field(ge=1)]] | None = Field(
+        None,
+        description="Frames (0-based) that start a new shot; "
+        "default: found from the optical flow's consistency.",
+    )
+    later_iterations: Annotated[int, Strict(), Field(ge=0)] | None = Field(
+        None, description="Iterations of each frame after a shot's first (default: half of iterations)."
+    )
+
+
 StyleItem = text_or(StyleEntry, "expected a path or a mapping with 'images'", Location)
+VideoItem = text_or(VideoEntry, "expected a path or {path, rate, cuts, later_iterations}", Location)
 WeightsItem = text_or(Weights, "expected {source: embedded|torchvision|FILE, normalize: BOOL}", Location)
 
 
@@ -188,7 +209,12 @@ class ManifestFile(Section):
         description="Output names: {style} {size} {content} {content_name} {id}; ends in .png.",
     )
     contents: list[Input] = Field(
-        min_length=1, description="Content images: files, folders (recursive), globs, or URIs."
+        default_factory=list, description="Content images: files, folders (recursive), globs, or URIs."
+    )
+    videos: list[VideoItem] = Field(
+        default_factory=list,
+        description="Video clips: a video file, a frame folder or pattern, "
+        "or {path, rate, cuts, later_iterations}.",
     )
     styles: list[StyleItem] = Field(
         min_length=1,
@@ -204,6 +230,12 @@ class ManifestFile(Section):
     max_images_per_entry: Annotated[int, Strict(), Field(ge=1)] = Field(
         DEFAULT_MAX_IMAGES, description="The most images one folder or glob entry may expand to."
     )
+
+    @model_validator(mode="after")
+    def _has_contents(self) -> Self:
+        if not self.contents and not self.videos:
+            raise ValueError("give 'contents' (images), 'videos' (clips), or both")
+        return self
 
 
 def manifest_schema() -> dict[str, Any]:

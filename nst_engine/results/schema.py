@@ -65,7 +65,11 @@ RUN_COLUMNS = (
 )
 ITEM_COLUMNS = (
     Column("content_path", _str, "content image path or URI"),
-    Column("content_hash", _str, "sha256 of the content file"),
+    Column(
+        "content_hash",
+        _str,
+        "sha256 of the content file (a video frame: of its clip's digest and its index)",
+    ),
     Column("style_name", _str, "style name from the manifest"),
     Column("style_paths", pa.list_(_str), "style image paths or URIs"),
     Column("style_hashes", pa.list_(_str), "sha256 of each style file"),
@@ -80,6 +84,13 @@ ITEM_COLUMNS = (
     Column("init", _str, "start image"),
     Column("seed", _i64, "noise seed"),
     Column("precision", _str, "fp32, tf32 or bf16"),
+    Column("frame", _i64, "a video frame's 0-based index in its clip (content_path); null for an image"),
+    Column(
+        "shot",
+        _i64,
+        "a video frame's 0-based shot in its clip: a chain of frames, each started from the one "
+        "before; null for an image",
+    ),
 )
 ATTEMPT_COLUMNS = (
     Column("queue_wait_seconds", _f64, "from the run's start until a worker took the item"),
@@ -97,6 +108,12 @@ ATTEMPT_COLUMNS = (
         "image whose listed size equals it",
     ),
     Column("output_sha256", _str, "sha256 of the PNG bytes written, checked when the image is read"),
+    Column(
+        "flow_seconds",
+        _f64,
+        "a video frame after its shot's first: seconds of optical flow (both directions and the "
+        "consistency check) between its content frame and the one before",
+    ),
     Column("node_id", _str, "Ray node id"),
     Column("actor_id", _str, "Ray actor id"),
     Column("hostname", _str, "worker host name"),
@@ -181,6 +198,8 @@ def make_row(
         "init": redact(config.init),
         "seed": config.seed,
         "precision": str(config.precision),
+        "frame": item.frame.index if item.frame is not None else None,
+        "shot": item.frame.shot if item.frame is not None else None,
         "nst_version": __version__,
     }
     row.update(stats.to_dict() if stats is not None else {"pixels": item.pixels_estimate})

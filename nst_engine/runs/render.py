@@ -96,9 +96,21 @@ def _run(
                 spending=request.spending,
             )
         stopping = summary.interrupted is not None
+        if not stopping and any(item.frame is not None for item in prepared.items):
+            _encode_clips(prepared, root, listener)
         return summary
     finally:
         _disconnect(disconnect, stopping)
+
+
+def _encode_clips(prepared: Prepared, root: OutputRoot, listener: Listener) -> None:
+    """The stylized clips whose frames are all rendered, encoded (``distributed.clips``);
+    a line for each clip written, and for each still waiting for frames."""
+    from nst_engine.distributed.clips import encode_clips
+
+    for outcome in encode_clips(prepared.items, root):
+        state = "clip" if outcome.written else "clip not written"
+        listener.note(f"{state}: {root.display(outcome.output)}: {outcome.note}")
 
 
 def _disconnect(disconnect: Callable[[], None], stopping: bool) -> None:

@@ -22,19 +22,20 @@ from nst_engine.engine import NSTError, Stylizer, SynthesisConfig, load_image
 from nst_engine.engine.flow import frame_flow
 from nst_engine.engine.images import save_png, to_tensor
 from nst_engine.engine.memory import is_out_of_memory
-from nst_engine.engine.synthesis import PreviousFrame
 from nst_engine.engine.targets import image_digest
 from nst_engine.engine.temporal import warping_error
-from nst_engine.engine.video import ShotFrame, content_frame, iterations_after_first, stylize_shot
-from nst_engine.engine.warp import warp
+from nst_engine.engine.video import (
+    ShotFrame,
+    content_frame,
+    iterations_after_first,
+    stylize_shot,
+    warm_start,
+)
 from nst_engine.engine.weights_spec import WeightsSpec
 from nst_engine.errors import one_line
 from nst_engine.runs.events import Listener, Silent
 from nst_engine.runs.stylize import _check_writable
-from nst_engine.storage.video import Clip, VideoFile, Written, open_clip, write_mp4
-
-#: A frame's PNG in the frames folder, by its 0-based index in the clip.
-FRAME_NAME = "frame_{:06d}.png"
+from nst_engine.storage.video import FRAME_NAME, Clip, VideoFile, Written, open_clip, write_mp4
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def _resumed(
         image = frame.image()
         content = content_frame(image, config)
         flow = frame_flow(before, content)
-        previous = PreviousFrame(warp(stylized, flow.backward), flow.weights)
+        previous = warm_start(flow, stylized)
         result = stylizer.synthesize(image, list(styles), later, style_ids=style_ids, previous=previous)
         yield ShotFrame(frame.index, result.image, result.stats, flow), stylized
         before, stylized = content, result.image

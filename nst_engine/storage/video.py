@@ -10,16 +10,19 @@ shot can resume at frame k. Knows nothing of PyTorch: the engine turns arrays in
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fnmatch
 import functools
+import hashlib
 import io
 import itertools
 import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -491,3 +494,127 @@ def _add_audio(
     if name not in MP4_AUDIO_CODECS:
         return None, f"not copied: mp4 cannot hold {name} audio as it is (it would need a re-encode)"
     return _AudioCopy(source, output), f"copied {name}"
+
+
+# --- a clip's outputs and identity -------------------------------------------------------
+
+#: A stylized frame's PNG in its clip's frames folder, by its 0-based index in the clip.
+FRAME_NAME = "frame_{:06d}.png"
+#: The folder of a stylized clip's frames, next to its mp4: ``OUT.mp4`` → ``OUT.frames``.
+FRAMES_SUFFIX = ".frames"
+DIGEST_CHUNK = 1 << 22  # bytes per read while hashing a clip: 4 MiB
+
+
+def frames_folder(clip_output: str) -> str:
+    """Where the frames of the stylized clip written to ``clip_output`` (``….mp4``) go."""
+    return posixpath.splitext(clip_output)[0] + FRAMES_SUFFIX
+
+
+def frame_location(clip_output: str, index: int) -> str:
+    """Frame ``index``'s PNG of the stylized clip written to ``clip_output``."""
+    return posixpath.join(frames_folder(clip_output), FRAME_NAME.format(index))
+
+
+def clip_digest(clip: Clip) -> str:
+    """sha256 of what a clip is: a video file's bytes, or a frame sequence's frame files'
+    bytes in frame order (renaming the files keeps it; reordering them does not)."""
+    digest = hashlib.sha256()
+    locations = clip.files if isinstance(clip, FrameSequence) else [clip.location]
+    for location in locations:
+        with _problem(location, "read this clip"):
+            fs, path = uris.resolve(location)
+            with fs.open_input_stream(path) as stream:
+                while chunk := stream.read(DIGEST_CHUNK):
+                    digest.update(chunk)
+        if len(locations) > 1:
+            digest.update(b"\0frame\0")  # frame boundaries count: two files are not their concatenation
+    return digest.hexdigest()
+
+
+@dataclass
+class _Decoding:
+    """One decoder of a clip, where it stands: the last frame it gave."""
+
+    frames: Iterator[Frame]
+    last: Frame
+
+
+class ClipReader:
+    """A worker's random access to clips' frames, kept between calls.
+
+    A shot's chain asks for frames i − 1 and i, then i and i + 1 (often on another item
+    of the same worker): a decoder that stands at i − 1 goes on by one frame rather than
+    seeking and decoding from the key frame before it. Several shots of one clip run side
+    by side (a batch), so each clip keeps up to ``decoders`` of them. A clip on object
+    storage is copied to a local file once (decoding seeks; every seek over the network
+    would read again), at most ``clips`` at a time. Thread-safe: a batch's syntheses ask
+    from threads of their own.
+    """
+
+    def __init__(self, clips: int = 4, decoders: int = 8, ahead: int = 48) -> None:
+        self._lock = threading.Lock()
+        self._clips: collections.OrderedDict[tuple[str, str | None], tuple[Clip, list[_Decoding]]] = (
+            collections.OrderedDict()
+        )
+        self._scratch = tempfile.TemporaryDirectory(prefix="nst-clips-")
+        self.clips, self.decoders, self.ahead = clips, decoders, ahead
+
+    def frames(self, location: str, rate: str | None, indices: Sequence[int]) -> list[Frame]:
+        """The frames ``indices`` (ascending) of the clip at ``location``."""
+        with self._lock:
+            clip, decodings = self._open(location, rate)
+            if isinstance(clip, FrameSequence):
+                return [Frame(i, _read_image(clip.files[i])) for i in indices]
+            return [self._decoded(clip, decodings, i) for i in indices]
+
+    def _open(self, location: str, rate: str | None) -> tuple[Clip, list[_Decoding]]:
+        key = (location, rate)
+        if key in self._clips:
+            self._clips.move_to_end(key)
+            return self._clips[key]
+        clip = open_clip(location, rate)
+        if isinstance(clip, VideoFile) and not isinstance(uris.resolve(location)[0], pafs.LocalFileSystem):
+            copy = os.path.join(self._scratch.name, f"{len(self._clips)}-{posixpath.basename(location)}")
+            with _problem(location, "copy this clip"):
+                Path(copy).write_bytes(uris.read_bytes(location))
+            clip = VideoFile(copy)
+        while len(self._clips) >= self.clips:
+            self._close(self._clips.popitem(last=False)[1])
+        self._clips[key] = (clip, [])
+        return self._clips[key]
+
+    def _decoded(self, clip: VideoFile, decodings: list[_Decoding], index: int) -> Frame:
+        """Frame ``index`` from the decoder that stands at or shortly before it, else a new one."""
+        near = [d for d in decodings if d.last.index <= index <= d.last.index + self.ahead]
+        decoding = max(near, key=lambda d: d.last.index) if near else None
+        if decoding is None:
+            frames = clip.frames(index)
+            first = next(frames, None)
+            if first is None:
+                raise VideoError(f"{clip.location}: has no frame {index}")
+            decoding = _Decoding(frames, first)
+            decodings.append(decoding)
+            if len(decodings) > self.decoders:
+                self._close([decodings.pop(0)])
+        while decoding.last.index < index:
+            following = next(decoding.frames, None)
+            if following is None:
+                raise VideoError(f"{clip.location}: has no frame {index}")
+            decoding.last = following
+        decodings.remove(decoding)
+        decodings.append(decoding)  # the most recently used last
+        return decoding.last
+
+    @staticmethod
+    def _close(decodings: list[_Decoding] | tuple[Clip, list[_Decoding]]) -> None:
+        for decoding in decodings[1] if isinstance(decodings, tuple) else decodings:
+            close = getattr(decoding.frames, "close", None)
+            if close is not None:
+                close()  # the generator's container closes with it
+
+    def close(self) -> None:
+        with self._lock:
+            for entry in self._clips.values():
+                self._close(entry)
+            self._clips.clear()
+            self._scratch.cleanup()
