@@ -64,7 +64,7 @@ def call_size(lane: Lane, workers: int, worker: Worker | None = None) -> int:
     per worker, not per call slot: a lone worker's call takes all it can batch (a share
     per slot split three items for a batch of three into calls of two and one), and the
     tail is still spread over every worker."""
-    if not lane.batched:
+    if not lane.batched or lane.chained:  # a shot's frame: one a call (``Scheduler.call_limit``)
         return 1
     if lane.call_size is not None:
         return lane.call_size(lane.queue[0][0])
@@ -283,14 +283,15 @@ class Scheduler:
                 free = [w for w in served if w.in_flight < self.call_limit(w)]
 
     def call_limit(self, worker: Worker) -> int:
-        """Calls ``worker`` may hold at once: its lane's ``max_in_flight``; on a lane of
-        video shots, at least as many as the worker runs syntheses at once (its
-        ``max_batch``), since a shot's next frame is released, and sent, alone, as the
-        frame before it finishes: the frames of shots at the same step fill one batch."""
-        limit = worker.lane.max_in_flight or self.options.max_in_flight
-        if worker.lane.chained and worker.lane.batched:
-            limit = max(limit, int(worker.info.get("max_batch", 1)))
-        return limit
+        """Calls ``worker`` may hold at once: its lane's ``max_in_flight``. On a lane of
+        video shots, as many frames as the worker runs at once (its ``max_batch``), each
+        a call of its own: a shot's next frame is released as the frame before finishes,
+        so frames of shots at the same step meet in one batch, and a shot queued behind
+        another on a busy worker would wait there while another worker could take it."""
+        lane = worker.lane
+        if lane.chained:
+            return max(1, int(worker.info.get("max_batch", 1))) if lane.batched else 1
+        return lane.max_in_flight or self.options.max_in_flight
 
     def _affordable(self, worker: Worker, count: int, spent: float) -> int:
         """How many of ``count`` items ``worker`` may get within the run's budget."""

@@ -472,6 +472,10 @@ def _from_mapping(data: Any, source: Path, lines: dict[tuple, int]) -> Manifest:
     )
 
 
+#: what an item's content entry is called in its ``where``, by the manifest key it is under
+_KINDS = {"contents": "content", "videos": "video"}
+
+
 def _items(
     contents: list[tuple[str, str, tuple]],
     styles: list[tuple[StyleSpec, tuple]],
@@ -503,7 +507,8 @@ def _items(
                 if config is None:
                     continue
                 where = (
-                    f"{problems.line_of(cpath)} (content) × {problems.line_of(spath)} (style) × size {size}"
+                    f"{problems.line_of(cpath)} ({_KINDS[cpath[0]]}) × {problems.line_of(spath)} (style) "
+                    f"× size {size}"
                 )
                 items.append(ItemSpec(content, content_rel, style, size, config, where))
     size = next(iter(size_paths), SynthesisConfig.size)
