@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, Field, Strict, create_model, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, Strict, create_model, field_validator, model_validator
 
 from nst_engine.engine.config import NonNegative, Size, SynthesisConfig
 from nst_engine.engine.images import MAX_SIDE
@@ -229,6 +229,12 @@ class ManifestFile(Section):
     # no upper bound: a limit, only compared with a count, never stored; any value is usable
     max_images_per_entry: Annotated[int, Strict(), Field(ge=1)] = Field(
         DEFAULT_MAX_IMAGES, description="The most images one folder or glob entry may expand to."
+    )
+
+    # the schema says it too, for editors: one of the two lists at least
+    model_config = ConfigDict(
+        **Section.model_config,
+        json_schema_extra={"anyOf": [{"required": ["contents"]}, {"required": ["videos"]}]},
     )
 
     @model_validator(mode="after")
