@@ -185,10 +185,8 @@ def _print_clips(found: RenderStatus) -> None:
         shots = ", ".join(f"{shot}: {n}" for shot, n in clip.shots.items())
         failed = f", [red]{clip.failed} failed[/]" if clip.failed else ""
         encoded = {True: "encoded", False: "not encoded yet", None: "not checked"}[clip.encoded]
-        err.print(
-            f"    {escape(clip.clip)}: {clip.frames_done:,} frames done (per shot {shots}){failed}; {encoded}",
-            soft_wrap=True,
-        )
+        done = f"{clip.frames_done:,} frames done (per shot {shots})"
+        err.print(f"    {escape(clip.clip)}: {done}{failed}; {encoded}", soft_wrap=True)
     if len(found.clips) > SHOWN:
         err.print(f"    ... and {len(found.clips) - SHOWN} more (--json lists them all)")
 
