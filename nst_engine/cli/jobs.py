@@ -180,7 +180,7 @@ def _print_clips(found: RenderStatus) -> None:
         return
     frames = sum(c.frames_done for c in found.clips)
     more = "+" if found.clips_capped else ""
-    err.print(f"  clips        {len(found.clips):>7,}{more}  ({frames:,} frames done by any run)")
+    err.print(f"  clips        {len(found.clips):>8,}{more}  ({frames:,} frames done by any run)")
     for clip in found.clips[:SHOWN]:
         shots = ", ".join(f"{shot}: {n}" for shot, n in clip.shots.items())
         failed = f", [red]{clip.failed} failed[/]" if clip.failed else ""
