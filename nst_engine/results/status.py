@@ -3,7 +3,9 @@
 It reads the lease (is the driver alive?), ``runs.parquet`` (the latest run: its start,
 items, and those done before it) and only the footers of the result files (their
 ``summary``), so it costs one small read per file written, works from any machine that
-can read the root, and never reads a row. Counts are the latest run's.
+can read the root, and never reads a row. Counts are the latest run's, but for a
+render with videos: a clip's frames done are any run's (from the footers' frame ranges),
+and whether its mp4 exists is one more small read for each of the first ``CLIPS_CHECKED``.
 """
 
 from __future__ import annotations
