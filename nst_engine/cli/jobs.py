@@ -170,6 +170,25 @@ def print_status(found: RenderStatus) -> None:
         err.print(f"  [red]failed[/] {count:>6,}  {escape(reason)}", soft_wrap=True)
     for node in found.excluded_nodes:  # one wording with the render's summary
         err.print(f"  [red]excluded[/]  {escape(ExcludedNode(**node).describe())}", soft_wrap=True)
+    _print_clips(found)
+
+
+def _print_clips(found: RenderStatus) -> None:
+    """Frames done per clip and shot, for the first ``SHOWN`` clips (frame totals are not
+    in the footers: an encoded clip is complete)."""
+    if not found.clips:
+        return
+    frames = sum(c.frames_done for c in found.clips)
+    more = "+" if found.clips_capped else ""
+    err.print(f"  clips        {len(found.clips):>8,}{more}  ({frames:,} frames done by any run)")
+    for clip in found.clips[:SHOWN]:
+        shots = ", ".join(f"{shot}: {n}" for shot, n in clip.shots.items())
+        failed = f", [red]{clip.failed} failed[/]" if clip.failed else ""
+        encoded = {True: "encoded", False: "not encoded yet", None: "not checked"}[clip.encoded]
+        done = f"{clip.frames_done:,} frames done (per shot {shots})"
+        err.print(f"    {escape(clip.clip)}: {done}{failed}; {encoded}", soft_wrap=True)
+    if len(found.clips) > SHOWN:
+        err.print(f"    ... and {len(found.clips) - SHOWN} more (--json lists them all)")
 
 
 @app.command()

@@ -47,6 +47,8 @@ def print_plan(plan: RenderPlan, prices: Prices | None = None) -> None:
         for reason, count in plan.redo_reasons.items():
             err.print(f"      {count:>8,}  {escape(reason)}")
     err.print(f"  bad inputs   {len(plan.bad_inputs):>8,}")
+    if plan.video:
+        err.print(f"  video        {escape(plan.video.text())}; {plan.video.done:,} frames done")
     for bad in plan.bad_inputs[:SHOWN]:
         err.print(f"    {escape(bad.label)}: {escape(bad.error)}", soft_wrap=True)
     if len(plan.bad_inputs) > SHOWN:

@@ -31,6 +31,7 @@ from PIL import Image
 from nst_engine.reports.plots import Plot
 from nst_engine.reports.scaling import DeviceFit, format_k
 from nst_engine.reports.selection import Results
+from nst_engine.reports.video import ClipSummary, clip_summaries
 from nst_engine.storage.files import write_atomic
 from nst_engine.storage.roots import OutputRoot
 
@@ -321,6 +322,42 @@ def _costs(runs: list[dict[str, Any]]) -> str:
     )
 
 
+def _video(results: Results, out_dir: Path) -> str:
+    """Per stylized clip (clip × style × size): frames done and failed, shots, the time of
+    a shot's first frame and of those after it (warm-started: the ratio should be small),
+    the flow's time, the temporal loss, and the mp4. Nothing when no row is a frame."""
+    clips = clip_summaries(results)
+    if not clips:
+        return ""
+    body = "".join(
+        f"<tr><td>{_clip_link(c, results, out_dir)}</td>"
+        f'<td title="{esc(c.source)}">{esc(posixpath.basename(c.source))}</td><td>{esc(c.style)}</td>'
+        f'<td class="num">{c.size}</td><td class="num">{c.ok}</td><td class="num">{c.failed}</td>'
+        f'<td class="num">{c.shots}</td><td class="num">{_num(c.first_seconds, ".3g", " s")}</td>'
+        f'<td class="num">{_num(c.later_seconds, ".3g", " s")}</td>'
+        f'<td class="num">{_num(c.ratio, ".2f")}</td>'
+        f'<td class="num">{_num(c.flow_seconds, ".3g", " s")}</td>'
+        f'<td class="num">{_num(c.temporal_loss, ".4g")}</td></tr>'
+        for c in clips
+    )
+    return (
+        f'<h2 id="video">Video ({len(clips)} stylized clips)</h2><p class="muted">Frames after the '
+        "first of a shot start from the frame before, warped by the optical flow (Ruder et al. 2016). "
+        "Seconds are mean synthesis seconds of the latest ok frames.</p>"
+        '<table class="video"><tr><th>clip</th><th>source</th><th>style</th><th>size</th>'
+        "<th>frames ok</th><th>failed</th><th>shots</th><th>first frame</th><th>later frames</th>"
+        f"<th>later / first</th><th>flow</th><th>temporal loss</th></tr>{body}</table>"
+    )
+
+
+def _clip_link(clip: ClipSummary, results: Results, out_dir: Path) -> str:
+    """The clip's mp4, linked when it exists in a local output root (as the gallery links images)."""
+    if results.root.is_local and results.root.exists(clip.clip):
+        link = os.path.relpath(results.root.display(clip.clip), out_dir.resolve())
+        return f'<a href="{href(link)}" title="play the stylized clip">{esc(clip.clip)}</a>'
+    return f'{esc(clip.clip)} <span class="muted">(not encoded)</span>'
+
+
 def _failures(results: Results) -> str:
     failures = results.failures
     if not failures:
@@ -408,6 +445,9 @@ def write_pages(
         '<a href="index.html#cost">cost</a><a href="index.html#failures">failures</a>'
         '<a href="index.html#gallery">gallery</a></nav>'
     )
+    video = _video(results, out_dir)
+    if video:
+        overview_nav = overview_nav.replace("</nav>", '<a href="index.html#video">video</a></nav>')
     for page in range(1, pages + 1):
         chunk = items[(page - 1) * page_size : page * page_size]
         gallery = _gallery(
@@ -415,7 +455,7 @@ def write_pages(
         )
         if page == 1:
             body = header + overview_nav + _counts(results) + _plots(figures)
-            body += _devices(results, fits) + _costs(runs or []) + _failures(results) + gallery
+            body += video + _devices(results, fits) + _costs(runs or []) + _failures(results) + gallery
         else:
             body = header + overview_nav + gallery
         write_atomic(

@@ -47,6 +47,44 @@ class BadInput:
     error: str
 
 
+@dataclass(frozen=True)
+class VideoPlan:
+    """The frames among a plan's items: ``clips`` source clips, stylized into ``outputs``
+    clips (one per style and size), in ``shots`` chains of ``frames`` frames."""
+
+    clips: int
+    outputs: int
+    shots: int  # over the stylized clips: a shot is rendered once per style and size
+    frames: int
+    done: int  # frames done or recovered
+    to_render: int
+
+    def text(self) -> str:
+        """``2 clips (4 stylized), 7 shots, 420 frames (300 to render)``."""
+        stylized = f" ({self.outputs} stylized)" if self.outputs != self.clips else ""
+        return (
+            f"{_count(self.clips, 'clip')}{stylized}, {_count(self.shots, 'shot')}, "
+            f"{_count(self.frames, 'frame')} ({self.to_render} to render)"
+        )
+
+
+def video_plan(items: Sequence[WorkItem], check: DoneCheck) -> VideoPlan | None:
+    """The ``VideoPlan`` of ``items`` split by ``check``; None when no item is a frame."""
+    frames = [i.frame for i in items if i.frame is not None]
+    if not frames:
+        return None
+    todo = sum(1 for i in check.todo if i.frame is not None and not i.input_error)
+    done = sum(1 for i in (*check.done, *check.recovered) if i.frame is not None)
+    return VideoPlan(
+        clips=len({f.clip for f in frames}),
+        outputs=len({f.clip_output for f in frames}),
+        shots=len({(f.clip_output, f.shot) for f in frames}),
+        frames=len(frames),
+        done=done,
+        to_render=todo,
+    )
+
+
 @dataclass
 class RenderPlan:
     """Counts of a render to come: ``items`` = ``done`` + ``recoverable`` + ``to_render``
@@ -67,6 +105,7 @@ class RenderPlan:
     bad_inputs: list[BadInput] = field(default_factory=list)
     predictions: list[DevicePrediction] = field(default_factory=list)
     fits_from: list[str] = field(default_factory=list)  # the result tables the fits came from
+    video: VideoPlan | None = None  # None when the manifest has no videos
     #: the split behind the counts, handed to ``run_render`` so a render checks only once
     check: DoneCheck | None = field(default=None, repr=False, compare=False)
 
@@ -105,6 +144,8 @@ class RenderPlan:
         if self.redo:
             text += f" ({self.redo_text()})"
         text += f", {_count(bad, 'bad input')}"
+        if self.video:
+            text += f"; {self.video.text()}"
         if self.to_render and self.predictions:
             text += "; predicted " + ", ".join(
                 f"{format_duration(p.seconds)} on one {p.device}" for p in self.predictions
@@ -215,5 +256,6 @@ def make_plan(
         bad_inputs=[BadInput(i.item_id, i.label, i.input_error or "") for i in bad],
         predictions=[predict(fit, todo) for fit in fits],
         fits_from=list(fits_from),
+        video=video_plan(items, check),
         check=check,
     )

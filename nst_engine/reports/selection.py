@@ -45,6 +45,10 @@ REPORT_COLUMNS = columns(
     "coarse_seconds",
     "tile",
     "tiles",
+    "frame",
+    "shot",
+    "flow_seconds",
+    "final_temporal_loss",
 )
 MAX_LOSS_CURVES = 8
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -105,7 +109,8 @@ def pick_rows(rows: list[dict[str, Any]], location: str) -> Results:
         if seen is None or when(row) >= when(seen):
             latest[row["item_id"]] = row
     gallery = sorted(
-        latest.values(), key=lambda r: (r["content_path"] or "", r["style_name"] or "", r["size"] or 0)
+        latest.values(),
+        key=lambda r: (r["content_path"] or "", r["style_name"] or "", r["size"] or 0, r.get("frame") or 0),
     )
     failures = sorted((r for r in rows if r["status"] == "failed"), key=when)
     return Results(location, locate(location), rows, gallery, ok_rows, failures, counts)

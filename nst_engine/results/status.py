@@ -3,7 +3,9 @@
 It reads the lease (is the driver alive?), ``runs.parquet`` (the latest run: its start,
 items, and those done before it) and only the footers of the result files (their
 ``summary``), so it costs one small read per file written, works from any machine that
-can read the root, and never reads a row. Counts are the latest run's.
+can read the root, and never reads a row. Counts are the latest run's, but for a
+render with videos: a clip's frames done are any run's (from the footers' frame ranges),
+and whether its mp4 exists is one more small read for each of the first ``CLIPS_CHECKED``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,27 @@ from typing import Any
 from nst_engine.errors import NSTError
 from nst_engine.results.cost import parse_prices
 from nst_engine.results.runs import RUNS_FILE, decode_excluded, read_runs
-from nst_engine.results.summary import RunRows
+from nst_engine.results.summary import MAX_CLIPS, ClipRows, RunRows, merged_clips, shot_done
 from nst_engine.results.table import files_summary, locate, result_footers
 from nst_engine.storage.lease import read_holder
 from nst_engine.storage.roots import OutputRoot
+
+#: Clips whose encoded mp4 ``nst status`` looks for (one small read each); the rest are counted.
+CLIPS_CHECKED = 10
+
+
+@dataclass
+class ClipStatus:
+    """A stylized clip's frames done, by any run, from the footers: its clip's frame
+    count is not in the rows, so no total; ``encoded`` (its mp4 exists, which it does once
+    all its frames did) says it is complete, when checked (None: not checked)."""
+
+    clip: str  # the stylized clip, relative to the output root
+    frames_done: int
+    failed: int  # failed attempts
+    shots: dict[int, int]  # shot -> frames done
+    encoded: bool | None
+
 
 #: Throughput is over the last this many minutes that have ok rows (or since the start).
 THROUGHPUT_MINUTES = 5
@@ -68,6 +87,9 @@ class RenderStatus:
     files_read: int = 0  # footers read
     #: nodes the run stopped using (``runs.parquet``'s ``excluded_nodes``): node_id, hostname, reason
     excluded_nodes: list[dict[str, str]] = field(default_factory=list)
+    #: stylized clips with a frame row, the first ``MAX_CLIPS`` by name (none for images)
+    clips: list[ClipStatus] = field(default_factory=list)
+    clips_capped: bool = False  # more clips than ``MAX_CLIPS``: the footers keep the first only
 
     @property
     def done(self) -> int:
@@ -92,8 +114,9 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         )
     run = max(runs.to_pylist(), key=lambda r: r["started_at"])
     footers = result_footers(root)
-    rows = files_summary(root, footers).runs.get(run["run_id"])
-    rows = rows or RunRows()
+    summary = files_summary(root, footers)
+    rows = summary.runs.get(run["run_id"]) or RunRows()
+    clips = merged_clips(summary.runs.values())
     holder = read_holder(root)
     # a driver on this machine killed (SIGKILL, OOM) is dead at once, not after STALE_SECONDS
     alive = holder is not None and not holder.stale() and not holder.gone()
@@ -131,7 +154,24 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
         lease=holder.describe() if alive and holder else None,
         files_read=len(footers),
         excluded_nodes=decode_excluded(run["excluded_nodes"]),
+        clips=clip_statuses(root, clips),
+        clips_capped=len(clips) >= MAX_CLIPS,
     )
+
+
+def clip_statuses(root: OutputRoot, clips: dict[str, ClipRows]) -> list[ClipStatus]:
+    """Each clip's frames done per shot; whether the mp4 exists for the first
+    ``CLIPS_CHECKED`` (a read each)."""
+    from nst_engine.planning.frames import CLIP_SUFFIX  # only for a render with videos
+    from nst_engine.storage.video import FRAMES_SUFFIX
+
+    found = []
+    for n, (folder, rows) in enumerate(clips.items()):
+        clip = folder.removesuffix(FRAMES_SUFFIX) + CLIP_SUFFIX
+        encoded = root.exists(clip) if n < CLIPS_CHECKED else None
+        shots = {shot: shot_done(ranges) for shot, ranges in rows.shots.items()}
+        found.append(ClipStatus(clip, rows.done, rows.failed, shots, encoded))
+    return found
 
 
 def _cost(run: dict[str, Any], rows: RunRows, rendered: int) -> dict[str, Any]:

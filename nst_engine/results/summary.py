@@ -9,14 +9,16 @@ before summaries existed is summarised from just the columns below, its rows att
 to runs by their finish time (``legacy_summary``).
 
 Kept small, since it is read for every file: at most ``TOP_ERRORS`` failure reasons (the
-rest counted as ``other``), ``MAX_NAMES`` node ids and host names, and the ok items of the
-last ``MINUTES_KEPT`` minutes of each run.
+rest counted as ``other``), ``MAX_NAMES`` node ids and host names, the ok items of the
+last ``MINUTES_KEPT`` minutes of each run, and the frames of at most ``MAX_CLIPS`` clips
+as ranges of frame indices per shot (a shot's chain finishes in order: mostly one range).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +42,9 @@ SUMMARY_COLUMNS = (
     "total_seconds",
     "device_seconds",
     "finished_at",
+    "output_path",
+    "frame",
+    "shot",
 )
 #: Failure reasons kept by count (the rest add up in ``other_errors``) ...
 TOP_ERRORS = 20
@@ -52,6 +57,62 @@ MAX_NAMES = 1000
 NODE_ID_CHARS = 12
 #: Minutes of ok items kept per run, the latest ones: enough for a throughput.
 MINUTES_KEPT = 60
+#: Stylized clips (frames folders) kept per run, the first by name (a cap, not a sample) ...
+MAX_CLIPS = 100
+#: ... and ranges of ok frames kept per shot (more only after failures out of order).
+MAX_RANGES = 50
+
+#: One clip's frames in a run: shot -> sorted disjoint [first, last] ranges of ok frame
+#: indices, and the failed attempts; JSON as it is (shots' keys become strings).
+Ranges = list[list[int]]
+
+
+@dataclass
+class ClipRows:
+    """The frame rows of one stylized clip (its frames folder), in one or more files."""
+
+    shots: dict[int, Ranges] = field(default_factory=dict)
+    failed: int = 0
+
+    @property
+    def done(self) -> int:
+        """Distinct frames with an ok row."""
+        return sum(shot_done(r) for r in self.shots.values())
+
+    def merged(self, other: ClipRows) -> ClipRows:
+        keys = sorted(set(self.shots) | set(other.shots))
+        shots = {k: _ranges(self.shots.get(k, []) + other.shots.get(k, [])) for k in keys}
+        return ClipRows(shots, self.failed + other.failed)
+
+
+def shot_done(ranges: Ranges) -> int:
+    """Frames in a shot's ``ranges``."""
+    return sum(last - first + 1 for first, last in ranges)
+
+
+def _ranges(ranges: Ranges) -> Ranges:
+    """``ranges`` sorted and joined where they touch or overlap, the first ``MAX_RANGES``."""
+    joined: Ranges = []
+    for first, last in sorted(ranges):
+        if joined and first <= joined[-1][1] + 1:
+            joined[-1][1] = max(joined[-1][1], last)
+        else:
+            joined.append([first, last])
+    return joined[:MAX_RANGES]
+
+
+def _clips(a: dict[str, ClipRows], b: dict[str, ClipRows]) -> dict[str, ClipRows]:
+    """Both runs' clips, merged, the first ``MAX_CLIPS`` by name."""
+    names = sorted(set(a) | set(b))[:MAX_CLIPS]
+    return {n: a[n].merged(b[n]) if n in a and n in b else a.get(n) or b[n] for n in names}
+
+
+def merged_clips(runs: Iterable[RunRows]) -> dict[str, ClipRows]:
+    """The clips of all ``runs``: what is done whichever run did it."""
+    total: dict[str, ClipRows] = {}
+    for rows in runs:
+        total = _clips(total, rows.clips)
+    return total
 
 
 @dataclass
@@ -70,6 +131,7 @@ class RunRows:
     first_finished: float | None = None  # epoch seconds
     last_finished: float | None = None
     per_minute: dict[int, int] = field(default_factory=dict)  # epoch minute -> ok items
+    clips: dict[str, ClipRows] = field(default_factory=dict)  # frames folder -> its frames
 
     def merged(self, other: RunRows) -> RunRows:
         """The rows of both (sums, unions, capped as a summary must be)."""
@@ -89,6 +151,7 @@ class RunRows:
             first_finished=_extreme(min, self.first_finished, other.first_finished),
             last_finished=_extreme(max, self.last_finished, other.last_finished),
             per_minute={m: minutes[m] for m in sorted(minutes)[-MINUTES_KEPT:]},
+            clips=_clips(self.clips, other.clips),
         )
 
 
@@ -117,12 +180,18 @@ class TableSummary:
         runs = {}
         for run_id, fields in json.loads(data).items():
             fields["per_minute"] = {int(m): n for m, n in fields.get("per_minute", {}).items()}
+            fields["clips"] = {k: _clip_from_json(v) for k, v in fields.get("clips", {}).items()}
             # a field of another version is left out (or defaults): a summary is never refused
             runs[run_id] = RunRows(**{k: v for k, v in fields.items() if k in _FIELDS})
         return cls(runs)
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RunRows))
+
+
+def _clip_from_json(data: dict[str, Any]) -> ClipRows:
+    shots = {int(shot): ranges for shot, ranges in data.get("shots", {}).items()}
+    return ClipRows(shots, data.get("failed", 0))
 
 
 def summed(summaries: Iterable[TableSummary]) -> TableSummary:
@@ -164,6 +233,7 @@ def _run_rows(table: pa.Table) -> RunRows:
     minutes: Counter[int] = Counter()
     busy: Counter[str] = Counter()
     finished = []
+    rows.clips = _clip_rows(data)
     for i, status in enumerate(data["status"]):
         if status == "ok" and data["attempt"][i] == 0:  # recorded from its image, not rendered
             rows.recorded += 1
@@ -192,6 +262,27 @@ def _run_rows(table: pa.Table) -> RunRows:
     rows.last_finished = max(finished) if finished else None
     rows.per_minute = {m: minutes[m] for m in sorted(minutes)[-MINUTES_KEPT:]}
     return rows
+
+
+def _clip_rows(data: dict[str, list[Any]]) -> dict[str, ClipRows]:
+    """The frame rows of ``data`` (a frame's folder is its clip's), ok ones as ranges per
+    shot (recorded ones too: their frames are done), capped as ``_clips`` caps."""
+    frames: dict[str, dict[int, Ranges]] = {}
+    failed: Counter[str] = Counter()
+    for i, index in enumerate(data["frame"]):
+        if index is None or not data["output_path"][i]:
+            continue
+        folder = posixpath.dirname(data["output_path"][i])
+        shots = frames.setdefault(folder, {})
+        if data["status"][i] == "ok":
+            shots.setdefault(data["shot"][i] or 0, []).append([index, index])
+        elif data["status"][i] == "failed":
+            failed[folder] += 1
+    clips = {
+        folder: ClipRows({k: _ranges(r) for k, r in sorted(shots.items())}, failed[folder])
+        for folder, shots in frames.items()
+    }
+    return _clips(clips, {})
 
 
 def _device(name: str | None, kind: str | None) -> str:
