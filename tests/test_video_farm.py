@@ -219,3 +219,22 @@ def test_a_rerun_renders_only_missing_frames_and_encodes_again(clips: Path, tmp_
     assert {p.name: p.stat().st_mtime_ns for p in frames.glob("*.png") if p.name in kept} == kept
     assert len(list(frames.glob("*.png"))) == WALK_FRAMES
     assert clip.stat().st_mtime_ns > encoded and mp4_facts(clip) == (WALK_FRAMES, RATE, "aac")
+
+
+def test_frames_of_different_shots_run_as_one_batch(clips: Path, tmp_path: Path) -> None:
+    """One worker that runs three syntheses at once and three shots of one shape: frames of
+    different shots run in one batch (each with its own optimiser), after the first step
+    too, and every frame still waits for the one before it."""
+    for name in ("cut.mp4", "walk.mp4", "style.png"):
+        (tmp_path / name).symlink_to(clips / name)
+    manifest = write_manifest(tmp_path, iterations=30)
+    options = PoolOptions(cpu_actors=1, threads_per_actor=1, max_batch=3)
+    summary = render(RenderRequest(manifest, options=options)).summary
+    items = plan(manifest)
+    assert (summary.rendered, summary.failed) == (len(items), [])
+    table = {r["item_id"]: r for r in rows(tmp_path / "out") if r["status"] == "ok"}
+    later = [table[i.item_id] for i in items if i.after is not None]
+    assert max(r["batch_size"] for r in later) >= 2  # later frames of two shots in one pass
+    for item in items:
+        if item.after is not None:
+            assert table[item.item_id]["started_at"] >= table[item.after]["finished_at"]

@@ -258,7 +258,10 @@ class RenderWorker:
         item when no batch of its key runs (a batch of one only costs its bookkeeping)."""
 
         def start() -> EvaluationBatch | None:
-            if self.max_batch <= 1 or len(items) <= 1 or self._too_large(items[0][0]):
+            # a video frame opens a batch alone too: the frames of other shots come a call
+            # each (``Scheduler.call_limit``) and join it
+            alone = len(items) <= 1 and items[0][0].frame is None
+            if self.max_batch <= 1 or alone or self._too_large(items[0][0]):
                 return None
             return self.stylizer.batch(self.max_batch)
 
