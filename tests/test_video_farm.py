@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from ray.cluster_utils import Cluster
@@ -26,7 +27,7 @@ from nst_engine.planning.items import WorkItem, expand
 from nst_engine.planning.manifest import ManifestError, load_manifest
 from nst_engine.runs.render import RenderRequest, render
 from nst_engine.storage.video import write_mp4
-from tests.conftest import write_image
+from tests.conftest import S3Server, write_image
 from tests.ray_helpers import assert_outputs_whole, rows
 from tests.test_stylize_video import mp4_facts
 from tests.test_video_io import RATE, make_clip, scene
@@ -156,6 +157,10 @@ def test_shots_run_on_both_nodes_and_make_frames_and_mp4s(clips: Path, tmp_path:
     table = [r for r in rows(tmp_path / "out") if r["status"] == "ok"]
     assert Counter(r["item_id"] for r in table) == Counter({i.item_id: 1 for i in items})
     assert len({r["node_id"] for r in table}) == 2  # the shots ran on both nodes
+    shots: dict[tuple, set] = {}
+    for r in table:
+        shots.setdefault((r["content_path"], r["shot"]), set()).add(r["actor_id"])
+    assert len(shots) == 3 and all(len(actors) == 1 for actors in shots.values())  # no shot hopped
     by_id = {r["item_id"]: r for r in table}
     for item in items:
         row = by_id[item.item_id]
@@ -238,3 +243,33 @@ def test_frames_of_different_shots_run_as_one_batch(clips: Path, tmp_path: Path)
     for item in items:
         if item.after is not None:
             assert table[item.item_id]["started_at"] >= table[item.after]["finished_at"]
+
+
+def test_a_clip_in_a_bucket_renders_into_a_bucket(clips: Path, tmp_path: Path, s3: S3Server) -> None:
+    """Clip, style and output root on object storage (moto's S3 on 127.0.0.1): planning
+    hashes and cuts the clip through pyarrow, the worker copies it once and decodes it, and
+    the frames and the mp4 (with the source's audio) land in the bucket."""
+    clip = s3.put("in/walk.mp4", (clips / "walk.mp4").read_bytes())
+    style = s3.put("in/style.png", (clips / "style.png").read_bytes())
+    output = f"s3://{s3.bucket}/out"
+    manifest = tmp_path / "bucket.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "videos": [clip],
+                "styles": [style],
+                "sizes": [32],
+                "params": {"iterations": 4},
+                "weights": "random",
+            }
+        )
+    )
+    summary = render(RenderRequest(manifest, output=output)).summary
+    assert (summary.rendered, summary.failed) == (WALK_FRAMES, [])
+    fs = s3.filesystem()
+    frames = fs.get_file_info(pafs.FileSelector(f"{s3.bucket}/out/style/32/walk.frames"))
+    assert len([f for f in frames if f.base_name.startswith("frame_")]) == WALK_FRAMES
+    local = tmp_path / "walk.mp4"
+    with fs.open_input_stream(f"{s3.bucket}/out/style/32/walk.mp4") as stream:
+        local.write_bytes(stream.read())
+    assert mp4_facts(local) == (WALK_FRAMES, RATE, "aac")

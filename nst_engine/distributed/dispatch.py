@@ -276,8 +276,7 @@ class Scheduler:
                     if count and not (count := self._affordable(worker, count, spent)):
                         self.stop_at_budget()
                         return
-                    if count:
-                        self.send(worker, count)
+                    if count and self.send(worker, count):
                         served.append(worker)
                 # a share only shrinks as others are served: a worker that got none is done
                 free = [w for w in served if w.in_flight < self.call_limit(w)]
@@ -290,23 +289,27 @@ class Scheduler:
         another on a busy worker would wait there while another worker could take it."""
         lane = worker.lane
         if lane.chained:
-            return max(1, int(worker.info.get("max_batch", 1))) if lane.batched else 1
+            return max(1, worker.max_batch) if lane.batched else 1
         return lane.max_in_flight or self.options.max_in_flight
 
     def _affordable(self, worker: Worker, count: int, spent: float) -> int:
         """How many of ``count`` items ``worker`` may get within the run's budget."""
         return self.budget.affordable(self.pool, worker.info.get("device_kind", "unknown"), count, spent)
 
-    def send(self, worker: Worker, count: int) -> None:
-        """One remote call to ``worker`` with up to ``count`` queued items (``Lane.hand_out``)."""
+    def send(self, worker: Worker, count: int) -> bool:
+        """One remote call to ``worker`` with up to ``count`` queued items
+        (``Lane.hand_out``); False when none of them is for it."""
         lane = worker.lane
         items = lane.hand_out(worker, count)
+        if not items:
+            return False
         args = (self.started, self.run_kind, self.warmup)
         if lane.batched:
             ref = worker.handle.render_batch.remote(items, *args)
         else:
             ref = worker.handle.render.remote(*items[0], *args)
         self.pool.call_sent(ref, Call(items, worker, batched=lane.batched))
+        return True
 
     # ------------------------------------------------------------------ events
 
@@ -365,7 +368,7 @@ class Scheduler:
         if decision.action is Action.RETRY:
             lane.put_back(item, number + 1)
         elif decision.action is Action.OK:
-            lane.release(item.item_id)  # the next frame of its shot may start
+            lane.release(item.item_id, worker)  # the next frame of its shot may start, there
         else:
             self.recorder.fail(lane, [(f, 1) for f in lane.cut_off(item.item_id)], chain_broken(item))
         if decision.stop_lane:

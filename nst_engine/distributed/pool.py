@@ -66,6 +66,10 @@ class Lane:
     #: video frames held back until the frame before them has its image: that frame's item
     #: id -> the frame that continues from it (a shot is a chain: one follower at most)
     waiting: dict[str, WorkItem] = field(init=False, default_factory=dict)
+    #: a released frame's item id -> the worker that rendered the frame before: it goes
+    #: there while that worker can take it (its decoder stands at the frame, its style
+    #: targets are cached), so a shot does not hop between workers
+    home: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = {item.item_id for item in self.items}
@@ -79,12 +83,24 @@ class Lane:
         """Whether items of this lane wait for others (the frames of video shots)."""
         return any(item.after is not None for item in self.items)
 
-    def release(self, item_id: str) -> None:
-        """``item_id`` has its image: the frame that continues from it may go, first in
-        line, so shots move on (and frames of shots at the same step meet in a batch)."""
+    def release(self, item_id: str, worker: Worker | None = None) -> None:
+        """``item_id`` has its image (rendered by ``worker``): the frame that continues
+        from it may go, first in line, so shots move on (and frames of shots at the same
+        step meet in a batch), to that worker while it can take it (``home``)."""
         follower = self.waiting.pop(item_id, None)
         if follower is not None:
             self.queue.appendleft((follower, 1))
+            if worker is not None:
+                self.home[follower.item_id] = worker.key
+
+    def _next_for(self, worker: Worker) -> int | None:
+        """Where in the queue the next item for ``worker`` is: the first that is not
+        another live worker's to take (``home``) while that one has room for it."""
+        for index, (item, _) in enumerate(self.queue):
+            home = self.members.get(self.home.get(item.item_id, worker.key))
+            if home is None or home is worker or not home.live or home.items >= home.max_batch:
+                return index
+        return None
 
     def cut_off(self, item_id: str) -> list[WorkItem]:
         """``item_id`` failed for good: the frames that would continue from it, in order,
@@ -100,6 +116,7 @@ class Lane:
         dropped = len(self.queue) + len(self.waiting)
         self.queue.clear()
         self.waiting.clear()
+        self.home.clear()
         return dropped
 
     @property
@@ -118,8 +135,18 @@ class Lane:
     def hand_out(self, worker: Worker, count: int) -> list[tuple[WorkItem, int]]:
         """Up to ``count`` queued items for one call to ``worker``, counted as in flight:
         the next one and those after it of the same ``batch_key`` (the queue keeps them
-        together), so the worker can run them in one batch."""
-        items = [self.take()]
+        together), so the worker can run them in one batch; none when every queued frame
+        is another worker's to take (``home``)."""
+        if self.chained:  # a frame a call, at its home if it has one (``home``)
+            index = self._next_for(worker)
+            if index is None:
+                return []
+            first = self.queue[index]
+            del self.queue[index]
+            self.home.pop(first[0].item_id, None)
+            items = [first]
+        else:
+            items = [self.take()]
         key = items[0][0].batch_key
         while len(items) < count and self.queue and self.queue[0][0].batch_key == key:
             items.append(self.take())
@@ -175,6 +202,11 @@ class Worker:
     @property
     def live(self) -> bool:
         return self.ready and not self.dead
+
+    @property
+    def max_batch(self) -> int:
+        """Syntheses it runs at once, as its ``ready`` said (1 until then)."""
+        return int(self.info.get("max_batch", 1))
 
     def held(self, now: float) -> tuple[str, float]:
         """(device kind, device-seconds held so far): its devices (``ready``'s
