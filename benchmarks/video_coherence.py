@@ -14,11 +14,13 @@ trusts, within shots only (the same flows for every configuration); each later f
 final style and content losses as ratios to the independent frame's (median, max); the
 seconds of a shot's first frame and of later frames (synthesis, flow excluded); and
 the flow's seconds. The issue's targets are checked per row: warping error ≤ 1/3 of the
-independent frames', style and content losses within 10 %, later frames ≤ 1/2 the first's
-time. Writes the clip (mp4), a strip of frames, and a plot of the warping error per pair.
+independent frames', style and content losses at most 10 % above (lower is better), later
+frames ≤ 1/2 the first's time. Writes the clip (mp4), a strip of frames, and a plot of the
+warping error per pair.
 
 Run: PYTHONPATH=.:<cv2 and av> .venv/bin/python benchmarks/video_coherence.py \\
-         --size 128 --frames 12 --iterations 100 --weights 10,30,100 --shares 0.5,1.0
+         --size 128 --frames 12 --iterations 100 --weights 30,100,300,1000 --shares 0.5
+(weights relative: γ content losses of a frame's start per unit of eq. 7, ``config.TEMPORAL_WEIGHT``)
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def row(run: Run, baseline: Run, errors: dict[int, float], base_error: float) ->
         cells += ["—", "—", f"{first:.1f}", "—", "—", "—", "—"]
         return "| " + " | ".join(cells) + " |"
     style, content = ratios(run, baseline, "final_style_loss"), ratios(run, baseline, "final_content_loss")
-    loss_ok = all(abs(r - 1) <= LOSS_TOLERANCE for r in (*style, *content))
+    loss_ok = all(r <= 1 + LOSS_TOLERANCE for r in (*style, *content))  # lower is better
     cells += [
         f"{statistics.median(style):.2f} / {max(style):.2f}",
         f"{statistics.median(content):.2f} / {max(content):.2f}",
@@ -248,7 +250,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=100, help="a shot's first frame (and independent)")
-    parser.add_argument("--weights", type=_floats, default=[10.0, TEMPORAL_WEIGHT, 100.0])
+    parser.add_argument("--weights", type=_floats, default=[30.0, TEMPORAL_WEIGHT, 300.0])
     parser.add_argument(
         "--shares",
         type=_floats,
@@ -286,7 +288,7 @@ def main() -> None:
     )
     print(
         f"# targets: warping error ≤ {WARPING_TARGET:.2f}× independent; later frames' style and "
-        f"content losses within {LOSS_TOLERANCE:.0%} of independent; later frame ≤ "
+        f"content losses at most {LOSS_TOLERANCE:.0%} above independent; later frame ≤ "
         f"{LATER_TIME_TARGET:.1f}× the first's time"
     )
     print(

@@ -43,13 +43,17 @@ from nst_engine.errors import ConfigError
 from nst_engine.storage.uris import is_uri, refuse_credentials
 from nst_engine.validation import NOTHING, message
 
-#: Weight γ of the temporal loss of a video frame (Ruder et al. 2016, eq. 7) next to the
-#: content loss's α = 1, for pixels in [0, 1] (the paper's γ = 200 was for 0-255 pixels
-#: and other loss scalings). Measured (tests/test_video_chain.py, tiny random network,
-#: 48-64 px, ratio 1e-3): 30 halves the warping error of the warm start alone and keeps
-#: per-frame style losses within 10 % of independent frames'; 100 and more cost style.
-#: To be checked on VGG-19 at real sizes.
-TEMPORAL_WEIGHT = 30.0
+#: Weight γ of the temporal loss of a video frame (Ruder et al. 2016, eq. 7), relative: the
+#: term weighs γ × the α-weighted content loss (eq. 1) of the frame's start (the warped
+#: previous frame), so γ reads "how many content losses a mean squared departure of 1
+#: ([0, 1] pixels, over the trusted pixels) costs", the same on any network and size (an
+#: absolute γ = 30 was ~1e-12 of VGG-19's objective at 128²). Measured on VGG-19 at 128²
+#: (BENCHMARKS.md, "Video: temporal coherence", 12 frames, later frames at half the
+#: iterations): 100 cuts the warm start's warping error 4.4× and keeps every later frame's
+#: style and content losses within 1.02× of independent frames'; 300 cuts it 13× at up to
+#: 1.09×; 1000 costs 1.31× style. The tiny random test network needs ~30× less
+#: (tests/test_video_chain.py): its start is far from its content optimum.
+TEMPORAL_WEIGHT = 100.0
 
 #: Fields added after item ids were first issued, with the value that reproduces the
 #: outputs from before them (``SynthesisConfig.to_params`` leaves them out then).
@@ -243,9 +247,10 @@ class SynthesisConfig:
     temporal_weight: NonNegative = knob(
         TEMPORAL_WEIGHT,
         "Video frames after a shot's first: weight of the temporal loss (Ruder et al. 2016, eq. 7) "
-        "that keeps a frame near the previous stylized frame warped by the optical flow; 0: warm start "
-        "only. Pixels here are in [0, 1], not the paper's 0-255, so its 200 does not carry over. "
-        "Images ignore it.",
+        "that keeps a frame near the previous stylized frame warped by the optical flow, relative to "
+        "the content loss of that warped frame: γ content losses per unit of mean squared departure "
+        "([0, 1] pixels, where the flow is trusted), so one value fits any network and size; "
+        "0: warm start only. Images ignore it.",
     )
     tile: Annotated[int, Field(ge=0, le=MAX_SIDE), NUMBER] | None = knob(
         None,

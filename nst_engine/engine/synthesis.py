@@ -23,7 +23,7 @@ from nst_engine.engine import color
 from nst_engine.engine.batch import EvaluationBatch, Member
 from nst_engine.engine.checkpoint import Checkpointer, CheckpointPolicy, fingerprint
 from nst_engine.engine.config import SynthesisConfig
-from nst_engine.engine.device import resolve_device
+from nst_engine.engine.device import network_pass, resolve_device
 from nst_engine.engine.images import ImageLike, load_image, save_png
 from nst_engine.engine.losses import Term
 from nst_engine.engine.memory import MemoryModel
@@ -56,8 +56,8 @@ class PreviousFrame:
     2016, Sec. 3): the previous stylized output warped into this frame by the backward
     flow, (1, 3, H, W) in [0, 1] at the synthesis size, as the start image; and, with
     ``temporal``, the temporal loss towards it (eq. 7) over the consistency ``weights``
-    (1, 1, H, W), weighted by ``SynthesisConfig.temporal_weight``. Without ``temporal``
-    it is the warm start alone."""
+    (1, 1, H, W), weighted by ``SynthesisConfig.temporal_weight`` × the content loss of
+    the warped frame (``_temporal_term``). Without ``temporal`` it is the warm start alone."""
 
     warped: torch.Tensor
     weights: torch.Tensor
@@ -187,11 +187,11 @@ class Stylizer:
         past them or a previous frame starts it, and the run at the requested size, timed."""
         targets_start = time.perf_counter()
         problem = Problem.build(content, styles, config, self.cache)
-        temporal = _temporal_term(problem, previous)
-        targets_seconds = time.perf_counter() - targets_start
         image = problem.initial_image()
         if previous is not None:
             image.copy_(_as_optimised(problem, previous.warped))
+        temporal = _temporal_term(problem, previous, image, tile)
+        targets_seconds = time.perf_counter() - targets_start
         evaluator = _evaluator(problem, tile, member)
         run = start_run(problem.objective, image, config.optimizer_settings(), evaluator)
         hook = _iteration_hook(problem, watch.on_iteration, watch.snapshot_every, watch.snapshot_path)
@@ -365,17 +365,37 @@ def _as_optimised(problem: Problem, image: torch.Tensor) -> torch.Tensor:
     return color.luminance(image) if problem.config.color == "luminance" else image
 
 
-def _temporal_term(problem: Problem, previous: PreviousFrame | None) -> Term | None:
+def _temporal_term(
+    problem: Problem, previous: PreviousFrame | None, start: torch.Tensor, tile: int
+) -> Term | None:
     """The temporal loss towards the warped previous frame, joined to ``problem``'s
-    objective with the configured weight; None where there is none."""
+    objective; None where there is none. Its weight is relative (``config.TEMPORAL_WEIGHT``):
+    γ × the content loss of the frame's ``start`` (the warped previous frame), so that γ
+    means the same on any network and at any size. Each frame has its own, so a batch's
+    members keep theirs (``losses._set_weights`` stacks them per image)."""
     if previous is None or not previous.temporal:
         return None
     # imported here: ``temporal`` needs OpenCV (flow), which only video frames load
     from nst_engine.engine.temporal import TemporalLoss
 
     term = TemporalLoss(_as_optimised(problem, previous.warped), previous.weights.detach().float().cpu())
-    problem.objective.with_temporal(term, problem.config.temporal_weight)
+    weight = problem.config.temporal_weight
+    weight = weight * _start_content_loss(problem, start, tile) if weight else 0.0
+    problem.objective.with_temporal(term, weight)
     return problem.objective.temporal_loss
+
+
+def _start_content_loss(problem: Problem, start: torch.Tensor, tile: int) -> float:
+    """α·L_content (eq. 1) of ``start`` (1, 3, H, W) on the device: one forward without
+    gradients before the optimisation (~50 evaluations follow), in tiles where the synthesis
+    runs tiled. The whole image's, also when tiled: the temporal loss is one sum over the
+    image (eq. 7) whose tiles' shares add up, so it takes one weight; a weight per tile would
+    change with the grid, which moves every evaluation."""
+    objective = problem.objective
+    if tile:
+        return float(TiledGradient(objective, tile).content_loss(objective, start))
+    with torch.no_grad(), network_pass(start.device, objective.precision, None):
+        return objective.content_weight * float(objective(start).content[0])
 
 
 def _term_value(term: Term | None, image: torch.Tensor) -> float | None:

@@ -155,6 +155,13 @@ class TiledGradient:
         total = total + objective.tv_weight * tv.detach() + objective.temporal_weight * temporal
         return torch.stack([total, content, style, tv.detach()]).view(1, 4), grad.reshape(1, -1)
 
+    def content_loss(self, objective: StyleTransferObjective, image: torch.Tensor) -> torch.Tensor:
+        """α·L_content (eq. 1) of the whole ``image``, pass 1 alone (no gradients): what a
+        video frame's relative temporal weight is scaled by (``synthesis._temporal_term``)."""
+        with network_pass(image.device, objective.precision, None):
+            _, content = self._sums(objective, image.detach(), self.tiles(*image.shape[-2:]))
+        return objective.content_weight * content
+
     def _owned(
         self, objective: StyleTransferObjective, x: torch.Tensor, rows: Span, cols: Span
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
