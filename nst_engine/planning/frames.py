@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+from nst_engine.engine.config import SynthesisConfig
 from nst_engine.engine.images import output_size
 from nst_engine.engine.video import iterations_after_first
 from nst_engine.planning.clips import ClipFacts
@@ -114,8 +115,10 @@ def _chains(
                 after,
                 previous.output_path if previous else None,
             )
-            previous = _frame_item(manifest, spec, ident, content_hash, style_hashes, config, frame)
-            previous = dataclasses.replace(previous, shape=(height, width), pixels_estimate=height * width)
+            shape = (height, width)
+            previous = _frame_item(
+                manifest, spec, ident, content_hash, style_hashes, config, frame, shape=shape
+            )
             items.append(previous)
     return items
 
@@ -126,10 +129,12 @@ def _frame_item(
     ident: str,
     content_hash: str,
     style_hashes: tuple[str, ...],
-    config: object,
+    config: SynthesisConfig,
     frame: FrameRef,
     error: str | None = None,
+    shape: tuple[int, int] = (0, 0),
 ) -> WorkItem:
+    """One frame's item; ``shape`` (height, width) of its output when its clip was read."""
     return WorkItem(
         item_id=ident,
         manifest_name=manifest.name,
@@ -140,10 +145,11 @@ def _frame_item(
         style_hashes=style_hashes,
         style_weights=spec.style.weights,
         size=spec.size,
-        config=config,  # type: ignore[arg-type]
+        config=config,
         output_path=frame_location(frame.clip_output, frame.index),
-        pixels_estimate=spec.size**2,
+        pixels_estimate=shape[0] * shape[1] if all(shape) else spec.size**2,
         input_error=error,
+        shape=shape,
         frame=frame,
     )
 
