@@ -70,18 +70,17 @@ class Lane:
     #: there while that worker can take it (its decoder stands at the frame, its style
     #: targets are cached), so a shot does not hop between workers
     home: dict[str, int] = field(init=False, default_factory=dict)
+    #: whether the lane holds video frames: each goes alone, to its shot's worker when it
+    #: can (``hand_out``); decided once here, since dispatch asks for every worker each pass
+    chained: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        self.chained = any(item.frame is not None for item in self.items)
         ids = {item.item_id for item in self.items}
         for item in self.items:  # a predecessor done in an earlier run is not here: no wait
             if item.after in ids:
                 self.waiting[item.after] = item
         self.queue = deque((item, 1) for item in self.items if item.after not in ids)
-
-    @property
-    def chained(self) -> bool:
-        """Whether items of this lane wait for others (the frames of video shots)."""
-        return any(item.after is not None for item in self.items)
 
     def release(self, item_id: str, worker: Worker | None = None) -> None:
         """``item_id`` has its image (rendered by ``worker``): the frame that continues
