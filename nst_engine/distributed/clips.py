@@ -51,7 +51,7 @@ def clip_jobs(items: Iterable[WorkItem], root: OutputRoot) -> tuple[list[ClipJob
             clips.setdefault(item.frame.clip_output, []).append(item)
     jobs, waiting = [], []
     for output, frames in clips.items():
-        frames.sort(key=lambda item: item.frame.index if item.frame else 0)
+        frames.sort(key=_index)
         written = _written(root, output)
         missing = [f for f in frames if f.output_path not in written]
         if missing:
@@ -67,6 +67,7 @@ def clip_jobs(items: Iterable[WorkItem], root: OutputRoot) -> tuple[list[ClipJob
 
 
 def _index(item: WorkItem) -> int:
+    """A frame item's index in its clip."""
     return item.frame.index if item.frame else 0
 
 

@@ -69,6 +69,3 @@ class FrameStarts:
                 f"{self.root.display(path)}: the frame before has no readable image ({exc}); run again"
             ) from None
         return load_image(data, name=self.root.display(path))
-
-    def close(self) -> None:
-        self.clips.close()

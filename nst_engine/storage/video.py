@@ -579,7 +579,7 @@ class ClipReader:
                 Path(copy).write_bytes(uris.read_bytes(location))
             clip = VideoFile(copy)
         while len(self._clips) >= self.clips:
-            self._close(self._clips.popitem(last=False)[1])
+            self._close(self._clips.popitem(last=False)[1][1])
         self._clips[key] = (clip, [])
         return self._clips[key]
 
@@ -606,15 +606,9 @@ class ClipReader:
         return decoding.last
 
     @staticmethod
-    def _close(decodings: list[_Decoding] | tuple[Clip, list[_Decoding]]) -> None:
-        for decoding in decodings[1] if isinstance(decodings, tuple) else decodings:
+    def _close(decodings: list[_Decoding]) -> None:
+        """Close the decoders' containers now rather than when they are collected."""
+        for decoding in decodings:
             close = getattr(decoding.frames, "close", None)
             if close is not None:
                 close()  # the generator's container closes with it
-
-    def close(self) -> None:
-        with self._lock:
-            for entry in self._clips.values():
-                self._close(entry)
-            self._clips.clear()
-            self._scratch.cleanup()
