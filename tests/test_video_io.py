@@ -17,6 +17,7 @@ from PIL import Image
 
 from nst_engine.storage.video import (
     ClipInfo,
+    ClipReader,
     FrameSequence,
     VideoError,
     VideoFile,
@@ -297,3 +298,30 @@ def test_a_variable_rate_clip_decodes_from_frame_k_as_a_whole(tmp_path: Path) ->
         assert [f.index for f in part] == [start, start + 1, start + 2]
         for frame in part:
             np.testing.assert_array_equal(frame.array, whole[frame.index].array)
+
+
+def test_a_clip_reader_keeps_clips_of_one_name_apart_and_frees_evicted_copies(
+    clip: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """Three bucket clips named alike (other prefixes, other pixels) with room for two:
+    each is read as itself after others evicted and replaced clips, a chain's i − 1, i
+    requests give the decoded frames, and the evicted local copies are deleted."""
+    sources = {"a": clip}
+    for name, flip in (
+        ("b", (slice(None, None, -1), slice(None))),
+        ("c", (slice(None), slice(None, None, -1))),
+    ):
+        arrays = (np.ascontiguousarray(f.array[flip]) for f in VideoFile(str(clip)).frames())
+        sources[name] = Path(write_mp4(arrays, tmp_path / f"{name}.mp4", RATE).location)
+    uris = {name: s3.put(f"{name}/walk.mp4", path.read_bytes()) for name, path in sources.items()}
+    expected = {
+        name: {f.index: f.array for f in VideoFile(str(path)).frames()} for name, path in sources.items()
+    }
+    reader = ClipReader(clips=2)
+    for name in ("a", "b", "c", "a", "c"):
+        for index in (3, 4):
+            got = reader.frames(uris[name], None, [index - 1, index])
+            assert [f.index for f in got] == [index - 1, index]
+            for frame in got:
+                np.testing.assert_array_equal(frame.array, expected[name][frame.index])
+    assert len(list(Path(reader._scratch.name).iterdir())) == 2  # the evicted copies are gone

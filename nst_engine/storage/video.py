@@ -557,6 +557,7 @@ class ClipReader:
             collections.OrderedDict()
         )
         self._scratch = tempfile.TemporaryDirectory(prefix="nst-clips-")
+        self._copies = itertools.count()  # names local copies: two clips may share a file name
         self.clips, self.decoders, self.ahead = clips, decoders, ahead
 
     def frames(self, location: str, rate: str | None, indices: Sequence[int]) -> list[Frame]:
@@ -574,12 +575,15 @@ class ClipReader:
             return self._clips[key]
         clip = open_clip(location, rate)
         if isinstance(clip, VideoFile) and not isinstance(uris.resolve(location)[0], pafs.LocalFileSystem):
-            copy = os.path.join(self._scratch.name, f"{len(self._clips)}-{posixpath.basename(location)}")
+            copy = os.path.join(self._scratch.name, f"{next(self._copies)}-{posixpath.basename(location)}")
             with _problem(location, "copy this clip"):
                 Path(copy).write_bytes(uris.read_bytes(location))
             clip = VideoFile(copy)
         while len(self._clips) >= self.clips:
-            self._close(self._clips.popitem(last=False)[1][1])
+            evicted, decodings = self._clips.popitem(last=False)[1]
+            self._close(decodings)
+            if isinstance(evicted, VideoFile) and evicted.location.startswith(self._scratch.name):
+                Path(evicted.location).unlink(missing_ok=True)  # a local copy: its disk back
         self._clips[key] = (clip, [])
         return self._clips[key]
 
