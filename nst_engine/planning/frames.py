@@ -21,7 +21,7 @@ from nst_engine.engine.images import output_size
 from nst_engine.engine.video import iterations_after_first
 from nst_engine.planning.clips import ClipFacts
 from nst_engine.planning.fingerprints import Facts
-from nst_engine.planning.items import ID_LENGTH, FrameRef, WorkItem, item_id, output_relative_path
+from nst_engine.planning.items import ID_LENGTH, FrameRef, WorkItem, item_id, output_relative_path, spec_item
 from nst_engine.planning.manifest import ItemSpec, Manifest, ManifestError
 from nst_engine.storage.paths import UnsafePathError, safe_relative
 from nst_engine.storage.video import frame_location
@@ -135,16 +135,13 @@ def _frame_item(
     shape: tuple[int, int] = (0, 0),
 ) -> WorkItem:
     """One frame's item; ``shape`` (height, width) of its output when its clip was read."""
-    return WorkItem(
+    return spec_item(
+        manifest,
+        spec,
         item_id=ident,
-        manifest_name=manifest.name,
         content_path=spec.content,
         content_hash=content_hash,
-        style_name=spec.style.name,
-        style_paths=spec.style.images,
         style_hashes=style_hashes,
-        style_weights=spec.style.weights,
-        size=spec.size,
         config=config,
         output_path=frame_location(frame.clip_output, frame.index),
         pixels_estimate=shape[0] * shape[1] if all(shape) else spec.size**2,

@@ -296,17 +296,14 @@ def _expand(
         scale = spec.size / max(width, height, 1)
         shape = output_size(width, height, spec.size) if width and height else (spec.size, spec.size)
         items.append(
-            WorkItem(
+            spec_item(
+                manifest,
+                spec,
                 item_id=ident,
-                manifest_name=manifest.name,
                 # as shown, for a name no row could hold (a lone surrogate): it is never read
                 content_path=printable(spec.content, len(spec.content)) if unusable_name else spec.content,
                 content_hash=content_hash,
-                style_name=spec.style.name,
-                style_paths=spec.style.images,
                 style_hashes=style_hashes,
-                style_weights=spec.style.weights,
-                size=spec.size,
                 config=spec.config,
                 output_path=output,
                 pixels_estimate=int(width * scale) * int(height * scale) if width else spec.size**2,
@@ -327,6 +324,19 @@ def _expand(
     if refused or bad_inputs:
         raise ManifestError([*refused, *bad_inputs], hint=SKIP_HINT if bad_inputs else None)
     return dedupe(items)
+
+
+def spec_item(manifest: Manifest, spec: ItemSpec, **fields: Any) -> WorkItem:
+    """A work item of ``spec``: the fields its manifest and spec give as they are (the
+    same for an image and a video frame), and ``fields``, which the caller decides."""
+    return WorkItem(
+        manifest_name=manifest.name,
+        style_name=spec.style.name,
+        style_paths=spec.style.images,
+        style_weights=spec.style.weights,
+        size=spec.size,
+        **fields,
+    )
 
 
 def dedupe(items: list[WorkItem]) -> list[WorkItem]:
