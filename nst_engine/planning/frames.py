@@ -24,9 +24,7 @@ from nst_engine.planning.fingerprints import Facts
 from nst_engine.planning.items import ID_LENGTH, FrameRef, WorkItem, item_id, output_relative_path, spec_item
 from nst_engine.planning.manifest import ItemSpec, Manifest, ManifestError
 from nst_engine.storage.paths import UnsafePathError, safe_relative
-from nst_engine.storage.video import frame_location
-
-CLIP_SUFFIX = ".mp4"
+from nst_engine.storage.video import CLIP_SUFFIX, frame_location
 
 
 def frame_hash(digest: str, index: int) -> str:

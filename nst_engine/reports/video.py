@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nst_engine.planning.frames import CLIP_SUFFIX
 from nst_engine.reports.selection import Results
-from nst_engine.storage.video import FRAMES_SUFFIX
+from nst_engine.storage.video import clip_of_folder
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class ClipSummary:
 
 def clip_of(output_path: str) -> str:
     """The stylized clip a frame at ``output_path`` belongs to (its folder's mp4)."""
-    return posixpath.dirname(output_path).removesuffix(FRAMES_SUFFIX) + CLIP_SUFFIX
+    return clip_of_folder(posixpath.dirname(output_path))
 
 
 def clip_summaries(results: Results) -> list[ClipSummary]:

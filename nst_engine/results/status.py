@@ -162,12 +162,13 @@ def render_status(location: str | OutputRoot) -> RenderStatus:
 def clip_statuses(root: OutputRoot, clips: dict[str, ClipRows]) -> list[ClipStatus]:
     """Each clip's frames done per shot; whether the mp4 exists for the first
     ``CLIPS_CHECKED`` (a read each)."""
-    from nst_engine.planning.frames import CLIP_SUFFIX  # only for a render with videos
-    from nst_engine.storage.video import FRAMES_SUFFIX
+    if not clips:
+        return []
+    from nst_engine.storage.video import clip_of_folder  # PyAV: only for a render with videos
 
     found = []
     for n, (folder, rows) in enumerate(clips.items()):
-        clip = folder.removesuffix(FRAMES_SUFFIX) + CLIP_SUFFIX
+        clip = clip_of_folder(folder)
         encoded = root.exists(clip) if n < CLIPS_CHECKED else None
         shots = {shot: shot_done(ranges) for shot, ranges in rows.shots.items()}
         found.append(ClipStatus(clip, rows.done, rows.failed, shots, encoded))

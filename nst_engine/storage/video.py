@@ -502,12 +502,18 @@ def _add_audio(
 FRAME_NAME = "frame_{:06d}.png"
 #: The folder of a stylized clip's frames, next to its mp4: ``OUT.mp4`` → ``OUT.frames``.
 FRAMES_SUFFIX = ".frames"
+CLIP_SUFFIX = ".mp4"  # a stylized clip's
 DIGEST_CHUNK = 1 << 22  # bytes per read while hashing a clip: 4 MiB
 
 
 def frames_folder(clip_output: str) -> str:
     """Where the frames of the stylized clip written to ``clip_output`` (``….mp4``) go."""
     return posixpath.splitext(clip_output)[0] + FRAMES_SUFFIX
+
+
+def clip_of_folder(folder: str) -> str:
+    """The stylized clip (``….mp4``) whose frames are in ``folder`` (``frames_folder``'s inverse)."""
+    return folder.removesuffix(FRAMES_SUFFIX) + CLIP_SUFFIX
 
 
 def frame_location(clip_output: str, index: int) -> str:
